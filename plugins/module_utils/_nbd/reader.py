@@ -1,0 +1,203 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Parallel extent reader: several NBD connections, several requests in flight on each.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+
+XenServer's server answers one request at a time per connection, so throughput comes from
+several connections (one thread each; socket and TLS I/O release the GIL), while pipelining
+hides the round trip on every connection.  Replies are matched by cookie because servers may
+answer out of order.  Each request reads into one of a few preallocated buffers that are handed
+to the sink as memoryviews and reused once the sink returns.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import collections
+import threading
+import time
+
+from .._extents import split
+from .connection import NbdConnection, server_error
+from .errors import NbdError, NbdProtocolError
+
+__metaclass__ = type
+
+DEFAULT_CONNECTIONS = 4
+MAX_CONNECTIONS = 16             # XenServer's xapi-nbd closes the 17th connection
+DEFAULT_REQUESTS_IN_FLIGHT = 4
+DEFAULT_REQUEST_SIZE = 4 * 1024 * 1024
+BUFFER_BUDGET = 128 * 1024 * 1024  # upper bound for all read buffers together
+DEFAULT_RETRIES = 3
+
+
+class ReadStats:
+    """What a read did."""
+
+    def __init__(self):
+        self.bytes_read = 0
+        self.requests = 0
+        self.reconnects = 0
+        self.seconds = 0.0
+        self.connections = 0
+        self._lock = threading.Lock()
+
+    def add(self, length):
+        with self._lock:
+            self.bytes_read += length
+            self.requests += 1
+
+    def add_reconnect(self):
+        with self._lock:
+            self.reconnects += 1
+
+
+class _WorkQueue:
+    """Requests not yet sent, shared by the connection threads."""
+
+    def __init__(self, requests):
+        self._pending = collections.deque(requests)
+        self._lock = threading.Lock()
+        self.failed = threading.Event()
+
+    def take(self):
+        if self.failed.is_set():
+            return None
+        with self._lock:
+            return self._pending.popleft() if self._pending else None
+
+
+class ExtentReader:
+    """Reads extents of one export over up to ``connections`` connections.
+
+    ``target`` is a ConnectionTarget.  ``first_connection`` may be an already open connection
+    (used to learn the export size before planning); the reader takes ownership of it.
+    """
+
+    def __init__(self, target, connections=DEFAULT_CONNECTIONS, requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT,
+                 request_size=DEFAULT_REQUEST_SIZE, retries=DEFAULT_RETRIES, first_connection=None,
+                 retry_delay=0.5):
+        if not 1 <= connections <= MAX_CONNECTIONS:
+            raise ValueError('connections must be between 1 and %d' % MAX_CONNECTIONS)
+        if requests_in_flight < 1:
+            raise ValueError('requests_in_flight must be at least 1')
+        self.target = target
+        self.connections = connections
+        self.request_size = request_size
+        # Bound the memory: connections x requests in flight x request size stays within the budget.
+        self.requests_in_flight = max(1, min(requests_in_flight, BUFFER_BUDGET // (connections * request_size)))
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self._first_connection = first_connection
+
+    def read(self, extents, sink):
+        """Read every extent and call ``sink(offset, view)`` for each piece (from several threads).
+
+        ``view`` is only valid during the call.  Raises the first error any connection hit, after
+        stopping the others.
+        """
+        stats = ReadStats()
+        started = time.monotonic()
+        requests = list(split(extents, self.request_size))
+        work = _WorkQueue(requests)
+        workers = min(self.connections, max(1, len(requests)))
+        stats.connections = workers
+        errors = []
+        threads = []
+        first = self._first_connection
+        self._first_connection = None
+        try:
+            for index in range(workers):
+                conn = first if index == 0 else None
+                thread = threading.Thread(target=self._run_worker, args=(conn, work, sink, stats, errors),
+                                          name='nbd-reader-%d' % index)
+                thread.daemon = True
+                threads.append(thread)
+                thread.start()
+                first = None
+        finally:
+            if first is not None:
+                first.close()
+            for thread in threads:
+                thread.join()
+        stats.seconds = time.monotonic() - started
+        if errors:
+            raise errors[0]
+        return stats
+
+    def _run_worker(self, conn, work, sink, stats, errors):
+        try:
+            self._worker(conn, work, sink, stats)
+        except BaseException as exc:  # pylint: disable=broad-except
+            work.failed.set()
+            errors.append(exc)
+
+    def _worker(self, conn, work, sink, stats):
+        buffers = [bytearray(self.request_size) for _ in range(self.requests_in_flight)]
+        free = list(range(len(buffers)))
+        inflight = {}          # cookie -> (offset, length, buffer index)
+        retry = collections.deque()  # requests whose connection broke before they were answered
+        attempts_left = self.retries
+        next_cookie = 1
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = NbdConnection.open(self.target)
+                    while free and not work.failed.is_set():
+                        request = retry.popleft() if retry else work.take()
+                        if request is None:
+                            break
+                        offset, length = request
+                        slot = free.pop()
+                        conn.send_read(next_cookie, offset, length)
+                        inflight[next_cookie] = (offset, length, slot)
+                        next_cookie += 1
+                    if not inflight:
+                        return
+                    error, cookie = conn.recv_reply_header()
+                    try:
+                        offset, length, slot = inflight.pop(cookie)
+                    except KeyError:
+                        raise NbdProtocolError('%s answered cookie %d, which matches no request in flight'
+                                               % (self.target.where, cookie))
+                    if error:
+                        raise server_error(self.target.where, error, offset, length)
+                    view = memoryview(buffers[slot])[:length]
+                    conn.recv_into(view)
+                    sink(offset, view)
+                    view.release()
+                    free.append(slot)
+                    stats.add(length)
+                except NbdError as exc:
+                    if not exc.retryable or attempts_left <= 0 or work.failed.is_set():
+                        raise self._with_context(exc, inflight, retry)
+                    # The connection broke: resend what it still owed on a new one.
+                    attempts_left -= 1
+                    stats.add_reconnect()
+                    for offset, length, slot in inflight.values():
+                        retry.append((offset, length))
+                        free.append(slot)
+                    inflight.clear()
+                    if conn is not None:
+                        conn.abort()
+                        conn = None
+                    time.sleep(self.retry_delay * (self.retries - attempts_left))
+        finally:
+            if conn is not None:
+                if inflight:
+                    conn.abort()
+                else:
+                    conn.close()
+
+    def _with_context(self, exc, inflight, retry):
+        """Name the first range that was not read, and the retries, in the message."""
+        if not exc.retryable:
+            return exc
+        pending = sorted([(o, n) for o, n, _s in inflight.values()] + list(retry))
+        where = ''
+        if pending:
+            where = ' while reading %d bytes at offset %d' % (pending[0][1], pending[0][0])
+        exc.args = ('%s%s (gave up after %d reconnect attempts)' % (exc, where, self.retries),) + exc.args[1:]
+        return exc

@@ -1,0 +1,163 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""TLS for NBD STARTTLS: the client context and the server certificate check.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+
+The handshake itself verifies nothing (CERT_NONE); the peer certificate is then checked here,
+before any NBD data (above all the export name, which carries a session reference) is sent.
+Accepted, in this order:
+  1. the server certificate is exactly the one ``VDI.get_nbd_info`` returned (``cert``);
+  2. its public key (SubjectPublicKeyInfo) is that certificate's (a re-issued host certificate);
+  3. if the user names a CA bundle: it chains to that bundle and names ``subject`` in its SAN.
+Pinning deliberately ignores expiry and CA flags: XenServer hosts serve self-signed certificates.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import datetime
+import hashlib
+import ipaddress
+import ssl
+
+__metaclass__ = type
+
+try:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    HAS_CRYPTOGRAPHY = True
+    CRYPTOGRAPHY_IMPORT_ERROR = None
+except ImportError as exc:  # pragma: no cover - reported by the module glue
+    HAS_CRYPTOGRAPHY = False
+    CRYPTOGRAPHY_IMPORT_ERROR = exc
+
+from .errors import NbdTlsError
+
+# Current XenServer hosts offer TLS 1.2 ECDHE-RSA AES-GCM only; older xapi-nbd releases offer only
+# plain-RSA AES128-SHA256, which OpenSSL's default client list leaves out.  Keep the secure default
+# list first and add that one legacy suite at the end so both generations connect.
+CIPHERS = 'ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:AES128-SHA256:!DSS:!aNULL'
+LEGACY_CIPHERS = ('AES128-SHA256',)
+
+
+class TlsSettings:
+    """What the client needs to know to verify one NBD server.
+
+    ``pinned_cert_pem`` is the ``cert`` of get_nbd_info; ``subject`` its ``subject``; ``ca_path`` an
+    optional CA bundle for the fallback check.  ``client_cert``/``client_key`` are only needed by
+    servers that demand mutual TLS (XenServer does not).
+    """
+
+    def __init__(self, pinned_cert_pem=None, subject=None, ca_path=None, client_cert=None, client_key=None):
+        if not pinned_cert_pem and not ca_path:
+            raise NbdTlsError(
+                'TLS needs something to verify the server against: the connection has no "cert" '
+                '(the PEM that VDI.get_nbd_info returns) and no CA bundle was given.')
+        self.pinned_der = None
+        if pinned_cert_pem:
+            try:
+                self.pinned_der = ssl.PEM_cert_to_DER_cert(pinned_cert_pem.strip() + '\n')
+            except ValueError:
+                raise NbdTlsError('the "cert" of the NBD connection is not a PEM certificate')
+        self.subject = subject
+        self.ca_path = ca_path
+        self.client_cert = client_cert
+        self.client_key = client_key
+
+    def make_context(self):
+        """Return an SSLContext for the STARTTLS handshake (TLS 1.2 or newer)."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_ciphers(CIPHERS)
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+    def server_hostname(self):
+        """SNI name to send: the subject when it is a DNS name (IP literals are never sent as SNI)."""
+        if not self.subject:
+            return None
+        try:
+            ipaddress.ip_address(self.subject)
+            return None
+        except ValueError:
+            return self.subject
+
+    def verify(self, tls_socket, where):
+        """Check the peer certificate of ``tls_socket``; return how it was accepted.
+
+        Returns ``'certificate'``, ``'public_key'`` or ``'ca'``; raises NbdTlsError otherwise.
+        """
+        peer_der = tls_socket.getpeercert(binary_form=True)
+        if not peer_der:
+            raise NbdTlsError('%s sent no TLS certificate' % where)
+        if self.pinned_der is not None:
+            if peer_der == self.pinned_der:
+                return 'certificate'
+            if HAS_CRYPTOGRAPHY and _spki(peer_der) == _spki(self.pinned_der):
+                return 'public_key'
+        if self.ca_path:
+            self._verify_chain(peer_der, tls_socket, where)
+            return 'ca'
+        raise NbdTlsError(
+            '%s presented a TLS certificate (sha256 %s) that is not the one from VDI.get_nbd_info (sha256 %s) '
+            'and has another public key. Either the host certificate was replaced after get_nbd_info was '
+            'called (call it again) or this is not the host you expect. Refusing to send the export name.'
+            % (where, _fingerprint(peer_der), _fingerprint(self.pinned_der)))
+
+    def _verify_chain(self, peer_der, tls_socket, where):
+        if not HAS_CRYPTOGRAPHY:
+            raise NbdTlsError('verifying %s against a CA bundle needs the Python "cryptography" library' % where)
+        try:
+            from cryptography.x509 import verification
+        except ImportError:
+            raise NbdTlsError('verifying %s against a CA bundle needs cryptography >= 42' % where)
+        if not self.subject:
+            raise NbdTlsError('verifying %s against a CA bundle needs the "subject" of the connection' % where)
+        with open(self.ca_path, 'rb') as handle:
+            roots = x509.load_pem_x509_certificates(handle.read())
+        leaf = x509.load_der_x509_certificate(peer_der)
+        intermediates = []
+        get_chain = getattr(tls_socket, 'get_unverified_chain', None)  # Python 3.13+
+        if get_chain is not None:
+            chain = get_chain() or []
+            intermediates = [x509.load_der_x509_certificate(c) for c in chain[1:] if isinstance(c, bytes)]
+        try:
+            name = x509.IPAddress(ipaddress.ip_address(self.subject))
+        except ValueError:
+            name = x509.DNSName(self.subject)
+        verifier = (verification.PolicyBuilder()
+                    .store(verification.Store(roots))
+                    .time(datetime.datetime.now(datetime.timezone.utc))
+                    .build_server_verifier(name))
+        try:
+            verifier.verify(leaf, intermediates)
+        except Exception as exc:  # cryptography raises VerificationError with the reason
+            raise NbdTlsError(
+                '%s presented a TLS certificate (sha256 %s) that is neither the one from VDI.get_nbd_info nor '
+                'valid for "%s" under the CA bundle %s: %s' % (where, _fingerprint(peer_der), self.subject, self.ca_path, exc))
+
+
+def _fingerprint(der):
+    return hashlib.sha256(der).hexdigest()
+
+
+def _spki(der):
+    """The DER SubjectPublicKeyInfo of a certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def describe_session(tls_socket):
+    """``TLSv1.2 ECDHE-RSA-AES256-GCM-SHA384``-style summary of a TLS session."""
+    cipher = tls_socket.cipher()
+    return '%s %s' % (tls_socket.version(), cipher[0] if cipher else '?')
+
+
+def is_legacy_cipher(tls_socket):
+    """True when the session uses a suite without forward secrecy (old xapi-nbd policy)."""
+    cipher = tls_socket.cipher()
+    return bool(cipher) and cipher[0] in LEGACY_CIPHERS

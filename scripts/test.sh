@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Runs every test of the collection: installs what is missing (scripts/bootstrap.sh), then
+#   1. pytest: unit tests and NBD interop tests against real servers (tests/unit),
+#      and the lab's contract tests (tests/lab/tests);
+#   2. ansible-test sanity and units from a real ansible_collections/xenserver/cbt_backup copy;
+#   3. ansible-lint (production profile).
+# With CI=true a missing tool fails the run instead of skipping tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+bash scripts/bootstrap.sh
+PY=$ROOT/.venv/bin/python
+export PATH=$ROOT/.venv/bin:$PATH
+
+status=0
+run() {
+    echo "=== $*"
+    if ! "$@"; then
+        echo "=== FAILED: $*"
+        status=1
+    fi
+}
+
+pytest_paths=(tests/unit)
+[ -d tests/lab/tests ] && pytest_paths+=(tests/lab/tests)
+run "$PY" -m pytest -q -p no:cacheprovider "${pytest_paths[@]}"
+
+if [ -x scripts/ansible-checks.sh ]; then
+    run bash scripts/ansible-checks.sh
+fi
+
+exit $status
