@@ -1,0 +1,57 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Shared fixtures for unit and NBD interop tests.
+
+* ``pki`` (session): test certificates, see ``helpers/pki.py``.
+* ``nbd_image``: a ~4 MiB deterministic raw image with data runs, holes and a partial last 64 KiB block
+  (size a multiple of 512, since qemu-nbd rounds sizes up to 512).
+* ``nbd_server_factory``: ``factory(kind, image_path, exportname='vdisk0', **kwargs)`` starts a server of
+  ``helpers.nbd_servers.ALL_SERVER_KINDS``; every server it started is stopped at teardown, pass or fail.
+* ``server_kind``: parametrised over ``SERVER_KINDS``; override with
+  ``@pytest.mark.parametrize('server_kind', [...])``.
+* ``nbd_server``: a server of ``server_kind`` serving ``nbd_image`` as export ``vdisk0``.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import pytest
+
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import (
+    SERVER_KINDS,
+    ServerFactory,
+    make_disk_image,
+)
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.pki import make_pki
+
+__metaclass__ = type
+
+# Not a multiple of 64 KiB (partial last block) but of 512: qemu-nbd rounds the export size up to 512 bytes.
+NBD_IMAGE_SIZE = 4 * 1024 * 1024 + 25 * 512
+
+
+@pytest.fixture(scope='session')
+def pki(tmp_path_factory):
+    return make_pki(tmp_path_factory.mktemp('pki'))
+
+
+@pytest.fixture
+def nbd_image(tmp_path):
+    return make_disk_image(tmp_path / 'disk.raw', NBD_IMAGE_SIZE, seed=20240601)
+
+
+@pytest.fixture
+def nbd_server_factory(tmp_path, pki):
+    factory = ServerFactory(tmp_path / 'nbd-servers', pki)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+
+
+@pytest.fixture(params=SERVER_KINDS)
+def server_kind(request):
+    return request.param
+
+
+@pytest.fixture
+def nbd_server(nbd_server_factory, server_kind, nbd_image):
+    return nbd_server_factory(server_kind, nbd_image.path)
