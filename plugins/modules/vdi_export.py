@@ -22,7 +22,7 @@ description:
   - This module takes one element of the list that C(VDI.get_nbd_info) returns. Its C(exportname) carries the XenAPI
     session reference and is valid only while that session stays logged in.
 author:
-  - xenserver.cbt_backup developers
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
   - xenserver.cbt_backup._nbd
 attributes:
@@ -135,7 +135,7 @@ seconds:
   returned: success
   sample: 1.5
 throughput_mib_s:
-  description: O(bytes_read) per second, in MiB/s.
+  description: RV(bytes_read) per second, in MiB/s.
   type: float
   returned: success
   sample: 420.5

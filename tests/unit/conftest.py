@@ -55,3 +55,9 @@ def server_kind(request):
 @pytest.fixture
 def nbd_server(nbd_server_factory, server_kind, nbd_image):
     return nbd_server_factory(server_kind, nbd_image.path)
+
+
+def pytest_configure(config):
+    # ansible-test runs pytest with its own ini file, so the markers are registered here too.
+    config.addinivalue_line('markers', 'interop: talks to a real NBD server started by the test')
+    config.addinivalue_line('markers', 'slow: takes more than a few seconds')

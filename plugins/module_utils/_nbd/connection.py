@@ -17,7 +17,7 @@ import ssl
 
 from . import protocol as p
 from .errors import (
-    NbdConnectError, NbdConnectionLost, NbdExportRefused, NbdNegotiationError,
+    NbdConnectError, NbdConnectionLost, NbdExportRefused, NbdHandshakeInterrupted,
     NbdProtocolError, NbdServerError, NbdTimeout, NbdTlsError,
 )
 from .tls import describe_session, is_legacy_cipher
@@ -147,11 +147,17 @@ class NbdConnection:
             self._sock = context.wrap_socket(self._sock, server_hostname=settings.server_hostname())
         except socket.timeout:
             raise NbdTlsError('TLS handshake with %s timed out' % where)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
+            raise NbdHandshakeInterrupted(
+                '%s closed the connection during the TLS handshake (%s): it is restarting, or it accepts none of the '
+                'suites the client offers (TLS 1.2+ with ECDHE AES-GCM, or RSA AES128-SHA256), or it demands a TLS '
+                'client certificate' % (where, exc.reason or exc))
         except ssl.SSLError as exc:
             raise NbdTlsError('TLS handshake with %s failed: %s. The client offers TLS 1.2+ with ECDHE AES-GCM and '
                               'RSA AES128-SHA256 suites.' % (where, exc.reason or exc))
         except OSError as exc:
-            raise NbdTlsError('TLS handshake with %s failed: the connection broke (%s)' % (where, exc))
+            raise NbdHandshakeInterrupted('TLS handshake with %s failed: the connection broke (%s). A server that '
+                                          'demands a TLS client certificate also closes here.' % (where, exc))
         self.tls_verified_by = settings.verify(self._sock, where)
         self.tls_description = describe_session(self._sock)
         self.tls_legacy_cipher = is_legacy_cipher(self._sock)
@@ -173,8 +179,8 @@ class NbdConnection:
         try:
             return self._recv_exact_bytes(size)
         except NbdConnectionLost as exc:
-            raise NbdNegotiationError('%s closed the connection during the handshake, while sending %s (%s)'
-                                      % (self.target.where, what, exc))
+            raise NbdHandshakeInterrupted('%s closed the connection during the handshake, while sending %s (%s)'
+                                          % (self.target.where, what, exc))
 
     # -- transmission ----------------------------------------------------------------------------
 

@@ -32,6 +32,12 @@ class NbdNegotiationError(NbdError):
     """The server refused an option during the handshake."""
 
 
+class NbdHandshakeInterrupted(NbdNegotiationError):
+    """The connection broke during the handshake (server restarting, connection limit reached, ...)."""
+
+    retryable = True
+
+
 class NbdTlsError(NbdNegotiationError):
     """TLS could not be set up, or the server's certificate failed verification."""
 

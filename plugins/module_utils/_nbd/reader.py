@@ -134,7 +134,7 @@ class ExtentReader:
             errors.append(exc)
 
     def _worker(self, conn, work, sink, stats):
-        buffers = [bytearray(self.request_size) for _ in range(self.requests_in_flight)]
+        buffers = [bytearray(self.request_size) for _slot in range(self.requests_in_flight)]
         free = list(range(len(buffers)))
         inflight = {}          # cookie -> (offset, length, buffer index)
         retry = collections.deque()  # requests whose connection broke before they were answered
