@@ -21,8 +21,35 @@ git init -q && git add -A  # ansible-test lists files through git
 status=0
 echo "--- ansible-test sanity (python $PYVER)"
 ansible-test sanity --local --python "$PYVER" --color no || status=1
+echo "--- compile: modules and module_utils on every target Python of tests/config.yml (3.8 - 3.13)"
+for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
+    py=""
+    for candidate in "$HOME"/.pyenv/versions/"$v".*/bin/python"$v" /usr/bin/python"$v"; do
+        [ -x "$candidate" ] && { py=$candidate; break; }
+    done
+    if [ -n "$py" ]; then
+        find plugins -name '*.py' -print0 | xargs -0 "$py" -c '
+import sys
+for path in sys.argv[1:]:
+    with open(path, "rb") as handle:
+        compile(handle.read(), path, "exec")
+' && echo "python$v: ok" || { echo "python$v: compile FAILED"; status=1; }
+    elif [ "${CI:-}" = true ]; then
+        echo "python$v is missing: cannot prove the modules compile on it"; status=1
+    else
+        echo "python$v not installed: compile check skipped"
+    fi
+done
 echo "--- ansible-test units (python $PYVER)"
 ansible-test units --local --python "$PYVER" --color no || status=1
+echo "--- ansible-galaxy collection build"
+ansible-galaxy collection build --output-path "$COPY_BASE/build" . >/dev/null || status=1
+tarball=$(ls "$COPY_BASE"/build/xenserver-cbt_backup-*.tar.gz)
+if tar -tzf "$tarball" | grep -E '(^|/)(\.venv|\.tmp|tests/output|\.ansible|__pycache__)(/|$)'; then
+    echo "the collection tarball holds generated files"; status=1
+fi
+echo "--- antsibull-changelog lint"
+antsibull-changelog lint || status=1
 echo "--- ansible-lint --profile production"
 (cd "$ROOT" && ansible-lint --profile production --offline) || status=1
 exit $status
