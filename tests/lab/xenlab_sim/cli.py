@@ -1,0 +1,241 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""xenlab command line: start, stop, write, path, info (and the internal `serve`)."""
+
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+__metaclass__ = type
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+UNITS = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+
+
+def size_arg(text):
+    """Sizes like 256M, 1GiB, 65536 (binary units)."""
+    value = text.strip().upper()
+    for suffix in ('IB', 'B'):
+        if value.endswith(suffix) and len(value) > len(suffix):
+            value = value[:-len(suffix)]
+            break
+    unit = value[-1] if value and value[-1] in UNITS else ''
+    try:
+        size = int(value[:-1] if unit else value) * UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a size: %s' % text)
+    if size <= 0 or size % 512:
+        raise argparse.ArgumentTypeError('size must be a positive multiple of 512: %s' % text)
+    return size
+
+
+def lab_file(directory):
+    return os.path.join(os.path.abspath(directory), 'lab.json')
+
+
+def read_lab(directory):
+    try:
+        with open(lab_file(directory)) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        raise SystemExit('xenlab: no lab in %s (lab.json missing)' % directory)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open('/proc/%d/stat' % pid) as handle:
+            return handle.read().split(') ')[-1][:1] != 'Z'
+    except OSError:
+        return False
+
+
+def ours(pid, directory):
+    """Only signal a PID whose command line still names this lab (guards against PID reuse)."""
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as handle:
+            cmdline = handle.read().decode('utf-8', 'replace')
+    except OSError:
+        return False
+    return os.path.abspath(directory) in cmdline
+
+
+# ----- start / stop ------------------------------------------------------------------------------
+
+def cmd_start(opts):
+    directory = os.path.abspath(opts.dir)
+    os.makedirs(directory, exist_ok=True)
+    path = lab_file(directory)
+    if os.path.exists(path):
+        old = read_lab(directory)
+        if any(pid_alive(p) and ours(p, directory) for p in old.get('pids', [])):
+            raise SystemExit('xenlab: a lab is already running in %s' % directory)
+        os.unlink(path)
+    cmd = [sys.executable, '-m', 'xenlab_sim.cli', 'serve'] + serve_args(opts, directory)
+    env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    with open(os.path.join(directory, 'lab.log'), 'ab') as log:
+        # A new session (setsid) so the lab outlives this command and its terminal.
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=directory, start_new_session=True, close_fds=True)
+    deadline = time.monotonic() + opts.timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit('xenlab: the lab exited (%s); see %s' % (proc.returncode, os.path.join(directory, 'lab.log')))
+        if os.path.exists(path):
+            info = read_lab(directory)
+            if info.get('state') == 'running' and proc.pid in info.get('pids', []):
+                print(json.dumps(info, indent=2, sort_keys=True))
+                return 0
+        time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit('xenlab: the lab did not become ready in %ss' % opts.timeout)
+
+
+def serve_args(opts, directory):
+    args = ['--dir', directory, '--username', opts.username, '--password', opts.password or secrets.token_urlsafe(12),
+            '--tls-policy', opts.tls_policy, '--nbd-purpose', opts.nbd_purpose,
+            '--disk0-size', str(opts.disk0_size), '--disk1-size', str(opts.disk1_size),
+            '--other-disk-size', str(opts.other_disk_size), '--auth-failure-delay', str(opts.auth_failure_delay),
+            '--api-port', str(opts.api_port), '--nbd-port', str(opts.nbd_port)]
+    if opts.ca_signed:
+        args.append('--ca-signed')
+    return args
+
+
+def cmd_stop(opts):
+    directory = os.path.abspath(opts.dir)
+    if not os.path.exists(lab_file(directory)):
+        print('xenlab: nothing to stop in %s' % directory)
+        return 0
+    pids = [p for p in read_lab(directory).get('pids', []) if pid_alive(p) and ours(p, directory)]
+    # The simulator (first PID) stops its nbdkit itself; the rest are then only stragglers.
+    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
+        for pid in pids:
+            if pid_alive(pid):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+            time.sleep(0.05)
+        pids = [p for p in pids if pid_alive(p)]
+        if not pids:
+            break
+    if pids:
+        raise SystemExit('xenlab: processes still alive: %s' % pids)
+    print('xenlab: stopped lab in %s' % directory)
+    return 0
+
+
+# ----- write / path / info -----------------------------------------------------------------------
+
+def control(directory, endpoint, payload):
+    info = read_lab(directory)
+    request = urllib.request.Request(info['control_url'] + endpoint, data=json.dumps(payload).encode('utf-8'),
+                                     headers={'Content-Type': 'application/json',
+                                              'X-Xenlab-Secret': info['control_secret']})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            reply = json.loads(response.read().decode('utf-8'))
+    except OSError as err:
+        raise SystemExit('xenlab: the lab in %s does not answer: %s' % (directory, err))
+    if not reply.get('ok'):
+        raise SystemExit('xenlab: %s' % reply.get('error'))
+    return reply
+
+
+def cmd_write(opts):
+    reply = control(opts.dir, '/internal/write', {'vdi': opts.vdi, 'offset': opts.offset, 'length': opts.length,
+                                                  'seed': opts.seed})
+    reply.pop('ok', None)
+    print(json.dumps(reply, sort_keys=True))
+    return 0
+
+
+def cmd_path(opts):
+    print(control(opts.dir, '/internal/path', {'vdi': opts.vdi})['path'])
+    return 0
+
+
+def cmd_info(opts):
+    print(json.dumps(read_lab(opts.dir), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_serve(opts):
+    from .server import serve  # pylint: disable=import-outside-toplevel
+    serve(opts)
+    return 0
+
+
+# ----- argument parsing --------------------------------------------------------------------------
+
+def add_start_options(parser, internal=False):
+    parser.add_argument('--api-port', type=int, default=0, help='XenAPI HTTPS port (default: a free one)')
+    parser.add_argument('--nbd-port', type=int, default=0, help='NBD front port (default: a free one)')
+    parser.add_argument('--tls-policy', choices=('current', 'legacy'), default='current',
+                        help='cipher policy of the NBD front (see docs/lab.md)')
+    parser.add_argument('--ca-signed', action='store_true', help='host certificate signed by a lab CA')
+    parser.add_argument('--username', default='root')
+    parser.add_argument('--password', default=None if not internal else '', help='default: random, see lab.json')
+    parser.add_argument('--nbd-purpose', choices=('none', 'nbd', 'insecure_nbd'), default='none',
+                        help='purpose given to backup-net at start (a fresh host has none)')
+    parser.add_argument('--disk0-size', type=size_arg, default=256 << 20)
+    parser.add_argument('--disk1-size', type=size_arg, default=64 << 20)
+    parser.add_argument('--other-disk-size', type=size_arg, default=64 << 20)
+    parser.add_argument('--auth-failure-delay', type=float, default=5.0,
+                        help='seconds a failed login waits, like xapi (default 5)')
+
+
+def parser():
+    top = argparse.ArgumentParser(prog='xenlab', description='XenServer lab: XenAPI simulator with an NBD front')
+    sub = top.add_subparsers(dest='command', required=True)
+    start = sub.add_parser('start', help='start a lab in the background')
+    start.add_argument('--dir', required=True)
+    start.add_argument('--timeout', type=float, default=60.0)
+    add_start_options(start)
+    start.set_defaults(func=cmd_start)
+    stop = sub.add_parser('stop', help='stop everything the lab started')
+    stop.add_argument('--dir', required=True)
+    stop.set_defaults(func=cmd_stop)
+    write = sub.add_parser('write', help='simulate a guest write (marks the CBT log)')
+    write.add_argument('--dir', required=True)
+    write.add_argument('--vdi', required=True, help='VDI uuid')
+    write.add_argument('--offset', type=int, required=True)
+    write.add_argument('--length', type=int, required=True)
+    write.add_argument('--seed', type=int, default=0)
+    write.set_defaults(func=cmd_write)
+    path = sub.add_parser('path', help="print the file holding a VDI's content")
+    path.add_argument('--dir', required=True)
+    path.add_argument('--vdi', required=True)
+    path.set_defaults(func=cmd_path)
+    info = sub.add_parser('info', help='print lab.json')
+    info.add_argument('--dir', required=True)
+    info.set_defaults(func=cmd_info)
+    serve = sub.add_parser('serve', help=argparse.SUPPRESS)
+    serve.add_argument('--dir', required=True)
+    add_start_options(serve, internal=True)
+    serve.set_defaults(func=cmd_serve)
+    return top
+
+
+def main(argv=None):
+    opts = parser().parse_args(argv)
+    return opts.func(opts)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

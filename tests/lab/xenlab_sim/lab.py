@@ -1,0 +1,187 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The simulated pool: database, VDI files, CBT logs and the NBD front, behind one lock."""
+
+from __future__ import absolute_import, division, print_function
+
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from . import cbt
+from .schema import NULL_REF
+from .storage import Storage, guest_bytes
+from .store import Store, XenAPIError
+
+__metaclass__ = type
+
+NBD_PURPOSES = ('nbd', 'insecure_nbd')
+
+
+def xapi_now():
+    """xapi's datetime on the wire: YYYYMMDDTHH:MM:SSZ (UTC)."""
+    return time.strftime('%Y%m%dT%H:%M:%SZ', time.gmtime())
+
+
+class LabError(Exception):
+    """A request to an internal endpoint (write, path, NBD open) that cannot be served."""
+
+
+class Lab:
+    def __init__(self, root, settings):
+        self.root = root
+        self.settings = settings  # username, password, host_cert_pem, subject, nbd_port, auth_failure_delay
+        self.store = Store()
+        self.lock = self.store.lock
+        self.cbt = cbt.CbtLogs()
+        self.storage = Storage(root)
+        self.front = None  # NbdFront, set by the server once started
+        self.nbd_connections = {}  # connection id -> dom0 VBD ref
+        self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
+
+    # ----- lookups -----------------------------------------------------------------------------
+
+    def vdi_path(self, vdi_ref):
+        return self.paths.get(self.store.raw('VDI', vdi_ref)['uuid'])
+
+    def control_domain(self):
+        return self.store.one('VM', is_control_domain=True)
+
+    def master(self):
+        return self.store.raw('pool', self.store.all('pool')[0])['master']
+
+    def session_valid(self, session_ref):
+        return isinstance(session_ref, str) and self.store.exists('session', session_ref)
+
+    def nbd_mode(self):
+        """What xapi-nbd would do for a new connection: 'tls', 'plain' or None (refuse)."""
+        purposes = set()
+        for ref in self.store.all('network'):
+            purposes.update(self.store.raw('network', ref)['purpose'])
+        if 'nbd' in purposes and 'insecure_nbd' in purposes:
+            return None
+        if 'nbd' in purposes:
+            return 'tls'
+        if 'insecure_nbd' in purposes:
+            return 'plain'
+        return None
+
+    def apply_nbd_mode(self):
+        """Bring the front in line with the purposes. Call *without* holding the lock: stopping
+        nbdkit waits for its plugin's close callbacks, which need the lock."""
+        if self.front is not None:
+            self.front.reconcile(self._locked_nbd_mode)
+
+    def _locked_nbd_mode(self):
+        with self.lock:
+            return self.nbd_mode()
+
+    # ----- guest writes (xenlab write) ---------------------------------------------------------
+
+    def guest_write(self, vdi_uuid, offset, length, seed):
+        with self.lock:
+            ref = self._vdi_by_uuid(vdi_uuid)
+            rec = self.store.raw('VDI', ref)
+            if rec['type'] == 'cbt_metadata' or rec['is_a_snapshot']:
+                raise LabError('a guest can only write to a live VDI with data, not %s' % vdi_uuid)
+            if offset < 0 or length < 0 or offset + length > rec['virtual_size']:
+                raise LabError('write [%d, %d) is outside the VDI (%d bytes)' % (offset, offset + length, rec['virtual_size']))
+            self.storage.write(self.paths[vdi_uuid], offset, guest_bytes(length, seed))
+            # tapdisk logs every write into the leaf's CBT log.
+            self.cbt.mark(vdi_uuid, offset, length)
+            return {'vdi': vdi_uuid, 'offset': offset, 'length': length, 'seed': seed,
+                    'blocks': list(cbt.block_range(offset, length)) if rec['cbt_enabled'] else []}
+
+    def _vdi_by_uuid(self, vdi_uuid):
+        try:
+            return self.store.by_uuid('VDI', vdi_uuid)
+        except XenAPIError:
+            raise LabError('no VDI with uuid %s' % vdi_uuid)
+
+    def content_path(self, vdi_uuid):
+        with self.lock:
+            self._vdi_by_uuid(vdi_uuid)
+            path = self.paths.get(vdi_uuid)
+            if path is None:
+                raise LabError('VDI %s has no data (cbt_metadata)' % vdi_uuid)
+            return path
+
+    # ----- the NBD front's per-connection checks (called by the nbdkit plugin) -----------------
+
+    def nbd_open(self, export_name):
+        """Validate an xapi-nbd export token and plug a dom0 VBD, or refuse (client sees EOF)."""
+        parts = urlsplit(export_name)
+        query = parse_qs(parts.query)
+        if not parts.path.startswith('/') or 'session_id' not in query:
+            raise LabError('export name is not /<vdi-uuid>?session_id=<ref>')
+        vdi_uuid = parts.path[1:]
+        session = query['session_id'][0]
+        with self.lock:
+            if not self.session_valid(session):
+                raise LabError('SESSION_INVALID %s' % session)
+            vdi = self._vdi_by_uuid(vdi_uuid)
+            rec = self.store.raw('VDI', vdi)
+            if rec['type'] == 'cbt_metadata':
+                raise LabError('VDI_INCOMPATIBLE_TYPE %s cbt_metadata' % vdi)
+            # xapi-nbd does VBD.create(dom0, RO) + VBD.plug for every connection.
+            vbd = self.store.create('VBD', VM=self.control_domain(), VDI=vdi, mode='RO', type='Disk',
+                                    userdevice='autodetect', device='xvd%s' % chr(ord('b') + len(self.nbd_connections) % 24),
+                                    currently_attached=True, other_config={'xenlab': 'nbd'})
+            conn = self.store.raw('VBD', vbd)['uuid']
+            self.nbd_connections[conn] = vbd
+            return {'connection': conn, 'path': self.paths[vdi_uuid], 'size': rec['virtual_size']}
+
+    def nbd_close(self, conn):
+        with self.lock:
+            vbd = self.nbd_connections.pop(conn, None)
+            if vbd and self.store.exists('VBD', vbd):
+                self.store.destroy('VBD', vbd)
+
+    def drop_nbd_connections(self):
+        """The front was restarted: its VBDs are cleaned up, like xapi-nbd's VBDs_to_clean_up."""
+        with self.lock:
+            for conn in list(self.nbd_connections):
+                self.nbd_close(conn)
+
+    # ----- HTTP import/export helpers ----------------------------------------------------------
+
+    def http_session(self, query, cookie_session, basic):
+        """The session for an HTTP handler: session_id (query or cookie), or Basic user:password."""
+        session = (query.get('session_id') or [cookie_session])[0]
+        with self.lock:
+            if session and self.session_valid(session):
+                return session, None
+        if basic and basic == (self.settings['username'], self.settings['password']):
+            with self.lock:
+                ref = self.store.create('session', this_host=self.master(), originator='http-basic',
+                                        last_active=xapi_now(), auth_user_name=basic[0])
+            return ref, ref
+        return None, None
+
+    def vdi_ref_or_uuid(self, value):
+        with self.lock:
+            if value and self.store.exists('VDI', value):
+                return value
+            return self.store.by_uuid('VDI', value)
+
+    def task_start(self, task_ref, label):
+        with self.lock:
+            if task_ref and self.store.exists('task', task_ref):
+                self.store.set('task', task_ref, status='pending')
+                return task_ref
+            return self.store.create('task', name_label=label, created=xapi_now(), resident_on=self.master())
+
+    def task_finish(self, task_ref, result='', error=None):
+        with self.lock:
+            if not self.store.exists('task', task_ref):
+                return
+            if error is None:
+                self.store.set('task', task_ref, status='success', progress=1.0, result=result, finished=xapi_now())
+            else:
+                self.store.set('task', task_ref, status='failure', progress=1.0, error_info=list(error),
+                               finished=xapi_now())
+
+    def mark_import(self, vdi_uuid, offset, length):
+        with self.lock:
+            self.cbt.mark(vdi_uuid, offset, length)
+
+    def null_ref(self):
+        return NULL_REF

@@ -1,0 +1,125 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The lab's long-running process: seeds the pool, serves the API and runs the NBD front."""
+
+from __future__ import absolute_import, division, print_function
+
+import json
+import os
+import secrets
+import signal
+import socket
+import threading
+
+from . import inventory, pki, tls_policy
+from .httpd import ApiHandler, ControlHandler, TLSServer, ThreadingServer
+from .lab import Lab
+from .nbd_front import NbdFront
+from .xapi import Dispatcher
+
+__metaclass__ = type
+
+LAB_JSON = 'lab.json'
+
+
+def write_json_atomic(path, obj, mode=0o600):
+    tmp = '%s.tmp.%d' % (path, os.getpid())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, 'w') as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True)
+        handle.write('\n')
+    os.replace(tmp, path)
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class LabServer:
+    def __init__(self, opts):
+        self.opts = opts
+        self.root = os.path.abspath(opts.dir)
+        self.stopping = threading.Event()
+        self.paths = pki.make_host_pki(os.path.join(self.root, 'pki'), inventory.HOSTNAME, inventory.ADDRESS,
+                                       ca_signed=opts.ca_signed)
+        with open(self.paths['host_cert']) as handle:
+            cert_pem = handle.read()
+        self.secret = secrets.token_hex(16)
+        self.nbd_port = opts.nbd_port or free_port()
+        self.lab = Lab(self.root, {
+            'username': opts.username, 'password': opts.password, 'host_cert_pem': cert_pem,
+            'subject': inventory.HOSTNAME, 'nbd_port': self.nbd_port, 'auth_failure_delay': opts.auth_failure_delay,
+        })
+        inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size, 'other': opts.other_disk_size})
+        self.api = self._api_server()
+        self.control = self._control_server()
+        self.front = NbdFront(self.root, self.nbd_port, self.paths['dir'], self.control_url, self.secret,
+                              opts.tls_policy, on_change=self.write_lab_json, on_stop=self.lab.drop_nbd_connections)
+        self.lab.front = self.front
+
+    @property
+    def control_url(self):
+        return 'http://127.0.0.1:%d' % self.control.server_address[1]
+
+    def _api_server(self):
+        handler = type('LabApiHandler', (ApiHandler,), {'lab': self.lab, 'dispatcher': Dispatcher(self.lab)})
+        # The API, like xapi's stunnel, always uses the current policy; --tls-policy is for the NBD front.
+        context = tls_policy.server_context('current', self.paths['host_cert'], self.paths['host_key'])
+        return TLSServer(('127.0.0.1', self.opts.api_port or 0), handler, context)
+
+    def _control_server(self):
+        handler = type('LabControlHandler', (ControlHandler,), {'lab': self.lab, 'secret': self.secret})
+        return ThreadingServer(('127.0.0.1', 0), handler)
+
+    def lab_json(self):
+        pids = [os.getpid()] + ([self.front.pid] if self.front.pid else [])
+        return {
+            'url': 'https://127.0.0.1:%d' % self.api.server_address[1],
+            'username': self.opts.username,
+            'password': self.opts.password,
+            'ca_cert': self.paths['ca_cert'],
+            'host_cert': self.paths['host_cert'],
+            'pids': pids,
+            'api_port': self.api.server_address[1],
+            'nbd_port': self.nbd_port,
+            'nbd_mode': self.front.mode,
+            'tls_policy': self.opts.tls_policy,
+            'ca_signed': bool(self.opts.ca_signed),
+            'control_url': self.control_url,
+            'control_secret': self.secret,
+            'dir': self.root,
+            'state': 'stopping' if self.stopping.is_set() else 'running',
+        }
+
+    def write_lab_json(self):
+        write_json_atomic(os.path.join(self.root, LAB_JSON), self.lab_json())
+
+    def run(self):
+        for server in (self.api, self.control):
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        signal.signal(signal.SIGTERM, lambda *_: self.stopping.set())
+        signal.signal(signal.SIGINT, lambda *_: self.stopping.set())
+        if self.opts.nbd_purpose != 'none':
+            self._seed_purpose(self.opts.nbd_purpose)
+        self.lab.apply_nbd_mode()
+        self.write_lab_json()
+        self.stopping.wait()
+        self.shutdown()
+
+    def _seed_purpose(self, purpose):
+        store = self.lab.store
+        net = store.find('network', name_label='backup-net')[0]
+        store.raw('network', net)['purpose'].append(purpose)
+
+    def shutdown(self):
+        self.write_lab_json()
+        self.front.stop()
+        for server in (self.api, self.control):
+            server.shutdown()
+            server.server_close()
+        self.write_lab_json()
+
+
+def serve(opts):
+    LabServer(opts).run()
