@@ -204,9 +204,9 @@ class ApiHandler(BaseHTTPRequestHandler):
             return
         length = int(self.headers['Content-Length'])
         # xapi answers 200 with the task id before it reads the body; later errors go to the task.
+        # No Content-Length: the response ends when the connection closes, after the import.
         self.send_response(200)
         self.send_header('task-id', task)
-        self.send_header('Content-Length', '0')
         self.send_header('Connection', 'close')
         self.close_connection = True
         self.end_headers()

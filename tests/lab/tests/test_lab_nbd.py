@@ -10,7 +10,7 @@ import time
 import pytest
 
 import nbdwire
-from conftest import require
+from labtools import require
 
 __metaclass__ = type
 

@@ -10,7 +10,7 @@ import xmlrpc.client
 
 import XenAPI
 
-from conftest import start_lab, xenlab
+from labtools import start_lab, xenlab
 
 __metaclass__ = type
 
