@@ -9,14 +9,7 @@ PYVER=$("$ROOT/.venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_inf
 
 COPY_BASE=$(mktemp -d "${TMPDIR:-/tmp}/cbt-backup-ansible-test.XXXXXX")
 trap 'rm -rf "$COPY_BASE"' EXIT
-COLL=$COPY_BASE/ansible_collections/xenserver/cbt_backup
-mkdir -p "$COLL"
-# Tracked files plus new, not ignored ones: what a fresh clone would hold once committed.
-git ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' f; do
-    [ -e "$f" ] && printf '%s\0' "$f"
-done | xargs -0 cp --parents -t "$COLL"
-cd "$COLL"
-git init -q && git add -A  # ansible-test lists files through git
+cd "$(bash scripts/collection-copy.sh "$COPY_BASE")"
 
 status=0
 echo "--- ansible-test sanity (python $PYVER)"

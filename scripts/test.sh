@@ -3,7 +3,8 @@
 #   1. pytest: unit tests and NBD interop tests against real servers (tests/unit),
 #      and the lab's contract tests (tests/lab/tests);
 #   2. ansible-test sanity and units from a real ansible_collections/xenserver/cbt_backup copy;
-#   3. ansible-lint (production profile).
+#   3. ansible-lint (production profile), galaxy build, changelog lint;
+#   4. ansible-test integration: the modules in real playbooks against the XenServer lab.
 # With CI=true a missing tool fails the run instead of skipping tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,8 +27,7 @@ pytest_paths=(tests/unit)
 [ -d tests/lab/tests ] && pytest_paths+=(tests/lab/tests)
 run "$PY" -m pytest -q -p no:cacheprovider "${pytest_paths[@]}"
 
-if [ -x scripts/ansible-checks.sh ]; then
-    run bash scripts/ansible-checks.sh
-fi
+run bash scripts/ansible-checks.sh
+run bash scripts/integration.sh
 
 exit $status

@@ -1,0 +1,80 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Ansible glue shared by the modules that talk to the XenAPI: connection options, errors to fail_json.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+from ansible.module_utils.basic import env_fallback, missing_required_lib
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import (
+    HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError,
+)
+
+__metaclass__ = type
+
+
+def connection_argument_spec():
+    """The options of the ``xenserver.cbt_backup._xenapi`` doc fragment."""
+    return dict(
+        hostname=dict(type='str', required=True, aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
+        username=dict(type='str', aliases=['user', 'admin'], fallback=(env_fallback, ['XENSERVER_USER'])),
+        password=dict(type='str', aliases=['pass', 'pwd'], no_log=True, fallback=(env_fallback, ['XENSERVER_PASSWORD'])),
+        session_id=dict(type='str', no_log=True),
+        validate_certs=dict(type='bool', default=True, fallback=(env_fallback, ['XENSERVER_VALIDATE_CERTS'])),
+        ca_path=dict(type='path'),
+        api_timeout=dict(type='float', default=60),
+    )
+
+
+def argument_spec(**module_options):
+    spec = connection_argument_spec()
+    spec.update(module_options)
+    return spec
+
+
+def check_libraries(module):
+    if not HAS_XENAPI:
+        module.fail_json(msg=missing_required_lib('XenAPI'), exception=str(XENAPI_IMPORT_ERROR))
+
+
+def make_client(module):
+    """A not yet opened XenApiClient from the module's connection options (fails the module on bad options)."""
+    check_libraries(module)
+    params = module.params
+    try:
+        return XenApiClient(params['hostname'], username=params['username'], password=params['password'],
+                            session_id=params['session_id'], validate_certs=params['validate_certs'],
+                            ca_path=params['ca_path'], timeout=params['api_timeout'])
+    except XenApiError as exc:
+        module.fail_json(msg=exc.message)
+
+
+def fail(module, exc, **result):
+    """fail_json for a XenApiError, keeping the host's error code and parameters in ``xenapi_error``."""
+    if exc.code:
+        result['xenapi_error'] = exc.as_dict()
+    module.fail_json(msg=exc.message, **result)
+
+
+def run(module, action):
+    """Open a client, call ``action(client)`` -> result dict, close (log out) and exit; failures end in fail_json.
+
+    A session this module logged in itself is logged out before the module exits, also on failure.
+    """
+    client = make_client(module)
+    try:
+        try:
+            client.open()
+            result = action(client)
+        finally:
+            client.close()
+    except XenApiError as exc:
+        fail(module, exc)
+    warnings = result.pop('warnings', [])
+    for warning in warnings:
+        module.warn(warning)
+    module.exit_json(**result)
