@@ -12,16 +12,24 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
 
 from . import tls_policy
+from .tls_proxy import StartTlsProxy
 
 __metaclass__ = type
 
 CONNECTION_LIMIT = 16
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'nbd_plugin.py')
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
 
 
 class FrontError(Exception):
@@ -39,6 +47,7 @@ class NbdFront:
         self.on_change = on_change or (lambda: None)
         self.on_stop = on_stop or (lambda: None)
         self.process = None
+        self.proxy = None
         self.mode = None
         # nbdkit runs with --exit-with-parent (PR_SET_PDEATHSIG), which fires when the *thread*
         # that forked it ends; so one long-lived thread does every start and stop.
@@ -85,14 +94,17 @@ class NbdFront:
             self._start(mode)
         self.on_change()
 
-    def command(self, mode):
+    def _legacy_proxy(self, mode):
+        return mode == 'tls' and self.policy == 'legacy'
+
+    def command(self, mode, port=None):
         nbdkit = shutil.which('nbdkit')
         if nbdkit is None:
             raise FrontError('nbdkit is not installed')
-        cmd = [nbdkit, '--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', str(self.port),
+        cmd = [nbdkit, '--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', str(port or self.port),
                '--readonly', '--no-sr', '--mask-handshake=1', '--pidfile', self._pidfile(),
                '--filter=limit']
-        if mode == 'tls':
+        if mode == 'tls' and not self._legacy_proxy(mode):
             cmd += ['--tls=require', '--tls-certificates=' + self.pki_dir]
         else:
             cmd += ['--tls=off']
@@ -104,14 +116,17 @@ class NbdFront:
 
     def _start(self, mode):
         env = dict(os.environ)
-        if mode == 'tls':
+        backend_port = None
+        if self._legacy_proxy(mode):
+            backend_port = free_port()
+        elif mode == 'tls':
             env.update(tls_policy.gnutls_env(self.policy, self.workdir))
         pidfile = self._pidfile()
         if os.path.exists(pidfile):
             os.unlink(pidfile)
         log = open(os.path.join(self.workdir, 'nbdkit.log'), 'ab')
         try:
-            self.process = subprocess.Popen(self.command(mode), stdin=subprocess.DEVNULL, stdout=log,
+            self.process = subprocess.Popen(self.command(mode, backend_port), stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, env=env, close_fds=True)
         finally:
             log.close()
@@ -123,9 +138,16 @@ class NbdFront:
                 self._stop()
                 raise FrontError('nbdkit did not become ready')
             time.sleep(0.02)
+        if backend_port:
+            self.proxy = StartTlsProxy(self.port, backend_port, tls_policy.server_context(
+                'legacy', os.path.join(self.pki_dir, 'server-cert.pem'), os.path.join(self.pki_dir, 'server-key.pem')))
+            self.proxy.start()
         self.mode = mode
 
     def _stop(self):
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.send_signal(signal.SIGTERM)
