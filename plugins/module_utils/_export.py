@@ -76,10 +76,13 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
         reader = ExtentReader(target, connections=connections, requests_in_flight=requests_in_flight,
                               retries=retries, first_connection=first)
         first = None  # the reader owns it now
-        if changed_blocks is None:
-            stats, written = _write_full(reader, extents, dest, size)
-        else:
-            stats, written = _apply_changes(reader, extents, dest, size)
+        try:
+            if changed_blocks is None:
+                stats, written = _write_full(reader, extents, dest, size)
+            else:
+                stats, written = _apply_changes(reader, extents, dest, size)
+        finally:
+            reader.close()
     finally:
         if first is not None:
             first.close()

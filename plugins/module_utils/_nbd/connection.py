@@ -116,6 +116,9 @@ class NbdConnection:
         except NbdConnectionLost as exc:
             raise NbdExportRefused(self._export_refused_message(exc))
         self.export_size, self.transmission_flags = p.EXPORT_INFO.unpack_from(reply)
+        if self.export_size > p.MAX_EXPORT_SIZE:
+            raise NbdProtocolError('%s announced an export of %d bytes, more than the %d this client accepts'
+                                   % (where, self.export_size, p.MAX_EXPORT_SIZE))
 
     def _export_refused_message(self, exc):
         where = self.target.where
@@ -178,6 +181,9 @@ class NbdConnection:
     def _recv_handshake(self, size, what):
         try:
             return self._recv_exact_bytes(size)
+        except NbdTimeout:
+            raise NbdHandshakeInterrupted('%s sent nothing for %s s during the handshake, while %s was expected'
+                                          % (self.target.where, self.target.timeout, what))
         except NbdConnectionLost as exc:
             raise NbdHandshakeInterrupted('%s closed the connection during the handshake, while sending %s (%s)'
                                           % (self.target.where, what, exc))

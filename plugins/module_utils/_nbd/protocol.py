@@ -94,6 +94,8 @@ ERRNO_NAMES = {
 # a client should stay within 32 MiB per request and 512-byte alignment.
 MAX_REQUEST_SIZE = 32 * 1024 * 1024
 REQUEST_ALIGNMENT = 512
+# Sanity bound for announced export sizes (XenServer disks are at most 16 TiB): 1 PiB.
+MAX_EXPORT_SIZE = 1 << 50
 
 
 def option_reply_name(reply_type):

@@ -124,7 +124,17 @@ class ExtentReader:
         stats.seconds = time.monotonic() - started
         if errors:
             raise errors[0]
+        expected = sum(length for _offset, length in requests)
+        if stats.bytes_read != expected:  # a backstop: every byte asked for must have been delivered
+            raise NbdProtocolError('%s delivered %d bytes of the %d requested' % (self.target.where, stats.bytes_read,
+                                                                                  expected))
         return stats
+
+    def close(self):
+        """Close the first connection if ``read`` never took it over."""
+        first, self._first_connection = self._first_connection, None
+        if first is not None:
+            first.close()
 
     def _run_worker(self, conn, work, sink, stats, errors):
         try:
@@ -150,22 +160,23 @@ class ExtentReader:
                         if request is None:
                             break
                         offset, length = request
-                        slot = free.pop()
-                        conn.send_read(next_cookie, offset, length)
-                        inflight[next_cookie] = (offset, length, slot)
+                        # Registered before sending: if the send fails, the retry below still knows it.
+                        inflight[next_cookie] = (offset, length, free.pop())
                         next_cookie += 1
+                        conn.send_read(next_cookie - 1, offset, length)
                     if not inflight:
                         return
                     error, cookie = conn.recv_reply_header()
-                    try:
-                        offset, length, slot = inflight.pop(cookie)
-                    except KeyError:
+                    if cookie not in inflight:
                         raise NbdProtocolError('%s answered cookie %d, which matches no request in flight'
                                                % (self.target.where, cookie))
+                    offset, length, slot = inflight[cookie]
                     if error:
                         raise server_error(self.target.where, error, offset, length)
                     view = memoryview(buffers[slot])[:length]
                     conn.recv_into(view)
+                    # Only a request whose data fully arrived leaves the in-flight table.
+                    del inflight[cookie]
                     sink(offset, view)
                     view.release()
                     free.append(slot)

@@ -61,7 +61,11 @@ class AtomicFile:
         directory, name = os.path.split(os.path.abspath(path))
         self.fd, self.temp_path = tempfile.mkstemp(prefix='.%s%s' % (name, prefix), dir=directory)
         if size is not None:
-            os.ftruncate(self.fd, size)
+            try:
+                os.ftruncate(self.fd, size)
+            except BaseException:
+                self.discard()
+                raise
 
     def commit(self, mode=0o600):
         """fsync, rename over ``path``, fsync the directory."""

@@ -239,7 +239,6 @@ def test_stalled_greeting_times_out():
         assert time.monotonic() - started < TIMEOUT + 3
 
 
-@pytest.mark.xfail(strict=True, reason='a handshake timeout is reported as "closed the connection during the handshake"')
 def test_stalled_greeting_is_not_reported_as_a_close():
     with FakeNbdServer(IMAGE, stall_greeting=True) as server:
         exc = open_fails(plain_target(server), errors.NbdNegotiationError, 'sent nothing for 1 s')
@@ -291,8 +290,6 @@ def test_truncated_export_info():
         open_fails(plain_target(server), errors.NbdExportRefused)
 
 
-@pytest.mark.xfail(strict=True, reason='an export size beyond 2**63-1 escapes as OverflowError from os.ftruncate and '
-                                       'AtomicFile leaves its .partial- temporary file behind')
 def test_huge_export_size_is_refused(dest_dir):
     with FakeNbdServer(IMAGE, export_size=2 ** 64 - 1) as server:
         exc = export_fails(server, dest_dir, (errors.NbdError, _export.ExportError))
@@ -448,8 +445,6 @@ def test_stalled_reads_time_out(dest_dir):
     assert server.connections == 2
 
 
-@pytest.mark.xfail(strict=True, reason='ExtentReader loses a request whose reply header arrived but whose data was '
-                                       'cut short: it is popped from inflight before recv_into and never retried')
 def test_short_data_once_is_retried_and_data_is_right():
     with FakeNbdServer(IMAGE, short_after=5, max_faults=1) as server:
         data, stats = read_all(server, connections=1, requests_in_flight=2)
@@ -459,14 +454,11 @@ def test_short_data_once_is_retried_and_data_is_right():
     assert hashlib.sha256(data).hexdigest() == IMAGE_SHA256
 
 
-@pytest.mark.xfail(strict=True, reason='same lost request: the export reports success with a 4 MiB hole in dest')
 def test_export_short_data_once_is_retried(dest_dir):
     with FakeNbdServer(IMAGE, short_after=1, max_faults=1) as server:
         export_ok(server, dest_dir, connections=1, requests_in_flight=2, retries=1)
 
 
-@pytest.mark.xfail(strict=True, reason='the give-up message does not name the read that was cut short (it was '
-                                       'dropped from inflight), and may name no offset at all')
 def test_short_data_always_gives_up_naming_the_offset():
     with FakeNbdServer(IMAGE, short_after=1) as server:
         exc = reader_fails(server, errors.NbdConnectionLost, 'closed the connection', 'gave up after 2 reconnect attempts',
@@ -474,8 +466,6 @@ def test_short_data_always_gives_up_naming_the_offset():
     assert 'at offset %d ' % server.fault_offsets[-1] in str(exc)
 
 
-@pytest.mark.xfail(strict=True, reason='ExtentReader loses a request taken from the queue when send_read fails on a '
-                                       'connection the server has reset: it is neither in inflight nor requeued')
 def test_reset_between_replies_loses_no_request():
     # The sink is slow on the first piece, so the server's RST arrives before the client sends the next request.
     out = bytearray(len(IMAGE))
@@ -497,8 +487,6 @@ def test_reset_between_replies_loses_no_request():
     assert hashlib.sha256(out).hexdigest() == IMAGE_SHA256
 
 
-@pytest.mark.xfail(strict=True, reason='export_to_file never closes the first connection when the destination file '
-                                       'cannot be created (ExtentReader owns it but read() was never called)')
 def test_unwritable_destination_closes_the_connection(tmp_path):
     with FakeNbdServer(IMAGE) as server:
         # Keep the exception (and so its traceback) alive: dropping it would let the garbage collector close the socket.
