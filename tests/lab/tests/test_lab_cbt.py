@@ -196,3 +196,18 @@ def test_sharable_and_set_on_boot(api, disk, failure):
     with failure('VDI_CBT_ENABLED') as exc:
         api.VDI.set_on_boot(disk, 'reset')
     assert exc.details[1:] == [disk]
+    sr = api.SR.get_by_name_label('Local storage')[0]
+    shared = api.VDI.create({'SR': sr, 'virtual_size': '1048576', 'type': 'user', 'sharable': True,
+                             'read_only': False, 'other_config': {}, 'name_label': 'shared'})
+    with failure('VDI_IS_SHARABLE') as exc:
+        api.VDI.snapshot(shared)
+    assert exc.details[1:] == [shared]
+    api.VDI.destroy(shared)
+
+
+def test_allowed_operations_never_list_cbt_ops(api, disk):
+    ops = set(api.VDI.get_allowed_operations(disk))
+    assert 'snapshot' in ops and 'destroy' in ops
+    assert not ops & {'enable_cbt', 'disable_cbt', 'data_destroy', 'list_changed_blocks'}
+    live = api.VDI.get_by_name_label('demo-vm-disk0')[0]
+    assert 'destroy' not in api.VDI.get_record(live)['allowed_operations']  # attached to a running VM

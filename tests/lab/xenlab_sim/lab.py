@@ -7,7 +7,6 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 from . import cbt
-from .schema import NULL_REF
 from .storage import Storage, guest_bytes
 from .store import Store, XenAPIError
 
@@ -36,6 +35,21 @@ class Lab:
         self.front = None  # NbdFront, set by the server once started
         self.nbd_connections = {}  # connection id -> dom0 VBD ref
         self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
+        self.store.computed[('VDI', 'allowed_operations')] = self._vdi_allowed_operations
+
+    def _vdi_allowed_operations(self, vdi):
+        """Like xapi: only the pre-Ely operations are ever listed, never the CBT ones (CA-260245);
+        CBT support shows in SR.allowed_operations."""
+        rec = self.store.raw('VDI', vdi)
+        sr_ops = self.store.raw('SR', rec['SR'])['allowed_operations'] if self.store.exists('SR', rec['SR']) else []
+        if rec['type'] == 'cbt_metadata':
+            ops = ['forget', 'destroy', 'update', 'generate_config']
+        elif any(self.store.raw('VBD', v)['currently_attached'] for v in self.store.find('VBD', VDI=vdi)):
+            ops = ['snapshot', 'clone']
+        else:
+            ops = ['forget', 'destroy', 'copy', 'snapshot', 'clone', 'resize', 'update', 'generate_config']
+        needs = {'snapshot': 'vdi_snapshot', 'clone': 'vdi_clone', 'resize': 'vdi_resize', 'destroy': 'vdi_destroy'}
+        return [op for op in ops if op not in needs or needs[op] in sr_ops]
 
     # ----- lookups -----------------------------------------------------------------------------
 
@@ -183,5 +197,3 @@ class Lab:
         with self.lock:
             self.cbt.mark(vdi_uuid, offset, length)
 
-    def null_ref(self):
-        return NULL_REF

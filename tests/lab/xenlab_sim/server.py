@@ -7,13 +7,12 @@ import json
 import os
 import secrets
 import signal
-import socket
 import threading
 
 from . import inventory, pki, tls_policy
 from .httpd import ApiHandler, ControlHandler, TLSServer, ThreadingServer
 from .lab import Lab
-from .nbd_front import NbdFront
+from .nbd_front import NbdFront, free_port
 from .xapi import Dispatcher
 
 __metaclass__ = type
@@ -28,12 +27,6 @@ def write_json_atomic(path, obj, mode=0o600):
         json.dump(obj, handle, indent=2, sort_keys=True)
         handle.write('\n')
     os.replace(tmp, path)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
 
 
 class LabServer:

@@ -35,6 +35,8 @@ class Store:
     def __init__(self):
         self.lock = threading.RLock()
         self.tables = dict((cls, {}) for cls in SCHEMA)
+        # (class, field) -> function(ref): fields derived from the state at read time.
+        self.computed = {}
 
     def create(self, cls, **fields):
         record = dict(copy.deepcopy(SCHEMA[cls]))
@@ -60,6 +62,9 @@ class Store:
             raise XenAPIError('HANDLE_INVALID', cls, ref)
 
     def get(self, cls, ref, field):
+        if (cls, field) in self.computed:
+            self.raw(cls, ref)
+            return self.computed[(cls, field)](ref)
         if (cls, field) in INVERSE_FIELDS:
             self.raw(cls, ref)
             return self._inverse(cls, ref, field)
@@ -70,7 +75,9 @@ class Store:
         raw = self.raw(cls, ref)
         result = {}
         for field, _default in SCHEMA[cls]:
-            if (cls, field) in INVERSE_FIELDS:
+            if (cls, field) in self.computed:
+                result[field] = self.computed[(cls, field)](ref)
+            elif (cls, field) in INVERSE_FIELDS:
                 result[field] = self._inverse(cls, ref, field)
             else:
                 result[field] = copy.deepcopy(raw[field])
