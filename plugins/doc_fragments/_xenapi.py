@@ -15,11 +15,10 @@ class ModuleDocFragment:
 options:
   hostname:
     description:
-      - The pool coordinator (or any pool member: C(HOST_IS_SLAVE) is followed to the coordinator).
+      - The pool coordinator, or any pool member (C(HOST_IS_SLAVE) is followed to the coordinator).
       - C(https://) is assumed when no scheme is given.
-      - If not set, the value of the E(XENSERVER_HOST) environment variable is used.
+      - If not set, the value of the E(XENSERVER_HOST) environment variable is used; one of the two is required.
     type: str
-    required: true
     aliases: [host, pool]
   username:
     description:

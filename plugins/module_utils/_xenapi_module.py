@@ -20,7 +20,7 @@ __metaclass__ = type
 def connection_argument_spec():
     """The options of the ``xenserver.cbt_backup._xenapi`` doc fragment."""
     return dict(
-        hostname=dict(type='str', required=True, aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
+        hostname=dict(type='str', aliases=['host', 'pool'], fallback=(env_fallback, ['XENSERVER_HOST'])),
         username=dict(type='str', aliases=['user', 'admin'], fallback=(env_fallback, ['XENSERVER_USER'])),
         password=dict(type='str', aliases=['pass', 'pwd'], no_log=True, fallback=(env_fallback, ['XENSERVER_PASSWORD'])),
         session_id=dict(type='str', no_log=True),

@@ -13,7 +13,7 @@ short_description: Log in to a XenServer pool once and share the session between
 version_added: 0.1.0
 description:
   - With O(state=present), logs in and returns RV(session_id) for later tasks (their O(session_id) option), so a play
-    logs in once. This is what keeps export names from C(VDI.get_nbd_info) valid across tasks: they are only valid
+    logs in once. This is what keeps export names from C(VDI.get_nbd_info) valid across tasks, as they are only valid
     while the session that asked for them is logged in.
   - With O(state=absent), logs the O(session_id) out. Use it in an C(always) section so the session never outlives
     the play.

@@ -19,12 +19,16 @@ description:
   - With O(changed_blocks), the bitmap that C(VDI.list_changed_blocks) returns, it reads only the changed 64 KiB blocks
     and applies them to an existing O(dest) that holds the previous copy. The blocks are staged first, so O(dest) is
     only touched once every changed block arrived.
-  - This module takes one element of the list that C(VDI.get_nbd_info) returns. Its C(exportname) carries the XenAPI
-    session reference and is valid only while that session stays logged in.
+  - Two ways to say what to read. B(Direct:) O(nbd), one element of the list that C(VDI.get_nbd_info) returns (its
+    C(exportname) carries a XenAPI session reference and is valid only while that session stays logged in), plus an
+    optional O(changed_blocks) bitmap. B(From a snapshot:) O(snapshot) and optionally O(base) with the XenAPI connection
+    options (unused with O(nbd)); the module then calls C(VDI.get_nbd_info) and C(VDI.list_changed_blocks) itself inside one session, so
+    the export name never leaves the process.
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
   - xenserver.cbt_backup._nbd
+  - xenserver.cbt_backup._xenapi
 attributes:
   check_mode:
     description: Connects and negotiates (which validates address, certificate and export name) but reads no data.
@@ -38,11 +42,24 @@ attributes:
     membership:
       - xenserver.cbt_backup.all
 options:
+  snapshot:
+    description:
+      - The snapshot to export, by uuid (or by name if unique among snapshots). Mutually exclusive with O(nbd).
+    type: str
+  base:
+    description:
+      - The older snapshot (usually a C(cbt_metadata) one) to compare O(snapshot) with; only the blocks changed since
+        then are read and applied to O(dest). Needs O(snapshot).
+    type: str
+  nbd_network:
+    description:
+      - With O(snapshot), read through this network (uuid or name) when the host has several NBD addresses.
+    type: str
   nbd:
     description:
       - One element of the list returned by C(VDI.get_nbd_info) (for example from M(xenserver.cbt_backup.vdi_nbd_info)).
+      - Mutually exclusive with O(snapshot).
     type: dict
-    required: true
     suboptions:
       address:
         description: IP address or host name of the NBD server.
@@ -65,6 +82,7 @@ options:
         type: str
   changed_blocks:
     description:
+      - With O(nbd) only.
       - Base64 bitmap from C(VDI.list_changed_blocks), one bit per 64 KiB block, most significant bit first.
       - When set, only these blocks are read and applied to the existing O(dest), which must have the export's size.
       - A bitmap for a larger disk is accepted only if all bits beyond this disk's last block are zero.
@@ -94,6 +112,16 @@ EXAMPLES = r'''
   xenserver.cbt_backup.vdi_export:
     nbd: "{{ nbd_info[0] }}"
     changed_blocks: "{{ bitmap }}"
+    dest: /backups/vm1/disk0.raw
+
+- name: Incremental export from snapshots; the module asks the XenAPI for everything it needs
+  xenserver.cbt_backup.vdi_export:
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+    snapshot: "{{ new_snapshot_uuid }}"
+    base: "{{ previous_snapshot_uuid }}"
+    nbd_network: backup-net
     dest: /backups/vm1/disk0.raw
 
 - name: Export from a network with purpose insecure_nbd (no TLS; the result carries a warning)
@@ -149,6 +177,21 @@ connections:
   type: int
   returned: success
   sample: 4
+snapshot:
+  description: UUID of the exported snapshot.
+  type: str
+  returned: when O(snapshot) was given
+  sample: 3f4e9a1c-7d0b-4c8e-9a55-0d6c1f3e2b7a
+base:
+  description: UUID of the base snapshot the changed blocks were listed against.
+  type: str
+  returned: when O(base) was given
+  sample: 1b0c2f0e-5a4d-4c8e-9a55-0d6c1f3e2b7a
+nbd_address:
+  description: Address and port the data was read from.
+  type: str
+  returned: success
+  sample: 192.0.2.10:10809
 reconnects:
   description: Connections that broke during the export and were replaced.
   type: int
@@ -158,18 +201,22 @@ reconnects:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt import BitmapError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 
 
 def argument_spec():
-    return dict(
-        nbd=dict(type='dict', required=True, options=dict(
+    spec = _xenapi_module.argument_spec(
+        snapshot=dict(type='str'),
+        base=dict(type='str'),
+        nbd_network=dict(type='str'),
+        nbd=dict(type='dict', options=dict(
             address=dict(type='str', required=True),
             port=dict(type='int', default=10809),
             exportname=dict(type='str', required=True, no_log=True),
@@ -185,10 +232,10 @@ def argument_spec():
         timeout=dict(type='float', default=60),
         retries=dict(type='int', default=3),
     )
+    return spec
 
 
-def main():
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+def check_params(module):
     params = module.params
     if params['tls'] and not HAS_CRYPTOGRAPHY:
         module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
@@ -197,16 +244,82 @@ def main():
                              'connections in total)' % (MAX_CONNECTIONS, MAX_CONNECTIONS))
     if params['requests_in_flight'] < 1 or params['retries'] < 0 or params['timeout'] <= 0:
         module.fail_json(msg='requests_in_flight must be at least 1, retries at least 0 and timeout positive')
+    if params['snapshot'] and not params['hostname']:
+        module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)')
     nbd = params['nbd']
-    if params['tls'] and not nbd.get('cert') and not params['tls_ca_path']:
+    if nbd and params['tls'] and not nbd.get('cert') and not params['tls_ca_path']:
         module.fail_json(msg='tls is true but nbd has no "cert" (the PEM from VDI.get_nbd_info) and no tls_ca_path '
                              'was given, so the server certificate cannot be verified. Pass the whole get_nbd_info '
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.')
+
+
+def export(module, nbd, changed_blocks):
+    params = module.params
+    target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
+    result = _export.export_to_file(
+        target, params['dest'], changed_blocks=changed_blocks, connections=params['connections'],
+        requests_in_flight=params['requests_in_flight'], retries=params['retries'], check_mode=module.check_mode)
+    result['nbd_address'] = '%s:%s' % (nbd['address'], nbd.get('port') or 10809)
+    return result
+
+
+def check_purpose(info, tls):
+    """Refuse early when the network's purpose and the tls option cannot work together."""
+    where = '%s (network %s)' % (info['address'], ', '.join(info['network_names']) or '?')
+    if tls and 'insecure_nbd' in info['purposes'] and 'nbd' not in info['purposes']:
+        raise XenApiError(
+            'the NBD address %s is on a network with purpose insecure_nbd: its server refuses TLS. Either give the '
+            'network purpose nbd (TLS, recommended; xenserver.cbt_backup.nbd_network) or set tls: false to read '
+            'the disk unencrypted.' % where, code='NBD_TLS_UNAVAILABLE')
+    if not tls and 'nbd' in info['purposes'] and 'insecure_nbd' not in info['purposes']:
+        raise XenApiError('tls is false but the NBD address %s is on a network with purpose nbd, whose server only '
+                          'talks TLS: remove tls: false' % where, code='NBD_TLS_REQUIRED')
+
+
+def export_snapshot(module, client):
+    """The snapshot form: everything the export needs comes from the XenAPI in this one session."""
+    params = module.params
+    snap_ref, snap = _objects.find_vdi(client, params['snapshot'], snapshot=True)
+    changed_blocks = None
+    base = None
+    if params['base']:
+        base_ref, base = _objects.find_vdi(client, params['base'], snapshot=True)
+        # Before any NBD connection: an open one makes list_changed_blocks fail with VDI_IN_USE.
+        changed_blocks = client.call('VDI.list_changed_blocks', base_ref, snap_ref)
+    info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
+    check_purpose(info, params['tls'])
+    nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
+    result = export(module, nbd, changed_blocks)
+    result['snapshot'] = snap['uuid']
+    if base is not None:
+        result['base'] = base['uuid']
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        mutually_exclusive=[('nbd', 'snapshot'), ('changed_blocks', 'snapshot'), ('nbd', 'base')],
+        required_one_of=[('nbd', 'snapshot')],
+        required_by={'base': 'snapshot', 'nbd_network': 'snapshot'},
+        supports_check_mode=True,
+    )
+    check_params(module)
+    params = module.params
+    client = None
     try:
-        target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
-        result = _export.export_to_file(
-            target, params['dest'], changed_blocks=params['changed_blocks'], connections=params['connections'],
-            requests_in_flight=params['requests_in_flight'], retries=params['retries'], check_mode=module.check_mode)
+        try:
+            if params['snapshot']:
+                client = _xenapi_module.make_client(module)
+                client.open()
+                result = export_snapshot(module, client)
+            else:
+                result = export(module, params['nbd'], params['changed_blocks'])
+        finally:
+            if client is not None:
+                client.close()  # logs out a session this module logged in
+    except XenApiError as exc:
+        _xenapi_module.fail(module, exc)
     except (NbdError, BitmapError, _export.ExportError) as exc:
         module.fail_json(msg=str(exc), error_type=type(exc).__name__)
     except (IOError, OSError) as exc:
