@@ -3,14 +3,10 @@
 
 from __future__ import absolute_import, division, print_function
 
-import os
-import sys
-
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from labtools import start_lab, xenlab  # noqa: E402 pylint: disable=wrong-import-position
+# pytest (prepend import mode) puts this directory on sys.path, so the helpers import directly.
+from labtools import start_lab, xenlab
 
 __metaclass__ = type
 

@@ -59,7 +59,7 @@ def test_envelope_types_and_endpoints(lab, api):
     slash.xenapi.session.logout()
 
 
-def test_unknown_method_and_parameter_count(lab, api, failure):
+def test_unknown_method_and_parameter_count(api, failure):
     with failure('MESSAGE_METHOD_UNKNOWN') as exc:
         api.VDI.no_such_call()
     assert exc.details[1] == 'VDI.no_such_call'

@@ -44,7 +44,7 @@ def test_enable_cbt_idempotent_and_snapshot_carries_it(api, disk):
     api.VDI.destroy(snap)
 
 
-def test_enable_cbt_errors(lab, api, disk, failure):
+def test_enable_cbt_errors(api, disk, failure):
     snap = api.VDI.snapshot(disk)
     with failure('OPERATION_NOT_ALLOWED') as exc:
         api.VDI.enable_cbt(snap)
@@ -116,7 +116,7 @@ def test_or_of_logs_and_destroy_merges(lab, api, disk):
         api.VDI.destroy(ref)
 
 
-def test_same_and_unrelated(lab, api, disk, failure):
+def test_same_and_unrelated(api, disk, failure):
     s0 = api.VDI.snapshot(disk)
     s1 = api.VDI.snapshot(disk)
     with failure('SR_BACKEND_FAILURE_460') as exc:

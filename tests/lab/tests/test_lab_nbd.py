@@ -148,7 +148,7 @@ def test_token_dies_with_logout(lab, api, nets, snap):
     established.close()
 
 
-def test_cbt_metadata_token_refused(lab, api, nets, failure):
+def test_cbt_metadata_token_refused(lab, api, nets):
     set_purpose(api, nets[0], 'nbd')
     vdi = api.VDI.get_by_name_label('demo-vm-disk0')[0]
     snap2 = api.VDI.snapshot(vdi)

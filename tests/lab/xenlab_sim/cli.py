@@ -30,7 +30,7 @@ def size_arg(text):
     try:
         size = int(value[:-1] if unit else value) * UNITS[unit]
     except ValueError:
-        raise argparse.ArgumentTypeError('not a size: %s' % text)
+        raise argparse.ArgumentTypeError('not a size: %s' % text) from None
     if size <= 0 or size % 512:
         raise argparse.ArgumentTypeError('size must be a positive multiple of 512: %s' % text)
     return size
@@ -45,7 +45,7 @@ def read_lab(directory):
         with open(lab_file(directory)) as handle:
             return json.load(handle)
     except (OSError, ValueError):
-        raise SystemExit('xenlab: no lab in %s (lab.json missing)' % directory)
+        raise SystemExit('xenlab: no lab in %s (lab.json missing)' % directory) from None
 
 
 def pid_alive(pid):
@@ -151,7 +151,7 @@ def control(directory, endpoint, payload):
         with urllib.request.urlopen(request, timeout=120) as response:
             reply = json.loads(response.read().decode('utf-8'))
     except OSError as err:
-        raise SystemExit('xenlab: the lab in %s does not answer: %s' % (directory, err))
+        raise SystemExit('xenlab: the lab in %s does not answer: %s' % (directory, err)) from err
     if not reply.get('ok'):
         raise SystemExit('xenlab: %s' % reply.get('error'))
     return reply

@@ -51,7 +51,7 @@ class ApiHandler(BaseHTTPRequestHandler):
     lab = None
     dispatcher = None
 
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin,unused-argument
         pass  # keep lab.log for errors
 
     # ----- XML-RPC -------------------------------------------------------------------------------
@@ -259,7 +259,7 @@ class ControlHandler(BaseHTTPRequestHandler):
     lab = None
     secret = None
 
-    def log_message(self, format, *args):  # pylint: disable=redefined-builtin
+    def log_message(self, format, *args):  # pylint: disable=redefined-builtin,unused-argument
         pass
 
     def do_POST(self):  # pylint: disable=invalid-name

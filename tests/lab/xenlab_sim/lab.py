@@ -108,7 +108,7 @@ class Lab:
         try:
             return self.store.by_uuid('VDI', vdi_uuid)
         except XenAPIError:
-            raise LabError('no VDI with uuid %s' % vdi_uuid)
+            raise LabError('no VDI with uuid %s' % vdi_uuid) from None
 
     def content_path(self, vdi_uuid):
         with self.lock:

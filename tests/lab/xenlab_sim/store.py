@@ -59,7 +59,7 @@ class Store:
         try:
             return self.tables[cls][ref]
         except (KeyError, TypeError):
-            raise XenAPIError('HANDLE_INVALID', cls, ref)
+            raise XenAPIError('HANDLE_INVALID', cls, ref) from None
 
     def get(self, cls, ref, field):
         if (cls, field) in self.computed:

@@ -44,7 +44,7 @@ def as_int(value, field='value'):
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise XenAPIError('FIELD_TYPE_ERROR', field)
+        raise XenAPIError('FIELD_TYPE_ERROR', field) from None
 
 
 def to_wire(value):
@@ -60,12 +60,8 @@ def to_wire(value):
     return value
 
 
-def _datetime_fields():
-    return set(f for cls in SCHEMA for f, d in SCHEMA[cls] if f in ('snapshot_time', 'created', 'finished',
-                                                                       'last_active', 'validation_time', 'timestamp'))
-
-
-DATETIME_FIELDS = _datetime_fields()
+# Fields of type datetime in the classes the lab serves.
+DATETIME_FIELDS = {'snapshot_time', 'created', 'finished', 'last_active', 'validation_time', 'timestamp'}
 
 
 def wire_record(record):
@@ -236,7 +232,7 @@ def _generic_setter(cls, name, fields):
 # ----- session, pool, host ----------------------------------------------------------------------
 
 @api('session.login_with_password')
-def session_login_with_password(ctx, uname, pwd, version='', originator=''):
+def session_login_with_password(ctx, uname, pwd, version='', originator=''):  # pylint: disable=unused-argument
     lab = ctx.lab
     if (uname, pwd) != (lab.settings['username'], lab.settings['password']):
         # xapi sleeps before answering a failed login (5 s) to slow down guessing.
@@ -396,7 +392,7 @@ def snapshot_vdi(ctx, vdi, extra=None):
 
 
 @api('VDI.snapshot')
-def vdi_snapshot(ctx, vdi, driver_params=None):
+def vdi_snapshot(ctx, vdi, driver_params=None):  # pylint: disable=unused-argument
     with ctx.lab.lock:
         return snapshot_vdi(ctx, vdi)
 
@@ -478,7 +474,7 @@ def vdi_list_changed_blocks(ctx, vdi_from, vdi_to):
         try:
             blocks, size = lab.cbt.changed_blocks(from_rec['uuid'], to_rec['uuid'])
         except Unrelated:
-            raise XenAPIError(ERR_460, '', MSG_460 % 'Source and target VDI are unrelated', '')
+            raise XenAPIError(ERR_460, '', MSG_460 % 'Source and target VDI are unrelated', '') from None
         return encode_bitmap(blocks, size)
 
 
