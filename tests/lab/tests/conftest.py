@@ -49,4 +49,3 @@ def failure():
             assert exc.details[0] == self.code, exc.details
             return True
     return _Expect
-

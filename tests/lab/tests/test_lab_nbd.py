@@ -187,7 +187,7 @@ def test_open_connection_blocks_cbt_calls(lab, api, nets, snap, failure):
 def test_seventeenth_connection_refused(lab, api, nets, snap):
     set_purpose(api, nets[0], 'nbd')
     name = api.VDI.get_nbd_info(snap)[0]['exportname']
-    conns = [nbdwire.open_export(lab.info['nbd_port'], name, tls(lab)) for _ in range(16)]
+    conns = [nbdwire.open_export(lab.info['nbd_port'], name, tls(lab)) for _index in range(16)]
     try:
         with pytest.raises((EOFError, ConnectionResetError, ssl.SSLError)):
             nbdwire.open_export(lab.info['nbd_port'], name, tls(lab))

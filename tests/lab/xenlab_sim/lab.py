@@ -196,4 +196,3 @@ class Lab:
     def mark_import(self, vdi_uuid, offset, length):
         with self.lock:
             self.cbt.mark(vdi_uuid, offset, length)
-

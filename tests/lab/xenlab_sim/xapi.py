@@ -373,9 +373,9 @@ def snapshot_vdi(ctx, vdi, extra=None):
         raise XenAPIError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION')
     if not rec['managed']:
         raise XenAPIError('VDI_NOT_MANAGED', vdi)
-    copied = dict((k, rec[k]) for k in ('name_label', 'name_description', 'type', 'sharable', 'other_config',
-                                          'xenstore_data', 'on_boot', 'allow_caching', 'tags', 'virtual_size',
-                                          'physical_utilisation', 'SR', 'sm_config'))
+    inherited = ('name_label', 'name_description', 'type', 'sharable', 'other_config', 'xenstore_data', 'on_boot',
+                 'allow_caching', 'tags', 'virtual_size', 'physical_utilisation', 'SR', 'sm_config')
+    copied = dict((k, rec[k]) for k in inherited)
     # Only a live VDI's log rotates; a snapshot of a snapshot starts without CBT.
     cbt_on = rec['cbt_enabled'] and not rec['is_a_snapshot']
     snap = ctx.store.create('VDI', is_a_snapshot=True, snapshot_of=vdi, snapshot_time=xapi_now(),
@@ -526,8 +526,9 @@ def vdi_create(ctx, args):
             raise XenAPIError('SR_OPERATION_NOT_SUPPORTED', args['SR'])
         if size < 0:
             raise XenAPIError('FIELD_TYPE_ERROR', 'virtual_size')
-        fields = dict((k, args[k]) for k in ('name_label', 'name_description', 'sharable', 'read_only', 'other_config',
-                                              'xenstore_data', 'sm_config', 'tags') if k in args)
+        optional = ('name_label', 'name_description', 'sharable', 'read_only', 'other_config', 'xenstore_data',
+                    'sm_config', 'tags')
+        fields = dict((k, args[k]) for k in optional if k in args)
         vdi = ctx.store.create('VDI', SR=args['SR'], virtual_size=size, type=vdi_type, **fields)
         rec = ctx.store.raw('VDI', vdi)
         rec['location'] = rec['uuid']
@@ -548,8 +549,9 @@ def vbd_create(ctx, args):
         empty = bool(args.get('empty', False))
         if not empty:
             _check_not_cbt_metadata(vdi, ctx.store.raw('VDI', vdi))
-        fields = dict((k, args[k]) for k in ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'other_config',
-                                              'qos_algorithm_type', 'qos_algorithm_params') if k in args)
+        optional = ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'other_config', 'qos_algorithm_type',
+                    'qos_algorithm_params')
+        fields = dict((k, args[k]) for k in optional if k in args)
         return ctx.store.create('VBD', VM=vm, VDI=vdi, empty=empty, **fields)
 
 
