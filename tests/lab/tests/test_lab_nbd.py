@@ -71,6 +71,7 @@ def test_purposes_exclusive_and_idempotent(api, nets, failure):
 
 def test_nbd_info_and_tls_read(lab, api, nets, snap):
     set_purpose(api, nets[0], 'nbd')
+    assert len(lab.refresh()['pids']) == 2 and lab.info['nbd_mode'] == 'tls'  # lab.json follows the front
     infos = api.VDI.get_nbd_info(snap)
     assert len(infos) == 1
     info = infos[0]
@@ -170,6 +171,9 @@ def test_open_connection_blocks_cbt_calls(lab, api, nets, snap, failure):
         api.VDI.list_changed_blocks(snap, newer)
     assert exc.details[1:] == [newer, 'list_changed_blocks']
     with failure('VDI_IN_USE') as exc:
+        api.VDI.destroy(newer)
+    assert exc.details[1:] == [newer, 'destroy']
+    with failure('VDI_IN_USE') as exc:
         api.VDI.data_destroy(newer)  # waits 4 s for the VBD, then gives up
     assert exc.details[1:] == [newer, 'data_destroy']
     assert api.VDI.get_type(newer) == 'user'
@@ -210,6 +214,7 @@ def test_insecure_nbd_is_plain(lab, api, nets, snap):
     conn.close()
     set_purpose(api, nets[0], None)
     assert refused(lab.info['nbd_port'])
+    assert len(lab.refresh()['pids']) == 1 and lab.info['nbd_mode'] is None  # nbdkit stopped and forgotten
 
 
 def test_tls_policy_current(lab, api, nets, snap):

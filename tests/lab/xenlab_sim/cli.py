@@ -148,7 +148,9 @@ def control(directory, endpoint, payload):
                                      headers={'Content-Type': 'application/json',
                                               'X-Xenlab-Secret': info['control_secret']})
     try:
-        with urllib.request.urlopen(request, timeout=120) as response:
+        # No proxies: the endpoint is on 127.0.0.1 whatever http_proxy says.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(request, timeout=120) as response:
             reply = json.loads(response.read().decode('utf-8'))
     except OSError as err:
         raise SystemExit('xenlab: the lab in %s does not answer: %s' % (directory, err)) from err

@@ -21,6 +21,7 @@ __metaclass__ = type
 API_VERSION = 2
 SECTOR = 512
 _CONFIG = {}
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def config(key, value):
@@ -41,7 +42,8 @@ def thread_model():
 def _control(path, payload):
     request = urllib.request.Request(_CONFIG['control'] + path, data=json.dumps(payload).encode('utf-8'),
                                      headers={'Content-Type': 'application/json', 'X-Xenlab-Secret': _CONFIG['secret']})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    # No proxies: the endpoint is on 127.0.0.1 whatever http_proxy says.
+    with _OPENER.open(request, timeout=30) as response:
         return json.loads(response.read().decode('utf-8'))
 
 

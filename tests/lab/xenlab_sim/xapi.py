@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 import inspect
 import time
+import traceback
 import xmlrpc.client
 from xml.sax.saxutils import escape
 
@@ -91,6 +92,10 @@ class Dispatcher:
             return {'Status': 'Success', 'Value': value}
         except XenAPIError as err:
             return {'Status': 'Failure', 'ErrorDescription': err.details}
+        except Exception as err:  # pylint: disable=broad-except
+            # A lab bug must not look like a network error to the client: report it as xapi would.
+            traceback.print_exc()
+            return {'Status': 'Failure', 'ErrorDescription': ['INTERNAL_ERROR', '%s: %s' % (method, err)]}
 
     def _call(self, method, params):
         if method.startswith('Async.'):
@@ -125,7 +130,7 @@ class Dispatcher:
         generic = generic_method(method)
         if generic is None:
             raise XenAPIError('MESSAGE_METHOD_UNKNOWN', method)
-        return generic
+        return _locked(generic[0]), generic[1]
 
     def _async(self, method, params):
         """Async.X.y: run it now and hand back a finished task whose result is an XML-RPC fragment."""
@@ -152,6 +157,14 @@ class Dispatcher:
             fragment = fragment.split('<param>', 1)[1].rsplit('</param>', 1)[0].strip()
         self.lab.task_finish(task, result=fragment)
         return task
+
+
+def _locked(func):
+    """Generic getters and setters read or change the tables under the lab lock."""
+    def run(ctx, *args):
+        with ctx.lab.lock:
+            return func(ctx, *args)
+    return run
 
 
 class WireValue:
