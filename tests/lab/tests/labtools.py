@@ -21,9 +21,21 @@ XENLAB = os.path.join(os.path.dirname(HERE), 'xenlab')
 SMALL = ['--disk0-size', '8M', '--disk1-size', '2M', '--other-disk-size', '1M', '--auth-failure-delay', '0']
 
 
+def _nbdkit_python():
+    """nbdkit can load its python plugin (Debian: nbdkit-plugin-python)."""
+    if not shutil.which('nbdkit'):
+        return False
+    proc = subprocess.run(['nbdkit', 'python', '--version'], capture_output=True, text=True, timeout=60, check=False)
+    return proc.returncode == 0
+
+
 def require(tool):
     """Skip when a tool is missing, but fail under CI=true: CI must run every test."""
-    if tool == 'nbd':
+    if tool == 'nbdkit-python':
+        if _nbdkit_python():
+            return
+        missing = 'nbdkit with its python plugin (nbdkit, nbdkit-plugin-python)'
+    elif tool == 'nbd':
         try:
             import nbd  # pylint: disable=import-outside-toplevel,unused-import
             return
@@ -76,7 +88,7 @@ class Lab:
 
 
 def start_lab(directory, *extra):
-    require('nbdkit')
+    require('nbdkit-python')
     xenlab('start', '--dir', directory, *(SMALL + list(extra)))
     with open(os.path.join(directory, 'lab.json')) as handle:
         return Lab(str(directory), json.load(handle))

@@ -10,6 +10,7 @@ import xmlrpc.client
 
 import XenAPI
 
+import nbdwire
 from labtools import start_lab, xenlab
 
 __metaclass__ = type
@@ -64,9 +65,19 @@ def test_start_stop_leaves_nothing_and_ca_signed(tmp_path):
     info = session.xenapi.VDI.get_nbd_info(vdi)[0]
     with open(lab.info['ca_cert']) as handle:
         assert info['cert'] != handle.read()  # the host leaf, not the CA
+    # NBD over TLS verified against the lab CA, with the host name from `subject`.
+    conn = nbdwire.open_export(int(info['port']), info['exportname'], nbdwire.client_context(cafile=lab.info['ca_cert']))
+    assert conn.read(0, 512)[0] == 0
+    conn.close()
     session.xenapi.session.logout()
     again = xenlab('start', '--dir', lab.dir, check=False)
     assert again.returncode != 0 and 'already running' in again.stderr
     xenlab('stop', '--dir', lab.dir)
     assert not any(alive(p) for p in pids)
     xenlab('stop', '--dir', lab.dir)  # idempotent
+    # The directory can host a fresh lab again; the old pool's disks are gone.
+    old_disks = set(os.listdir(os.path.join(lab.dir, 'sr')))
+    again = start_lab(lab.dir)
+    assert not old_disks & set(os.listdir(os.path.join(lab.dir, 'sr')))
+    xenlab('stop', '--dir', again.dir)
+    assert not any(alive(p) for p in again.info['pids'])

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,6 +84,9 @@ def cmd_start(opts):
         if any(pid_alive(p) and ours(p, directory) for p in old.get('pids', [])):
             raise SystemExit('xenlab: a lab is already running in %s' % directory)
         os.unlink(path)
+        # A stopped lab's disks and certificates belong to a pool that no longer exists.
+        for stale in ('sr', 'pki'):
+            shutil.rmtree(os.path.join(directory, stale), ignore_errors=True)
     cmd = [sys.executable, '-m', 'xenlab_sim.cli', 'serve'] + serve_args(opts, directory)
     env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
     with open(os.path.join(directory, 'lab.log'), 'ab') as log:
