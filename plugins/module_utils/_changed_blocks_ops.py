@@ -1,0 +1,144 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The blocks that changed between two CBT snapshots, and whether their chain still holds.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+Plain Python over an open XenApiClient (no Ansible imports); failures are XenApiError.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+from . import _cbt
+from ._objects import find_vdi
+from ._snapshot_ops import NULL_REF, iso_time
+from ._xenapi import UUID_RE, XenApiError
+
+__metaclass__ = type
+
+GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
+BROKEN_CHAIN_CODES = ('SR_BACKEND_FAILURE_460', 'SR_BACKEND_FAILURE_459', 'VDI_NO_CBT_METADATA') + GONE_CODES
+FULL_BACKUP_ADVICE = 'take a full backup to start a new chain'
+
+
+class ChainBroken(XenApiError):
+    """The two snapshots are not (any more) on one CBT chain; ``reason`` says why in words."""
+
+    def __init__(self, reason, code=None, params=None):
+        super(ChainBroken, self).__init__(
+            'the CBT chain is broken: %s. The changed blocks cannot be listed; %s (or set allow_broken_chain to get '
+            'chain_broken=true instead of a failure)' % (reason, FULL_BACKUP_ADVICE), code=code, params=params)
+        self.reason = reason
+
+
+def _describe(client, ref, record):
+    of = record.get('snapshot_of')
+    of_uuid = None
+    if of and of != NULL_REF:
+        try:
+            of_uuid = client.call('VDI.get_uuid', of)
+        except XenApiError as exc:
+            if exc.code not in GONE_CODES:
+                raise
+    return {
+        'uuid': record['uuid'],
+        'ref': ref,
+        'name': record['name_label'],
+        'type': record['type'],
+        'snapshot_of': of_uuid,
+        'time': iso_time(record.get('snapshot_time')),
+        'cbt_enabled': bool(record['cbt_enabled']),
+        'virtual_size': int(record['virtual_size']),
+    }
+
+
+def _find_base(client, ident):
+    """The base snapshot; None when a uuid names nothing (it was destroyed)."""
+    try:
+        return find_vdi(client, ident, snapshot=True)
+    except XenApiError as exc:
+        if exc.code == 'NOT_FOUND' and UUID_RE.match(ident):
+            return None
+        raise
+
+
+def _pre_check(base, snap):
+    """A reason why the chain is broken, judged from the records alone, or None."""
+    if not snap['cbt_enabled']:
+        return ('CBT was not enabled on the disk when the snapshot %s was taken (it was disabled, or SM disabled '
+                'it after an error)' % snap['uuid'])
+    if not base['cbt_enabled']:
+        return 'the base snapshot %s has no CBT metadata (CBT was not enabled on its disk when it was taken)' % (
+            base['uuid'])
+    if base['snapshot_of'] and snap['snapshot_of'] and base['snapshot_of'] != snap['snapshot_of']:
+        return 'the base %s and the snapshot %s are snapshots of different disks (%s and %s)' % (
+            base['uuid'], snap['uuid'], base['snapshot_of'], snap['snapshot_of'])
+    return None
+
+
+def _reason_from_error(exc, base_ident):
+    if exc.code in GONE_CODES:
+        return 'the base snapshot %s no longer exists (%s)' % (base_ident, exc.message)
+    if exc.code == 'VDI_NO_CBT_METADATA':
+        return 'one of the snapshots has no CBT metadata (%s)' % exc.message
+    if exc.code == 'SR_BACKEND_FAILURE_459':
+        return 'the CBT logs are inconsistent (%s)' % (exc.params[1] if len(exc.params) > 1 else exc.message)
+    detail = exc.params[1] if len(exc.params) > 1 else exc.message
+    return ('the snapshots are unrelated for the storage backend: CBT was disabled and re-enabled in between, or '
+            'the chain was cut (%s)' % detail)
+
+
+def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=False):
+    """Changed blocks from ``base`` (older) to ``snapshot`` (newer); a result dict for the module.
+
+    A broken chain raises ChainBroken, or with ``allow_broken_chain`` returns ``chain_broken: True``.
+    """
+    snap_ref, snap_record = find_vdi(client, snapshot_ident, snapshot=True)
+    snap = _describe(client, snap_ref, snap_record)
+    result = {'changed': False, 'chain_broken': False, 'chain_broken_reason': None,
+              'virtual_size': snap['virtual_size'], 'snapshot': snap, 'base': None}
+
+    def broken(reason, exc=None):
+        if not allow_broken_chain:
+            raise ChainBroken(reason, code=exc.code if exc else None, params=exc.params if exc else None)
+        result.update(chain_broken=True, chain_broken_reason=reason)
+        return result
+
+    found = _find_base(client, base_ident)
+    if found is None:
+        return broken('the base snapshot %s no longer exists' % base_ident)
+    base_ref, base_record = found
+    base = _describe(client, base_ref, base_record)
+    result['base'] = base
+    if base_ref == snap_ref:
+        raise XenApiError('base and snapshot are the same VDI (%s); base must be the older snapshot' % base['uuid'],
+                          code='SAME_VDI')
+    if base['time'] and snap['time'] and base['time'] > snap['time']:
+        raise XenApiError('the base %s (taken %s) is newer than the snapshot %s (taken %s): base is the older '
+                          'snapshot; swap them' % (base['uuid'], base['time'], snap['uuid'], snap['time']),
+                          code='WRONG_ORDER')
+    reason = _pre_check(base, snap)
+    if reason:
+        return broken(reason)
+    try:
+        bitmap = client.call('VDI.list_changed_blocks', base_ref, snap_ref)
+    except XenApiError as exc:
+        if exc.code in BROKEN_CHAIN_CODES:
+            return broken(_reason_from_error(exc, base_ident), exc)
+        if exc.code == 'VDI_IN_USE':
+            raise XenApiError('%s. list_changed_blocks is refused while the newer snapshot is attached, usually by an '
+                              'open NBD connection: list the changed blocks before exporting, or close the connection '
+                              'first' % exc.message, code=exc.code, params=exc.params)
+        raise
+    try:
+        raw = _cbt.decode(bitmap)
+        extents = _cbt.to_extents(raw, snap['virtual_size'])
+    except _cbt.BitmapError as exc:
+        raise XenApiError('VDI.list_changed_blocks returned an unusable bitmap: %s' % exc, code='BAD_BITMAP')
+    result.update(
+        bitmap=bitmap,
+        changed_blocks=bin(int.from_bytes(raw, 'big')).count('1') if raw else 0,
+        changed_bytes=sum(length for dummy, length in extents),
+        extents=[{'offset': offset, 'length': length} for offset, length in extents],
+    )
+    return result

@@ -1,0 +1,240 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Snapshots of disks for CBT backups: take them, reduce them to CBT metadata, destroy them.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+Plain Python over an open XenApiClient (no Ansible imports); failures are XenApiError.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import datetime
+import time
+
+from ._objects import find_vdi, find_vm, vm_disks
+from ._xenapi import UUID_RE, XenApiError
+
+__metaclass__ = type
+
+NULL_REF = 'OpaqueRef:NULL'
+GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
+VM_SNAPSHOT_NAME = '%s (xenserver.cbt_backup, disks only)'
+
+
+class PartialSnapshotError(XenApiError):
+    """A VM snapshot was taken, but a later step failed; ``snapshots`` lists what now exists."""
+
+    def __init__(self, exc, message, snapshots):
+        super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params)
+        self.snapshots = snapshots
+
+
+def iso_time(value):
+    """XenAPI datetimes (xmlrpc DateTime ``20240102T03:04:05Z``, datetime or str) as ISO 8601 text, or None."""
+    if value is None:
+        return None
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+        return value.strftime('%Y-%m-%dT%H:%M:%SZ')
+    text = str(getattr(value, 'value', value)).strip()
+    for pattern in ('%Y%m%dT%H:%M:%SZ', '%Y%m%dT%H:%M:%S', '%Y%m%dT%H%M%SZ', '%Y-%m-%dT%H:%M:%SZ'):
+        try:
+            parsed = datetime.datetime.strptime(text, pattern)
+        except ValueError:
+            continue
+        if parsed.year <= 1970:  # xapi's "never" (19700101T00:00:00Z)
+            return None
+        return parsed.strftime('%Y-%m-%dT%H:%M:%SZ')
+    return text or None
+
+
+def _uuid_of(client, ref):
+    if not ref or ref == NULL_REF:
+        return None
+    try:
+        return client.call('VDI.get_uuid', ref)
+    except XenApiError as exc:
+        if exc.code in GONE_CODES:
+            return None
+        raise
+
+
+def describe_snapshot(client, ref, record, time_override=None):
+    """What the module returns for one snapshot."""
+    return {
+        'uuid': record['uuid'],
+        'ref': ref,
+        'name': record['name_label'],
+        'snapshot_of': _uuid_of(client, record.get('snapshot_of')),
+        'time': time_override or iso_time(record.get('snapshot_time')),
+        'type': record['type'],
+        'cbt_enabled': bool(record['cbt_enabled']),
+        'virtual_size': int(record['virtual_size']),
+    }
+
+
+def describe_planned(ref, record):
+    """What check mode returns for a disk that would be snapshotted."""
+    return {
+        'uuid': None,
+        'ref': None,
+        'name': record['name_label'],
+        'snapshot_of': record['uuid'],
+        'time': None,
+        'type': record['type'],
+        'cbt_enabled': bool(record['cbt_enabled']),
+        'virtual_size': int(record['virtual_size']),
+    }
+
+
+def _no_cbt_warnings(snapshots):
+    return ['CBT is not enabled on the disk %s (%s): its snapshot cannot be used to list changed blocks or be '
+            'reduced to CBT metadata; enable CBT (xenserver.cbt_backup.vdi_cbt) before the next snapshot'
+            % (s['name'], s['snapshot_of']) for s in snapshots if not s['cbt_enabled']]
+
+
+def _check_disk_can_be_snapshotted(ref, record):
+    if record['type'] == 'cbt_metadata':
+        raise XenApiError('VDI %s (%s) is cbt_metadata: it holds no data to snapshot'
+                          % (record['uuid'], record['name_label']), code='VDI_INCOMPATIBLE_TYPE',
+                          params=[ref, 'cbt_metadata'])
+
+
+def snapshot_vdi(client, ident, check_mode=False):
+    """Snapshot one disk (named by uuid, or by the name of a disk that is not a snapshot)."""
+    ref, record = find_vdi(client, ident, snapshot=False)
+    _check_disk_can_be_snapshotted(ref, record)
+    if check_mode:
+        snapshots = [describe_planned(ref, record)]
+    else:
+        snap_ref = client.call('VDI.snapshot', ref, {})
+        snapshots = [describe_snapshot(client, snap_ref, client.call('VDI.get_record', snap_ref))]
+    return {'changed': True, 'snapshots': snapshots, 'warnings': _no_cbt_warnings(snapshots)}
+
+
+def snapshot_vm(client, ident, check_mode=False):
+    """Snapshot all user disks of a VM at one point in time; keep the disk snapshots, drop the VM record.
+
+    VM.snapshot captures every disk at once. The snapshot VM's VBDs would make a later VDI.data_destroy
+    fail with VDI_IN_USE, so the snapshot VM is destroyed: VM.destroy removes the VM and its VBDs, never
+    its VDIs.
+    """
+    vm_ref, vm_record = find_vm(client, ident)
+    disks = vm_disks(client, vm_ref, vm_record)
+    if not disks:
+        raise XenApiError('the VM %s (%s) has no user disks to snapshot' % (vm_record['name_label'], vm_record['uuid']),
+                          code='NO_DISKS')
+    for ref, record, dummy in disks:
+        _check_disk_can_be_snapshotted(ref, record)
+    if check_mode:
+        snapshots = [describe_planned(ref, record) for ref, record, dummy in disks]
+        return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'],
+                'warnings': _no_cbt_warnings(snapshots)}
+
+    disk_order = dict((ref, n) for n, (ref, dummy, dummy2) in enumerate(disks))
+    snap_vm = client.call('VM.snapshot', vm_ref, VM_SNAPSHOT_NAME % vm_record['name_label'])
+    snapshots = []
+    try:
+        snap_vm_record = client.call('VM.get_record', snap_vm)
+        when = iso_time(snap_vm_record.get('snapshot_time'))
+        found = []
+        for vbd_ref in snap_vm_record['VBDs']:
+            vbd = client.call('VBD.get_record', vbd_ref)
+            if vbd['type'] != 'Disk' or vbd.get('empty') or vbd['VDI'] == NULL_REF:
+                continue
+            record = client.call('VDI.get_record', vbd['VDI'])
+            if not record['is_a_snapshot'] or record['snapshot_of'] not in disk_order:
+                continue  # e.g. a disk of another kind that xapi snapshots along
+            found.append((disk_order[record['snapshot_of']], vbd['VDI'], record))
+        found.sort(key=lambda item: item[0])
+        snapshots = [describe_snapshot(client, ref, record, time_override=when) for dummy, ref, record in found]
+        client.call('VM.destroy', snap_vm)
+    except XenApiError as exc:
+        raise PartialSnapshotError(
+            exc, '%s. The VM snapshot %s of %s was taken but not cleaned up: destroy the snapshot VM (it keeps its '
+            'disks) before reducing its disks to CBT metadata' % (exc.message, snap_vm, vm_record['name_label']),
+            snapshots)
+    missing = [record['uuid'] for ref, record, dummy in disks
+               if record['uuid'] not in [s['snapshot_of'] for s in snapshots]]
+    warnings = _no_cbt_warnings(snapshots)
+    if missing:
+        warnings.append('VM.snapshot made no snapshot of the disk(s) %s' % ', '.join(missing))
+    return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'], 'warnings': warnings}
+
+
+def _find_snapshot(client, ident):
+    """The snapshot VDI ``ident`` names, or None when a uuid names nothing (already destroyed)."""
+    try:
+        return find_vdi(client, ident, snapshot=True)
+    except XenApiError as exc:
+        if exc.code == 'NOT_FOUND' and UUID_RE.match(ident):
+            return None
+        raise
+
+
+def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):
+    """Reduce a snapshot to its CBT metadata (VDI.data_destroy), waiting out VDI_IN_USE.
+
+    Returns the result dict; ``attempts`` counts the data_destroy calls.
+    """
+    found = _find_snapshot(client, ident)
+    if found is None:
+        raise XenApiError('there is no VDI with uuid %s: the snapshot was destroyed (or never existed), so it has no '
+                          'CBT metadata left to keep' % ident, code='UUID_INVALID', params=['VDI', ident])
+    ref, record = found
+    if record['type'] == 'cbt_metadata':
+        return {'changed': False, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': 0}
+    if not record['cbt_enabled']:
+        raise XenApiError('VDI.data_destroy refused: the snapshot %s (%s) has no CBT metadata: CBT was not enabled on '
+                          'its disk when it was taken. It cannot serve as the base of an incremental backup; '
+                          'destroy it (state=absent) instead' % (record['uuid'], record['name_label']),
+                          code='VDI_NO_CBT_METADATA', params=[ref])
+    if check_mode:
+        planned = describe_snapshot(client, ref, record)
+        planned['type'] = 'cbt_metadata'
+        return {'changed': True, 'snapshots': [planned], 'attempts': 0}
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            client.call('VDI.data_destroy', ref)
+            break
+        except XenApiError as exc:
+            if exc.code == 'VDI_NO_CBT_METADATA':
+                raise XenApiError(
+                    '%s. Destroy the snapshot (state=absent) instead' % exc.message, code=exc.code, params=exc.params)
+            if exc.code != 'VDI_IN_USE':
+                raise
+            if attempts > retries:
+                raise XenApiError(
+                    'VDI.data_destroy failed %d times: the snapshot %s (%s) is still in use. Usually an NBD connection '
+                    'to it is still open (xapi removes its VBD a few seconds after the client disconnects), or the '
+                    'snapshot still belongs to a snapshot VM (destroy that VM record first; its disks are kept). '
+                    'Close the NBD connection and try again, or raise retries/delay'
+                    % (attempts, record['uuid'], record['name_label']), code=exc.code, params=exc.params)
+            sleep(delay)
+    record = client.call('VDI.get_record', ref)
+    return {'changed': True, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': attempts}
+
+
+def destroy(client, ident, check_mode=False):
+    """Destroy a snapshot (with or without data); a snapshot that is already gone is no change."""
+    found = _find_snapshot(client, ident)
+    if found is None:
+        return {'changed': False, 'snapshots': []}
+    ref, record = found
+    described = describe_snapshot(client, ref, record)
+    if check_mode:
+        return {'changed': True, 'snapshots': [described]}
+    try:
+        client.call('VDI.destroy', ref)
+    except XenApiError as exc:
+        if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
+            return {'changed': False, 'snapshots': []}
+        if exc.code == 'VDI_IN_USE':
+            raise XenApiError('%s. An NBD connection to the snapshot may still be open (xapi removes its VBD a few '
+                              'seconds after the client disconnects)' % exc.message, code=exc.code, params=exc.params)
+        raise
+    return {'changed': True, 'snapshots': [described]}

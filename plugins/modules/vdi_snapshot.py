@@ -1,0 +1,225 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vdi_snapshot
+short_description: Take, reduce to CBT metadata, or destroy snapshots of XenServer virtual disks
+version_added: 0.1.0
+description:
+  - With O(state=present), snapshots one disk (O(vdi)) or every user disk of a VM (O(vm)). On a disk with changed
+    block tracking (CBT) enabled, the snapshot closes the disk's CBT log, so the blocks written between two snapshots
+    can be listed with M(xenserver.cbt_backup.vdi_changed_blocks).
+  - For O(vm), all disks are captured at one point in time with C(VM.snapshot). The snapshot VM record is then
+    destroyed, which removes its VBDs but keeps its disk snapshots, so the snapshots cannot block
+    C(VDI.data_destroy) later.
+  - O(state=present) is not idempotent by nature; every run takes a new snapshot and reports a change. Check mode
+    reports which disks would be snapshotted without taking a snapshot.
+  - With O(state=metadata_only), runs C(VDI.data_destroy) on the snapshot O(vdi) after it was exported; its data is
+    deleted and its CBT metadata kept (its type becomes C(cbt_metadata)), so it can serve as the base of the next
+    incremental backup at almost no storage cost. A snapshot that is already C(cbt_metadata) is no change.
+  - With O(state=absent), destroys the snapshot O(vdi) (with or without its data). A snapshot that no longer exists is
+    no change. Destroying a snapshot in the middle of a CBT chain keeps the chain intact (its changed blocks are merged
+    into the next snapshot's log).
+  - A snapshot has the same name as its disk. For O(state=present), a name in O(vdi) therefore only matches disks
+    that are not snapshots; for O(state=metadata_only) and O(state=absent), only snapshots. Name snapshots by uuid.
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
+attributes:
+  check_mode:
+    description: Looks the objects up and reports what would change, without changing anything.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  vdi:
+    description:
+      - With O(state=present), the disk to snapshot, by uuid or by name (names match disks that are not snapshots).
+      - With O(state=metadata_only) or O(state=absent), the snapshot, by uuid (recommended) or by name (names match
+        snapshots only; several snapshots of one disk share its name, which is an error).
+      - Mutually exclusive with O(vm); one of them is required.
+    type: str
+  vm:
+    description:
+      - The VM whose user disks (not CD drives, not suspend images) are snapshotted together, by uuid or name.
+      - Only with O(state=present).
+      - Mutually exclusive with O(vdi).
+    type: str
+  state:
+    description:
+      - V(present) takes a snapshot.
+      - V(metadata_only) deletes the data of the snapshot O(vdi) and keeps its CBT metadata (C(VDI.data_destroy)).
+      - V(absent) destroys the snapshot O(vdi) (C(VDI.destroy)).
+    type: str
+    choices: [present, metadata_only, absent]
+    default: present
+  retries:
+    description:
+      - With O(state=metadata_only), how many times to retry C(VDI.data_destroy) while the host answers
+        C(VDI_IN_USE).
+      - The usual cause is the NBD connection of the export that just finished; XenServer removes its VBD a few
+        seconds after the client disconnects.
+    type: int
+    default: 10
+  delay:
+    description: Seconds to wait between the O(retries).
+    type: float
+    default: 2
+requirements:
+  - XenAPI
+notes:
+  - Enable CBT on the disks (M(xenserver.cbt_backup.vdi_cbt)) before the first snapshot of a backup chain; a
+    snapshot taken without CBT carries a warning, cannot be reduced to CBT metadata, and cannot serve as a base.
+seealso:
+  - module: xenserver.cbt_backup.vdi_cbt
+  - module: xenserver.cbt_backup.vdi_changed_blocks
+  - name: XenServer changed block tracking guide
+    description: How CBT snapshots, list_changed_blocks and the NBD server fit together.
+    link: https://docs.xenserver.com/en-us/xenserver/8/developer/changed-block-tracking-guide.html
+'''
+
+EXAMPLES = r'''
+- name: Snapshot all disks of a VM at one point in time
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+    vm: web01
+  register: snap
+
+- name: Snapshot one disk, by uuid
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vdi: 5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10
+
+- name: After the export, keep only the CBT metadata of each snapshot
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vdi: "{{ item.uuid }}"
+    state: metadata_only
+  loop: "{{ snap.snapshots }}"
+
+- name: Destroy a metadata-only snapshot older than the retention
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vdi: "{{ previous_base_uuid }}"
+    state: absent
+'''
+
+RETURN = r'''
+snapshots:
+  description:
+    - The snapshots taken (O(state=present)), reduced to CBT metadata (O(state=metadata_only)) or destroyed
+      (O(state=absent), empty when it was already gone), one per disk, in the VM's disk order.
+    - In check mode with O(state=present), the disks that would be snapshotted; RV(snapshots[].uuid),
+      RV(snapshots[].ref) and RV(snapshots[].time) are then null.
+  type: list
+  elements: dict
+  returned: success
+  contains:
+    uuid:
+      description: The snapshot's uuid.
+      type: str
+      sample: 0b7f6a3e-5d27-4c1e-9f6a-2d8e4b1c3a90
+    ref:
+      description: The snapshot's XenAPI reference.
+      type: str
+      sample: OpaqueRef:2a6e4b8c-1d3f-4e5a-9b7c-0d1e2f3a4b5c
+    name:
+      description: The snapshot's name (the same as its disk's).
+      type: str
+      sample: web01-disk0
+    snapshot_of:
+      description: The uuid of the disk the snapshot was taken of (null if that disk no longer exists).
+      type: str
+      sample: 5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10
+    time:
+      description:
+        - When the snapshot was taken, ISO 8601 in UTC.
+        - For O(vm), the time of the VM snapshot, the same for all its disks.
+      type: str
+      sample: '2024-05-01T02:00:00Z'
+    type:
+      description: The snapshot's VDI type; C(cbt_metadata) once its data was destroyed.
+      type: str
+      sample: user
+    cbt_enabled:
+      description: Whether the snapshot carries CBT metadata (CBT was enabled on its disk when it was taken).
+      type: bool
+      sample: true
+    virtual_size:
+      description: Size of the disk in bytes.
+      type: int
+      sample: 10737418240
+vm:
+  description: The uuid of the VM whose disks were snapshotted.
+  type: str
+  returned: O(vm) is given
+  sample: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f
+attempts:
+  description: How many times C(VDI.data_destroy) was called (0 when there was nothing to do, or in check mode).
+  type: int
+  returned: O(state=metadata_only)
+  sample: 1
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _snapshot_ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_xenapi_module.argument_spec(
+            vdi=dict(type='str'),
+            vm=dict(type='str'),
+            state=dict(type='str', choices=['present', 'metadata_only', 'absent'], default='present'),
+            retries=dict(type='int', default=10),
+            delay=dict(type='float', default=2),
+        ),
+        mutually_exclusive=[('vdi', 'vm')],
+        required_one_of=[('vdi', 'vm')],
+        required_if=[('state', 'metadata_only', ['vdi']), ('state', 'absent', ['vdi'])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['retries'] < 0 or params['delay'] < 0:
+        module.fail_json(msg='retries and delay must not be negative')
+
+    def action(client):
+        check_mode = module.check_mode
+        if params['state'] == 'metadata_only':
+            return _snapshot_ops.data_destroy(client, params['vdi'], check_mode=check_mode,
+                                              retries=params['retries'], delay=params['delay'])
+        if params['state'] == 'absent':
+            return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode)
+        if params['vdi']:
+            return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
+        try:
+            return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode)
+        except _snapshot_ops.PartialSnapshotError as exc:
+            # fail_json exits here; the client is still logged out by _xenapi_module.run.
+            _xenapi_module.fail(module, exc, changed=True, snapshots=exc.snapshots)
+
+    _xenapi_module.run(module, action)
+
+
+if __name__ == '__main__':
+    main()
