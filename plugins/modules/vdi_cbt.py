@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vdi_cbt
+short_description: Enable or disable changed block tracking (CBT) on XenServer disks
+version_added: 0.1.0
+description:
+  - Enables or disables CBT on one disk (O(vdi)) or on every user disk of a VM (O(vm)). CBT can be switched while
+    the VM runs.
+  - With CBT enabled, each snapshot of the disk records which blocks changed since the previous one, so backups
+    after the first can copy only those blocks.
+  - Disabling CBT breaks the chain between the disk and its older snapshots for good; the next backup after
+    enabling it again must be a full one.
+  - Before changing anything, every disk that needs a change is checked. The task fails, naming the disk, when its
+    storage repository cannot do CBT (C(SR_OPERATION_NOT_SUPPORTED)) or it has C(on_boot=reset)
+    (C(VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION)); with O(vm), no disk is changed then.
+  - Disks that already are in the wanted state are left alone, also when their storage cannot do CBT.
+  - Needs the C(vm-admin) role.
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
+attributes:
+  check_mode:
+    description: Reports which disks would change, and fails where the real run would, without changing anything.
+    support: full
+  diff_mode:
+    description: Shows each disk's CBT state before and after.
+    support: full
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  vdi:
+    description:
+      - The disk, by uuid or by name label. Snapshots are not accepted (CBT is switched on the disk itself).
+      - A name that more than one disk has is an error; use the uuid.
+      - Exactly one of O(vdi) and O(vm) is required.
+    type: str
+  vm:
+    description:
+      - A VM, by uuid or by name label; all its user and system disks are handled (CD drives and empty drives are
+        skipped).
+      - Exactly one of O(vdi) and O(vm) is required.
+    type: str
+  enabled:
+    description: Whether CBT should be enabled.
+    type: bool
+    default: true
+requirements:
+  - XenAPI
+'''
+
+EXAMPLES = r'''
+- name: Enable CBT on all disks of a VM
+  xenserver.cbt_backup.vdi_cbt:
+    hostname: xenserver01.example.com
+    username: root
+    password: "{{ vault_xenserver_password }}"
+    vm: web01
+
+- name: Disable CBT on one disk, named by uuid
+  xenserver.cbt_backup.vdi_cbt:
+    hostname: xenserver01.example.com
+    username: root
+    password: "{{ vault_xenserver_password }}"
+    vdi: 2f1c8a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+    enabled: false
+'''
+
+RETURN = r'''
+disks:
+  description:
+    - The disks handled, in the VM's device order.
+    - When the host refuses a change, the failure result lists the disks handled before the one that failed.
+  type: list
+  elements: dict
+  returned: success, and on a change the host refused
+  contains:
+    uuid:
+      description: The disk's uuid.
+      type: str
+      sample: 2f1c8a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+    name:
+      description: The disk's name label.
+      type: str
+      sample: web01-disk0
+    cbt_enabled:
+      description: Whether CBT is enabled on the disk after the task (in check mode, whether it would be).
+      type: bool
+      sample: true
+    changed:
+      description: Whether the task changed (in check mode, would change) the disk's CBT state.
+      type: bool
+      sample: true
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt_ops import CbtError, ensure_cbt
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_xenapi_module.argument_spec(
+            vdi=dict(type='str'),
+            vm=dict(type='str'),
+            enabled=dict(type='bool', default=True),
+        ),
+        mutually_exclusive=[('vdi', 'vm')],
+        required_one_of=[('vdi', 'vm')],
+        supports_check_mode=True,
+    )
+    params = module.params
+
+    def action(client):
+        try:
+            result = ensure_cbt(client, vdi=params['vdi'], vm=params['vm'], enabled=params['enabled'],
+                                check_mode=module.check_mode)
+        except CbtError as exc:
+            # fail_json exits through the caller's finally, which logs the session out.
+            _xenapi_module.fail(module, exc, disks=exc.disks, changed=any(d['changed'] for d in exc.disks))
+        diff = result.pop('diff')
+        if module._diff:  # pylint: disable=protected-access
+            result['diff'] = diff
+        return result
+
+    _xenapi_module.run(module, action)
+
+
+if __name__ == '__main__':
+    main()
