@@ -52,7 +52,7 @@ EXPLANATIONS = {
     'VDI_IS_SHARABLE': 'the disk is sharable, which CBT does not support',
     'VDI_MISSING': 'the disk is missing from its storage repository',
     'SR_OPERATION_NOT_SUPPORTED': 'the storage repository {0} does not support this operation (CBT needs a storage '
-                                  'type with CBT support, such as EXT, NFS, LVM, LVMoISCSI or LVMoHBA)',
+                                  'type with CBT support, such as EXT, NFS, SMB, LVM, LVMoISCSI or LVMoHBA)',
     'SR_NOT_ATTACHED': 'the storage repository {0} is not attached to any host',
     'SR_HAS_NO_PBDS': 'the storage repository {0} is not attached to any host',
     'SR_BACKEND_FAILURE_460': 'the changed blocks cannot be listed: {1}. The two snapshots are not part of one CBT '
@@ -77,11 +77,12 @@ EXPLANATIONS = {
 class XenApiError(Exception):
     """A XenAPI call failed; ``code`` and ``params`` keep the host's error, ``message`` explains it."""
 
-    def __init__(self, message, code=None, params=None):
+    def __init__(self, message, code=None, params=None, from_host=False):
         super(XenApiError, self).__init__(message)
         self.message = message
         self.code = code
         self.params = list(params or [])
+        self.from_host = from_host  # False for conditions this collection detects itself (NOT_FOUND, ...)
 
     def as_dict(self):
         return {'code': self.code, 'params': self.params}
@@ -252,7 +253,8 @@ class XenApiClient:
             if code == 'SESSION_INVALID':
                 params = ['********']
             message = '%s failed: %s' % (method, explain(code, params))
-            raise XenApiError(_redact(message, secrets), code=code, params=[_redact(p, secrets) for p in params])
+            raise XenApiError(_redact(message, secrets), code=code, params=[_redact(p, secrets) for p in params],
+                              from_host=True)
         except xmlrpc_client.Fault as fault:
             if fault.faultCode == 401:
                 raise XenApiError('%s failed: the session_id is not logged in (it was logged out or expired); log in '
@@ -294,7 +296,7 @@ class XenApiClient:
         if not matches:
             raise XenApiError('no %s has the uuid or name "%s"' % (kind, ident), code='NOT_FOUND')
         if len(matches) > 1:
-            raise XenApiError('%d %ss are named "%s" (uuids %s); name it by uuid'
-                              % (len(matches), kind, ident, ', '.join(sorted(r['uuid'] for dummy, r in matches))),
+            raise XenApiError('the name "%s" is ambiguous: %d objects of kind %s have it (uuids %s); name it by uuid'
+                              % (ident, len(matches), kind, ', '.join(sorted(r['uuid'] for dummy, r in matches))),
                               code='AMBIGUOUS')
         return matches[0]

@@ -54,8 +54,14 @@ def make_client(module):
 
 
 def fail(module, exc, **result):
-    """fail_json for a XenApiError, keeping the host's error code and parameters in ``xenapi_error``."""
+    """fail_json for a XenApiError: ``error_code`` always; the host's code and parameters in ``xenapi_error``.
+
+    Conditions the collection detects itself (NOT_FOUND, AMBIGUOUS, ...) have an ``error_code`` but no
+    ``xenapi_error``, so the latter only ever holds what a host said.
+    """
     if exc.code:
+        result['error_code'] = exc.code
+    if exc.from_host:
         result['xenapi_error'] = exc.as_dict()
     module.fail_json(msg=exc.message, **result)
 
