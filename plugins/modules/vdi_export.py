@@ -80,6 +80,21 @@ options:
       subject:
         description: Name in the certificate, used for SNI and for the O(tls_ca_path) fallback check.
         type: str
+      network_names:
+        description: Informational, as returned by M(xenserver.cbt_backup.vdi_nbd_info).
+        type: list
+        elements: str
+      network_uuids:
+        description: Informational, as returned by M(xenserver.cbt_backup.vdi_nbd_info).
+        type: list
+        elements: str
+      purposes:
+        description:
+          - NBD purposes of the network serving O(nbd.address), as returned by M(xenserver.cbt_backup.vdi_nbd_info).
+          - When given, a mismatch with O(tls) (C(insecure_nbd) with O(tls=true), or C(nbd) with O(tls=false)) fails
+            before connecting, with an explanation.
+        type: list
+        elements: str
   changed_blocks:
     description:
       - With O(nbd) only.
@@ -222,6 +237,9 @@ def argument_spec():
             exportname=dict(type='str', required=True, no_log=True),
             cert=dict(type='str'),
             subject=dict(type='str'),
+            network_names=dict(type='list', elements='str'),
+            network_uuids=dict(type='list', elements='str'),
+            purposes=dict(type='list', elements='str'),
         )),
         changed_blocks=dict(type='str'),
         dest=dict(type='path', required=True),
@@ -265,7 +283,7 @@ def export(module, nbd, changed_blocks):
 
 def check_purpose(info, tls):
     """Refuse early when the network's purpose and the tls option cannot work together."""
-    where = '%s (network %s)' % (info['address'], ', '.join(info['network_names']) or '?')
+    where = '%s (network %s)' % (info['address'], ', '.join(info.get('network_names') or []) or '?')
     if tls and 'insecure_nbd' in info['purposes'] and 'nbd' not in info['purposes']:
         raise XenApiError(
             'the NBD address %s is on a network with purpose insecure_nbd: its server refuses TLS. Either give the '
@@ -314,6 +332,8 @@ def main():
                 client.open()
                 result = export_snapshot(module, client)
             else:
+                if params['nbd'].get('purposes'):
+                    check_purpose(params['nbd'], params['tls'])
                 result = export(module, params['nbd'], params['changed_blocks'])
         finally:
             if client is not None:

@@ -135,6 +135,10 @@ def main():
                                                    nbd_network=dict(type='str')),
         supports_check_mode=True,
     )
+    # Export names contain the session reference. Ansible would mask that no_log value inside them and
+    # return unusable names; the action plugin censors this module's whole result instead.
+    if module.params['session_id']:
+        module.no_log_values.discard(module.params['session_id'])
     _xenapi_module.run(module, lambda client: gather(module, client))
 
 
