@@ -88,7 +88,9 @@ def cmd_start(opts):
         for stale in ('sr', 'pki'):
             shutil.rmtree(os.path.join(directory, stale), ignore_errors=True)
     cmd = [sys.executable, '-m', 'xenlab_sim.cli', 'serve'] + serve_args(opts, directory)
-    env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    # The password goes through the environment, not argv (visible to every user in ps).
+    env = dict(os.environ, PYTHONPATH=HERE + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               XENLAB_PASSWORD=opts.password or secrets.token_urlsafe(12))
     with open(os.path.join(directory, 'lab.log'), 'ab') as log:
         # A new session (setsid) so the lab outlives this command and its terminal.
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -108,7 +110,7 @@ def cmd_start(opts):
 
 
 def serve_args(opts, directory):
-    args = ['--dir', directory, '--username', opts.username, '--password', opts.password or secrets.token_urlsafe(12),
+    args = ['--dir', directory, '--username=' + opts.username,
             '--tls-policy', opts.tls_policy, '--nbd-purpose', opts.nbd_purpose,
             '--disk0-size', str(opts.disk0_size), '--disk1-size', str(opts.disk1_size),
             '--other-disk-size', str(opts.other_disk_size), '--auth-failure-delay', str(opts.auth_failure_delay),
@@ -183,6 +185,7 @@ def cmd_info(opts):
 
 def cmd_serve(opts):
     from .server import serve  # pylint: disable=import-outside-toplevel
+    opts.password = os.environ.pop('XENLAB_PASSWORD', '') or opts.password or secrets.token_urlsafe(12)
     serve(opts)
     return 0
 

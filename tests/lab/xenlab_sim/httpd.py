@@ -48,6 +48,7 @@ class TLSServer(ThreadingServer):
 class ApiHandler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     server_version = 'xapi/24.19 (xenlab)'
+    sys_version = ''
     lab = None
     dispatcher = None
 

@@ -108,14 +108,14 @@ class NbdFront:
             cmd += ['--tls=require', '--tls-certificates=' + self.pki_dir]
         else:
             cmd += ['--tls=off']
-        cmd += ['python', PLUGIN, 'limit=%d' % CONNECTION_LIMIT, 'control=' + self.control_url, 'secret=' + self.secret]
+        cmd += ['python', PLUGIN, 'limit=%d' % CONNECTION_LIMIT]
         return cmd
 
     def _pidfile(self):
         return os.path.join(self.workdir, 'nbdkit.pid')
 
     def _start(self, mode):
-        env = dict(os.environ)
+        env = dict(os.environ, XENLAB_CONTROL_URL=self.control_url, XENLAB_CONTROL_SECRET=self.secret)
         backend_port = None
         if self._legacy_proxy(mode):
             backend_port = free_port()

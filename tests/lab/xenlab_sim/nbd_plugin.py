@@ -29,9 +29,12 @@ def config(key, value):
 
 
 def config_complete():
+    # The simulator passes its control endpoint through the environment (not argv, which ps shows).
+    _CONFIG.setdefault('control', os.environ.get('XENLAB_CONTROL_URL'))
+    _CONFIG.setdefault('secret', os.environ.get('XENLAB_CONTROL_SECRET'))
     for key in ('control', 'secret'):
-        if key not in _CONFIG:
-            raise RuntimeError('xenlab plugin needs %s=' % key)
+        if not _CONFIG.get(key):
+            raise RuntimeError('xenlab plugin needs %s= or XENLAB_CONTROL_URL/SECRET' % key)
 
 
 def thread_model():
