@@ -11,7 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 from . import _cbt
 from ._objects import find_vdi
-from ._snapshot_ops import NULL_REF, iso_time
+from ._snapshot_ops import NULL_REF, iso_time, rewrap
 from ._xenapi import UUID_RE, XenApiError
 
 __metaclass__ = type
@@ -24,10 +24,12 @@ FULL_BACKUP_ADVICE = 'take a full backup to start a new chain'
 class ChainBroken(XenApiError):
     """The two snapshots are not (any more) on one CBT chain; ``reason`` says why in words."""
 
-    def __init__(self, reason, code=None, params=None):
+    def __init__(self, reason, cause=None):
         super(ChainBroken, self).__init__(
             'the CBT chain is broken: %s. The changed blocks cannot be listed; %s (or set allow_broken_chain to get '
-            'chain_broken=true instead of a failure)' % (reason, FULL_BACKUP_ADVICE), code=code, params=params)
+            'chain_broken=true instead of a failure)' % (reason, FULL_BACKUP_ADVICE),
+            code=cause.code if cause else 'CBT_CHAIN_BROKEN', params=cause.params if cause else None,
+            from_host=getattr(cause, 'from_host', False))
         self.reason = reason
 
 
@@ -50,6 +52,24 @@ def _describe(client, ref, record):
         'cbt_enabled': bool(record['cbt_enabled']),
         'virtual_size': int(record['virtual_size']),
     }
+
+
+def _disk_warnings(client, snap_record):
+    """Warn when CBT is off on the snapshot's disk now: the chain ends there, whatever these two snapshots say."""
+    disk = snap_record.get('snapshot_of')
+    if not disk or disk == NULL_REF:
+        return []
+    try:
+        enabled = client.call('VDI.get_cbt_enabled', disk)
+    except XenApiError as exc:
+        if exc.code in GONE_CODES:
+            return []
+        raise
+    if enabled:
+        return []
+    return ['CBT is disabled on the disk %s (%s) now: the next snapshot of it cannot be compared with these, so the '
+            'next backup must be a full one; enable CBT again (xenserver.cbt_backup.vdi_cbt) before that snapshot'
+            % (snap_record['name_label'], client.call('VDI.get_uuid', disk))]
 
 
 def _find_base(client, ident):
@@ -96,11 +116,12 @@ def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=F
     snap_ref, snap_record = find_vdi(client, snapshot_ident, snapshot=True)
     snap = _describe(client, snap_ref, snap_record)
     result = {'changed': False, 'chain_broken': False, 'chain_broken_reason': None,
-              'virtual_size': snap['virtual_size'], 'snapshot': snap, 'base': None}
+              'virtual_size': snap['virtual_size'], 'snapshot': snap, 'base': None,
+              'warnings': _disk_warnings(client, snap_record)}
 
     def broken(reason, exc=None):
         if not allow_broken_chain:
-            raise ChainBroken(reason, code=exc.code if exc else None, params=exc.params if exc else None)
+            raise ChainBroken(reason, exc)
         result.update(chain_broken=True, chain_broken_reason=reason)
         return result
 
@@ -126,9 +147,9 @@ def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=F
         if exc.code in BROKEN_CHAIN_CODES:
             return broken(_reason_from_error(exc, base_ident), exc)
         if exc.code == 'VDI_IN_USE':
-            raise XenApiError('%s. list_changed_blocks is refused while the newer snapshot is attached, usually by an '
+            raise rewrap(exc, '%s. list_changed_blocks is refused while the newer snapshot is attached, usually by an '
                               'open NBD connection: list the changed blocks before exporting, or close the connection '
-                              'first' % exc.message, code=exc.code, params=exc.params)
+                              'first' % exc.message)
         raise
     try:
         raw = _cbt.decode(bitmap)

@@ -26,8 +26,14 @@ class PartialSnapshotError(XenApiError):
     """A VM snapshot was taken, but a later step failed; ``snapshots`` lists what now exists."""
 
     def __init__(self, exc, message, snapshots):
-        super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params)
+        super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params,
+                                                   from_host=getattr(exc, 'from_host', False))
         self.snapshots = snapshots
+
+
+def rewrap(exc, message):
+    """The same error (code, parameters, origin) with a more helpful message."""
+    return XenApiError(message, code=exc.code, params=exc.params, from_host=getattr(exc, 'from_host', False))
 
 
 def iso_time(value):
@@ -95,17 +101,9 @@ def _no_cbt_warnings(snapshots):
             % (s['name'], s['snapshot_of']) for s in snapshots if not s['cbt_enabled']]
 
 
-def _check_disk_can_be_snapshotted(ref, record):
-    if record['type'] == 'cbt_metadata':
-        raise XenApiError('VDI %s (%s) is cbt_metadata: it holds no data to snapshot'
-                          % (record['uuid'], record['name_label']), code='VDI_INCOMPATIBLE_TYPE',
-                          params=[ref, 'cbt_metadata'])
-
-
 def snapshot_vdi(client, ident, check_mode=False):
     """Snapshot one disk (named by uuid, or by the name of a disk that is not a snapshot)."""
     ref, record = find_vdi(client, ident, snapshot=False)
-    _check_disk_can_be_snapshotted(ref, record)
     if check_mode:
         snapshots = [describe_planned(ref, record)]
     else:
@@ -126,8 +124,6 @@ def snapshot_vm(client, ident, check_mode=False):
     if not disks:
         raise XenApiError('the VM %s (%s) has no user disks to snapshot' % (vm_record['name_label'], vm_record['uuid']),
                           code='NO_DISKS')
-    for ref, record, dummy in disks:
-        _check_disk_can_be_snapshotted(ref, record)
     if check_mode:
         snapshots = [describe_planned(ref, record) for ref, record, dummy in disks]
         return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'],
@@ -182,11 +178,11 @@ def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=t
     found = _find_snapshot(client, ident)
     if found is None:
         raise XenApiError('there is no VDI with uuid %s: the snapshot was destroyed (or never existed), so it has no '
-                          'CBT metadata left to keep' % ident, code='UUID_INVALID', params=['VDI', ident])
+                          'CBT metadata left to keep' % ident, code='NOT_FOUND')
     ref, record = found
     if record['type'] == 'cbt_metadata':
         return {'changed': False, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': 0}
-    if not record['cbt_enabled']:
+    if check_mode and not record['cbt_enabled']:  # the host would refuse: say so without asking it
         raise XenApiError('VDI.data_destroy refused: the snapshot %s (%s) has no CBT metadata: CBT was not enabled on '
                           'its disk when it was taken. It cannot serve as the base of an incremental backup; '
                           'destroy it (state=absent) instead' % (record['uuid'], record['name_label']),
@@ -203,17 +199,16 @@ def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=t
             break
         except XenApiError as exc:
             if exc.code == 'VDI_NO_CBT_METADATA':
-                raise XenApiError(
-                    '%s. Destroy the snapshot (state=absent) instead' % exc.message, code=exc.code, params=exc.params)
+                raise rewrap(exc, '%s. It cannot serve as the base of an incremental backup; destroy the snapshot '
+                             '(state=absent) instead' % exc.message)
             if exc.code != 'VDI_IN_USE':
                 raise
             if attempts > retries:
-                raise XenApiError(
-                    'VDI.data_destroy failed %d times: the snapshot %s (%s) is still in use. Usually an NBD connection '
-                    'to it is still open (xapi removes its VBD a few seconds after the client disconnects), or the '
-                    'snapshot still belongs to a snapshot VM (destroy that VM record first; its disks are kept). '
-                    'Close the NBD connection and try again, or raise retries/delay'
-                    % (attempts, record['uuid'], record['name_label']), code=exc.code, params=exc.params)
+                raise rewrap(exc, 'VDI.data_destroy failed %d times: the snapshot %s (%s) is still in use. Usually an '
+                             'NBD connection to it is still open (xapi removes its VBD a few seconds after the client '
+                             'disconnects), or the snapshot still belongs to a snapshot VM (destroy that VM record '
+                             'first; its disks are kept). Close the NBD connection and try again, or raise '
+                             'retries/delay' % (attempts, record['uuid'], record['name_label']))
             sleep(delay)
     record = client.call('VDI.get_record', ref)
     return {'changed': True, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': attempts}
@@ -234,7 +229,7 @@ def destroy(client, ident, check_mode=False):
         if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
             return {'changed': False, 'snapshots': []}
         if exc.code == 'VDI_IN_USE':
-            raise XenApiError('%s. An NBD connection to the snapshot may still be open (xapi removes its VBD a few '
-                              'seconds after the client disconnects)' % exc.message, code=exc.code, params=exc.params)
+            raise rewrap(exc, '%s. An NBD connection to the snapshot may still be open (xapi removes its VBD a few '
+                              'seconds after the client disconnects)' % exc.message)
         raise
     return {'changed': True, 'snapshots': [described]}

@@ -25,6 +25,8 @@ description:
     enabled again) or their CBT logs inconsistent (C(SR_BACKEND_FAILURE_459)).
   - By default a broken chain fails the task with the explanation; with O(allow_broken_chain=true) the task succeeds
     with RV(chain_broken=true) and RV(chain_broken_reason).
+  - Warns when CBT is disabled on the disk now; the two snapshots may still be comparable, but the next backup of
+    the disk will have to be a full one.
   - Reads only; never reports a change.
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
