@@ -23,9 +23,9 @@ options:
   requests_in_flight:
     description:
       - Read requests kept in flight on each connection, to hide the network round trip.
-      - Each request uses a 4 MiB buffer; the reader lowers this number if all buffers together would exceed 128 MiB.
+      - Each request reads up to 1 MiB; the reader lowers this number if all buffers together would exceed 128 MiB.
     type: int
-    default: 4
+    default: 8
   tls:
     description:
       - Use TLS (C(NBD_OPT_STARTTLS)) and verify the server certificate before the export name is sent.

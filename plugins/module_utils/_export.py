@@ -19,7 +19,7 @@ import os
 from . import _cbt
 from ._extents import CBT_BLOCK_SIZE, total_length
 from ._nbd.connection import DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
-from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUESTS_IN_FLIGHT, DEFAULT_RETRIES, ExtentReader
+from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUEST_SIZE, DEFAULT_REQUESTS_IN_FLIGHT, DEFAULT_RETRIES, ExtentReader
 from ._nbd.tls import TlsSettings
 from ._repository.raw_file import AtomicFile, FileWriter, copy_extents
 
@@ -68,7 +68,7 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
             result['blocks_changed'] = sum(-(-length // CBT_BLOCK_SIZE) for _o, length in extents)
             _check_incremental_dest(dest, size)
         to_read = total_length(extents)
-        result['connections'] = min(connections, max(1, -(-to_read // (4 * MIB))))
+        result['connections'] = min(connections, max(1, -(-to_read // DEFAULT_REQUEST_SIZE)))
         if check_mode:
             result.update(changed=bool(extents) or changed_blocks is None, bytes_read=0, bytes_written=0,
                           bytes_to_read=to_read, seconds=0.0, throughput_mib_s=0.0)

@@ -51,8 +51,9 @@ EXPLANATIONS = {
                                                     'CBT cannot track it; set on_boot to persist',
     'VDI_IS_SHARABLE': 'the disk is sharable, which CBT does not support',
     'VDI_MISSING': 'the disk is missing from its storage repository',
-    'SR_OPERATION_NOT_SUPPORTED': 'the storage repository {0} does not support this operation (CBT needs a storage '
-                                  'type with CBT support, such as EXT, NFS, SMB, LVM, LVMoISCSI or LVMoHBA)',
+    'SR_OPERATION_NOT_SUPPORTED': 'the storage repository {0} does not support this operation (snapshots and CBT '
+                                  'need a storage type that supports them, such as EXT, NFS, SMB, LVM, LVMoISCSI or '
+                                  'LVMoHBA)',
     'SR_NOT_ATTACHED': 'the storage repository {0} is not attached to any host',
     'SR_HAS_NO_PBDS': 'the storage repository {0} is not attached to any host',
     'SR_BACKEND_FAILURE_460': 'the changed blocks cannot be listed: {1}. The two snapshots are not part of one CBT '

@@ -244,7 +244,7 @@ def argument_spec():
         changed_blocks=dict(type='str'),
         dest=dict(type='path', required=True),
         connections=dict(type='int', default=4),
-        requests_in_flight=dict(type='int', default=4),
+        requests_in_flight=dict(type='int', default=8),
         tls=dict(type='bool', default=True),
         tls_ca_path=dict(type='path'),
         timeout=dict(type='float', default=60),

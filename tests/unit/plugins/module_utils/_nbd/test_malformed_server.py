@@ -22,7 +22,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _expor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import errors
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import protocol as p
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import ExtentReader
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import DEFAULT_REQUEST_SIZE, ExtentReader
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_nbd_server import FakeNbdServer, image_bytes
 
 __metaclass__ = type
@@ -298,9 +298,10 @@ def test_huge_export_size_is_refused(dest_dir):
 
 def test_export_size_larger_than_the_server_can_serve(dest_dir):
     # The server announces one more block than it has: the read of the last request fails with EINVAL.
+    last_request = (len(IMAGE) + BLOCK - 1) // DEFAULT_REQUEST_SIZE * DEFAULT_REQUEST_SIZE
     with FakeNbdServer(IMAGE, export_size=len(IMAGE) + BLOCK) as server:
-        exc = export_fails(server, dest_dir, errors.NbdServerError, 'at offset %d' % (8 * MIB), 'EINVAL')
-    assert exc.offset == 8 * MIB
+        exc = export_fails(server, dest_dir, errors.NbdServerError, 'at offset %d' % last_request, 'EINVAL')
+    assert exc.offset == last_request
     assert exc.error == 22
 
 
@@ -357,10 +358,11 @@ def test_export_bad_reply_magic_leaves_dest_untouched(dest_dir):
 
 
 def test_export_error_reply_leaves_dest_untouched(dest_dir):
+    failing_request = 5 * MIB // DEFAULT_REQUEST_SIZE * DEFAULT_REQUEST_SIZE  # the request holding 5 MiB
     with FakeNbdServer(IMAGE, errors={5 * MIB: 5}) as server:
-        exc = export_fails(server, dest_dir, errors.NbdServerError, 'EIO', 'at offset %d' % (4 * MIB),
+        exc = export_fails(server, dest_dir, errors.NbdServerError, 'EIO', 'at offset %d' % failing_request,
                            connections=2, requests_in_flight=2)
-    assert (exc.error, exc.offset) == (5, 4 * MIB)
+    assert (exc.error, exc.offset) == (5, failing_request)
 
 
 def _incremental_setup(directory, changed):
