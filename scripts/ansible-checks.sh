@@ -44,5 +44,5 @@ fi
 echo "--- antsibull-changelog lint"
 antsibull-changelog lint || status=1
 echo "--- ansible-lint --profile production"
-(cd "$ROOT" && ansible-lint --profile production --offline) || status=1
+ANSIBLE_COLLECTIONS_PATH=$COPY_BASE ansible-lint --profile production --offline || status=1
 exit $status
