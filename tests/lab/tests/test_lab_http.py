@@ -26,10 +26,11 @@ class Http:
         self.ctx = ssl.create_default_context(cafile=lab.info['ca_cert'])
         self.session = session_ref
 
-    def request(self, method, path, body=None, headers=None, **query):
+    def request(self, method, path, body=None, headers=None, encode_chunked=False, **query):
         query.setdefault('session_id', self.session)
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
-        conn.request(method, '%s?%s' % (path, urlencode(query)), body=body, headers=headers or {})
+        conn.request(method, '%s?%s' % (path, urlencode(query)), body=body, headers=headers or {},
+                     encode_chunked=encode_chunked)
         response = conn.getresponse()
         data = response.read()
         conn.close()
@@ -93,7 +94,7 @@ def test_import_refusals(web):
     chunks = iter([b'a' * 512, b'b' * 512])
     task = api.task.create('restore', 'chunked')
     response, _body = client.request('PUT', '/import_raw_vdi', body=chunks, headers={'Transfer-Encoding': 'chunked'},
-                                     vdi=vdi, task_id=task)
+                                     encode_chunked=True, vdi=vdi, task_id=task)
     assert response.status == 404
     assert api.task.get_error_info(task) == ['INTERNAL_ERROR', 'Cannot handle encoding: chunked']
     response, _body = client.request('GET', '/export_raw_vdi', vdi=vdi, session_id='OpaqueRef:bad')

@@ -113,16 +113,44 @@ class ApiHandler(BaseHTTPRequestHandler):
         task = self.lab.task_start((query.get('task_id') or [None])[0], label)
         if session is None:
             self.lab.task_finish(task, error=['SESSION_AUTHENTICATION_FAILED', '', 'session invalid'])
+            self._drain()
             self._plain(401, 'Unauthorised', extra={'task-id': task}, close=True)
             return None
         try:
             vdi = self.lab.vdi_ref_or_uuid((query.get('vdi') or [''])[0])
         except XenAPIError as err:
             self.lab.task_finish(task, error=err.details)
+            self._drain()
             self._plain(404, 'VDI not found', extra={'task-id': task}, close=True)
             return None
         fmt = (query.get('format') or ['raw'])[0].lower()
         return {'query': query, 'session': session, 'temporary': temporary, 'task': task, 'vdi': vdi, 'format': fmt}
+
+    def _drain(self, limit=64 << 20):
+        """Read and drop a refused upload's body (up to ``limit``) so the client sees our answer
+        instead of a broken pipe while it is still sending."""
+        if self.command != 'PUT':
+            return
+        try:
+            if 'chunked' in (self.headers.get('Transfer-Encoding') or '').lower():
+                total = 0
+                while total <= limit:
+                    size = int(self.rfile.readline(65537).split(b';')[0].strip() or b'0', 16)
+                    if size == 0:
+                        while self.rfile.readline(65537) not in (b'\r\n', b'\n', b''):
+                            pass
+                        return
+                    self.rfile.read(size + 2)
+                    total += size
+                return
+            remaining = int(self.headers.get('Content-Length') or 0)
+            while 0 < remaining <= limit:
+                data = self.rfile.read(min(CHUNK, remaining))
+                if not data:
+                    return
+                remaining -= len(data)
+        except (OSError, ValueError):
+            return
 
     def _end_temporary(self, req):
         if req and req['temporary']:
@@ -190,6 +218,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _refuse(self, req, code, error, text):
         self.lab.task_finish(req['task'], error=error)
+        self._drain()
         self._plain(code, text, extra={'task-id': req['task']}, close=True)
 
     def _import(self, req):
