@@ -23,16 +23,18 @@ CMD_READ, CMD_DISC = 0, 2
 
 
 def recv_exact(sock, n):
-    data = b''
-    while len(data) < n:
+    data = bytearray(n)
+    view = memoryview(data)
+    got = 0
+    while got < n:
         try:
-            chunk = sock.recv(n - len(data))
+            count = sock.recv_into(view[got:])
         except ConnectionResetError:
-            chunk = b''  # a reset is a close too (the server dropped us)
-        if not chunk:
-            raise EOFError('server closed the connection after %d of %d bytes' % (len(data), n))
-        data += chunk
-    return data
+            count = 0  # a reset is a close too (the server dropped us)
+        if not count:
+            raise EOFError('server closed the connection after %d of %d bytes' % (got, n))
+        got += count
+    return bytes(data)
 
 
 def client_context(cafile=None, ciphers=None, curve=None, tls13=False):

@@ -115,7 +115,12 @@ def pread(h, buf, offset, flags):  # pylint: disable=unused-argument
     if offset % SECTOR or len(buf) % SECTOR:
         nbdkit.set_error(errno.EINVAL)
         raise ValueError('unaligned read: offset %d length %d' % (offset, len(buf)))
-    data = os.pread(h['fd'], len(buf), offset)
-    buf[:len(data)] = data
-    if len(data) < len(buf):
-        buf[len(data):] = bytes(len(buf) - len(data))
+    view = memoryview(buf)
+    done = 0
+    while done < len(view):
+        # preadv fills nbdkit's buffer in place (no extra copy of large reads).
+        got = os.preadv(h['fd'], [view[done:]], offset + done)
+        if got <= 0:
+            view[done:] = bytes(len(view) - done)  # a short file reads as zeros, like a sparse tail
+            break
+        done += got
