@@ -344,8 +344,8 @@ class Bench:
         outputs = ['null', 'file'] if args.output == 'both' else [args.output]
         common = {'info': server.nbd_info(), 'tls': server.tls, 'client_cert': server.client_cert,
                   'client_key': server.client_key, 'uri': server.uri(), 'connections': args.connections}
-        tunings = [(args.request_size, args.requests_in_flight)] + [t for t in args.tuning
-                                                                     if t != (args.request_size, args.requests_in_flight)]
+        default_tuning = (args.request_size, args.requests_in_flight)
+        tunings = [default_tuning] + [t for t in args.tuning if t != default_tuning]
         out_file = os.path.join(self.workdir, 'out.raw')
         inc_dest = os.path.join(self.workdir, 'incremental.raw')
 
@@ -514,7 +514,7 @@ def machine_summary():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--size', default='2G', help='export size (default 2G)')
     parser.add_argument('--connections', type=int, default=4, help='NBD connections for every peer (default 4)')
     parser.add_argument('--server', default=DEFAULT_SERVERS,
@@ -522,9 +522,9 @@ def main(argv=None):
     parser.add_argument('--runs', type=int, default=3, help='runs per peer and case (default 3)')
     parser.add_argument('--output', choices=('null', 'file', 'both'), default='both',
                         help='discard the data (null), write a file (file) or both (default)')
-    parser.add_argument('--request-size', default='4M', help="engine (and libnbd peer) request size, default 4M")
-    parser.add_argument('--requests-in-flight', type=int, default=4,
-                        help='engine (and libnbd peer) requests in flight per connection, default 4')
+    parser.add_argument('--request-size', default='1M', help="engine (and libnbd peer) request size, default 1M (the engine's)")
+    parser.add_argument('--requests-in-flight', type=int, default=8,
+                        help='engine (and libnbd peer) requests in flight per connection, default 8 (the engine'"'"'s)')
     parser.add_argument('--tuning', default='', help='extra engine variants for the null cases, e.g. 1M:8,256K:16')
     parser.add_argument('--changed', type=float, default=0.10, help='scattered case: fraction of 64 KiB blocks')
     parser.add_argument('--seed', type=int, default=20240601, help='image and scattered-block seed')

@@ -39,8 +39,8 @@ def verify(source, copy):
     same_hash = nbd_servers.file_sha256(source) == nbd_servers.file_sha256(copy)
     compare = subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F', 'raw', source, copy],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-    print('verify: sha256 %s, qemu-img compare: %s' % ('equal' if same_hash else 'DIFFERENT',
-                                                      compare.stdout.decode().strip()))
+    verdict = 'equal' if same_hash else 'DIFFERENT'
+    print('verify: sha256 %s, qemu-img compare: %s' % (verdict, compare.stdout.decode().strip()))
     return same_hash and compare.returncode == 0
 
 

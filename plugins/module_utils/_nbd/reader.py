@@ -20,7 +20,7 @@ import time
 
 from .._extents import split
 from .connection import NbdConnection, server_error
-from .errors import NbdError, NbdProtocolError
+from .errors import NbdError, NbdExportRefused, NbdProtocolError
 
 __metaclass__ = type
 
@@ -185,7 +185,10 @@ class ExtentReader:
                     free.append(slot)
                     stats.add(length)
                 except NbdError as exc:
-                    if not exc.retryable or attempts_left <= 0 or work.failed.is_set():
+                    # A refused export name on a reconnect (the first handshake of this export worked) is a
+                    # server going away mid-handshake as often as an expired session: worth the bounded retries.
+                    retryable = exc.retryable or (isinstance(exc, NbdExportRefused) and conn is None)
+                    if not retryable or attempts_left <= 0 or work.failed.is_set():
                         raise self._with_context(exc, inflight, retry)
                     # The connection broke: resend what it still owed on a new one.
                     attempts_left -= 1
@@ -207,7 +210,7 @@ class ExtentReader:
 
     def _with_context(self, exc, inflight, retry):
         """Name the first range that was not read, and the retries, in the message."""
-        if not exc.retryable:
+        if not exc.retryable and not isinstance(exc, NbdExportRefused):
             return exc
         pending = sorted([(o, n) for o, n, _s in inflight.values()] + list(retry))
         where = ''
