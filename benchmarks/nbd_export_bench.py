@@ -524,7 +524,7 @@ def main(argv=None):
                         help='discard the data (null), write a file (file) or both (default)')
     parser.add_argument('--request-size', default='1M', help="engine (and libnbd peer) request size, default 1M (the engine's)")
     parser.add_argument('--requests-in-flight', type=int, default=8,
-                        help='engine (and libnbd peer) requests in flight per connection, default 8 (the engine'"'"'s)')
+                        help="engine (and libnbd peer) requests in flight per connection, default 8 (the engine's)")
     parser.add_argument('--tuning', default='', help='extra engine variants for the null cases, e.g. 1M:8,256K:16')
     parser.add_argument('--changed', type=float, default=0.10, help='scattered case: fraction of 64 KiB blocks')
     parser.add_argument('--seed', type=int, default=20240601, help='image and scattered-block seed')
