@@ -44,7 +44,28 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
                    requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False):
-    """Export to ``dest``; return a result dict (see the vdi_export module's RETURN)."""
+    """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN)."""
+    if changed_blocks is None:
+        def write(reader, extents, size):
+            return _write_full(reader, extents, dest, size)
+        check = None
+    else:
+        def write(reader, extents, size):
+            return _apply_changes(reader, extents, dest, size)
+
+        def check(size):
+            _check_incremental_dest(dest, size)
+    return run_export(target, changed_blocks, write, check=check, connections=connections,
+                      requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode)
+
+
+def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
+               requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False):
+    """Plan what to read (all of the export, or the bitmap's blocks) and hand it to a destination.
+
+    ``check(size)`` may refuse the export before any data is read; ``write(reader, extents, size)``
+    reads and stores, returning ``(stats, bytes_written)`` or ``(stats, bytes_written, extra_result)``.
+    """
     first = NbdConnection.open(target)
     try:
         size = first.export_size
@@ -66,7 +87,8 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
             raw = _cbt.decode(changed_blocks)
             extents = _cbt.to_extents(raw, size)
             result['blocks_changed'] = sum(-(-length // CBT_BLOCK_SIZE) for _o, length in extents)
-            _check_incremental_dest(dest, size)
+        if check is not None:
+            check(size)
         to_read = total_length(extents)
         result['connections'] = min(connections, max(1, -(-to_read // DEFAULT_REQUEST_SIZE)))
         if check_mode:
@@ -77,15 +99,15 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
                               retries=retries, first_connection=first)
         first = None  # the reader owns it now
         try:
-            if changed_blocks is None:
-                stats, written = _write_full(reader, extents, dest, size)
-            else:
-                stats, written = _apply_changes(reader, extents, dest, size)
+            outcome = write(reader, extents, size)
         finally:
             reader.close()
     finally:
         if first is not None:
             first.close()
+    stats, written = outcome[0], outcome[1]
+    if len(outcome) > 2:
+        result.update(outcome[2])
     result.update(
         changed=changed_blocks is None or bool(extents),
         bytes_read=stats.bytes_read,

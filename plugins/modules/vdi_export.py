@@ -103,9 +103,18 @@ options:
       - A bitmap for a larger disk is accepted only if all bits beyond this disk's last block are zero.
     type: str
   dest:
-    description: Raw image file to create (full export) or to update (with O(changed_blocks)).
+    description:
+      - Raw image file to create (full export) or to update (with O(changed_blocks) or O(base)).
+      - Mutually exclusive with O(repository); one of the two is required.
     type: path
-    required: true
+  repository:
+    description:
+      - A disk's backup repository directory (created if missing): the export becomes a new qcow2 restore point.
+      - Without O(base) or O(changed_blocks) the point is a full backup; with them, an incremental on top of the
+        newest point. With O(base), the repository's CBT anchor (the snapshot of its newest point) must be O(base),
+        otherwise the export is refused and a full backup is needed.
+      - See the repository format in C(docs/repository.md).
+    type: path
 requirements:
   - cryptography >= 42 (when O(tls=true))
 notes:
@@ -202,6 +211,23 @@ base:
   type: str
   returned: when O(base) was given
   sample: 1b0c2f0e-5a4d-4c8e-9a55-0d6c1f3e2b7a
+point:
+  description: The restore point added to O(repository) (as recorded in its manifest).
+  type: dict
+  returned: success with O(repository), not in check mode
+  sample: {id: 20261125T140233Z-incr, type: incremental, file: 20261125T140233Z-incr.qcow2, parent: 20261124T140101Z-full,
+           snapshot_uuid: 3f4e..., virtual_size: 268435456, blocks: 12, bytes: 786432, sha256: 9b1c..., blocks_digest: 77aa...}
+point_type:
+  description: C(full) or C(incremental).
+  type: str
+  returned: with O(repository)
+  sample: incremental
+cleaned_up:
+  description: Files of an interrupted earlier run that were removed from O(repository) (never restore points).
+  type: list
+  elements: str
+  returned: with O(repository)
+  sample: [.20261125T140233Z-incr.qcow2.partial-x1y2z3]
 nbd_address:
   description: Address and port the data was read from.
   type: str
@@ -219,6 +245,9 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt import BitmapError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
@@ -242,7 +271,8 @@ def argument_spec():
             purposes=dict(type='list', elements='str'),
         )),
         changed_blocks=dict(type='str'),
-        dest=dict(type='path', required=True),
+        dest=dict(type='path'),
+        repository=dict(type='path'),
         connections=dict(type='int', default=4),
         requests_in_flight=dict(type='int', default=8),
         tls=dict(type='bool', default=True),
@@ -271,12 +301,16 @@ def check_params(module):
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.')
 
 
-def export(module, nbd, changed_blocks):
+def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None):
     params = module.params
     target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
-    result = _export.export_to_file(
-        target, params['dest'], changed_blocks=changed_blocks, connections=params['connections'],
-        requests_in_flight=params['requests_in_flight'], retries=params['retries'], check_mode=module.check_mode)
+    options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
+                   retries=params['retries'], check_mode=module.check_mode)
+    if params['repository']:
+        result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
+                                      base_uuid=base_uuid, **options)
+    else:
+        result = _export.export_to_file(target, params['dest'], changed_blocks=changed_blocks, **options)
     result['nbd_address'] = '%s:%s' % (nbd['address'], nbd.get('port') or 10809)
     return result
 
@@ -307,18 +341,29 @@ def export_snapshot(module, client):
     info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
     check_purpose(info, params['tls'])
     nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
-    result = export(module, nbd, changed_blocks)
+    snapshot = {
+        'uuid': snap['uuid'],
+        'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != 'OpaqueRef:NULL' else None,
+        'name': snap['name_label'],
+        'time': _iso(snap.get('snapshot_time')),
+    }
+    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base['uuid'] if base else None)
     result['snapshot'] = snap['uuid']
     if base is not None:
         result['base'] = base['uuid']
     return result
 
 
+def _iso(value):
+    """XenAPI datetimes arrive as xmlrpc DateTime ('20261125T10:11:12Z'); keep them as text."""
+    return str(value) if value is not None else None
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        mutually_exclusive=[('nbd', 'snapshot'), ('changed_blocks', 'snapshot'), ('nbd', 'base')],
-        required_one_of=[('nbd', 'snapshot')],
+        mutually_exclusive=[('nbd', 'snapshot'), ('changed_blocks', 'snapshot'), ('nbd', 'base'), ('dest', 'repository')],
+        required_one_of=[('nbd', 'snapshot'), ('dest', 'repository')],
         required_by={'base': 'snapshot', 'nbd_network': 'snapshot'},
         supports_check_mode=True,
     )
@@ -340,10 +385,11 @@ def main():
                 client.close()  # logs out a session this module logged in
     except XenApiError as exc:
         _xenapi_module.fail(module, exc)
-    except (NbdError, BitmapError, _export.ExportError) as exc:
+    except (NbdError, BitmapError, _export.ExportError, RepositoryError, Qcow2Error) as exc:
         module.fail_json(msg=str(exc), error_type=type(exc).__name__)
     except (IOError, OSError) as exc:
-        module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (params['dest'], exc, params['dest']))
+        where = params['dest'] or params['repository']
+        module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where))
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)

@@ -1,0 +1,91 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Export a snapshot into a repository as a new restore point (full, or incremental on the newest one).
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+
+Data flows one way: the NBD reader hands pieces to a Qcow2Writer on a temporary file; once every
+piece arrived the image is finished, fsynced and renamed, and only then added to the manifest.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+from .. import _export
+from .qcow2 import Qcow2Writer
+from .store import Repository, RepositoryError, utc_now
+
+__metaclass__ = type
+
+
+def export_to_repository(target, repository, changed_blocks=None, snapshot=None, base_uuid=None, disk=None, **options):
+    """Add a restore point to the repository directory ``repository``; return the export result.
+
+    ``snapshot``: dict with the exported snapshot's ``uuid``, ``snapshot_of`` (disk uuid), ``name`` and
+    ``time``, recorded in the manifest (the snapshot uuid becomes the CBT anchor).  ``base_uuid``: the
+    snapshot the bitmap was computed against; it must be the repository's anchor.
+    """
+    snapshot = snapshot or {}
+    kind = 'full' if changed_blocks is None else 'incremental'
+    check_mode = options.get('check_mode', False)
+    with Repository(repository, write=not check_mode, create=not check_mode, missing_ok=check_mode) as repo:
+        cleaned = [] if check_mode else repo.remove_leftovers()
+        parent = repo.newest()
+
+        def check(size):
+            if kind == 'full':
+                return
+            if parent is None:
+                raise RepositoryError('the repository %s has no restore point for the changed blocks to build on; '
+                                      'take a full backup first' % repo.path)
+            anchor = repo.manifest.get('cbt_anchor')
+            if base_uuid and anchor != base_uuid:
+                raise RepositoryError(
+                    'the newest restore point of %s was taken from snapshot %s, but the changed blocks were listed '
+                    'against %s: they would not apply to it. Take a full backup (or pass the matching base).'
+                    % (repo.path, anchor, base_uuid))
+            if parent['virtual_size'] != size:
+                raise RepositoryError('the disk has %d bytes now but %d in the newest restore point (it was resized): '
+                                      'take a full backup' % (size, parent['virtual_size']))
+
+        def write(reader, extents, size):
+            when = utc_now()
+            ident, out = repo.new_point_file(kind, when)
+            writer = Qcow2Writer(out.fd, size, backing_file=parent['file'] if kind == 'incremental' else None)
+            try:
+                stats = reader.read(extents, writer)
+                written = writer.finish()
+                out.commit()
+            except BaseException:
+                writer.abort()
+                out.discard()
+                raise
+            point = {
+                'id': ident,
+                'time': when.isoformat(),
+                'type': kind,
+                'file': ident + '.qcow2',
+                'parent': parent['id'] if kind == 'incremental' else None,
+                'snapshot_uuid': snapshot.get('uuid'),
+                'snapshot_time': snapshot.get('time'),
+                'base_snapshot_uuid': base_uuid,
+                'source_vdi_uuid': snapshot.get('snapshot_of'),
+                'source_vdi_name': snapshot.get('name'),
+                'virtual_size': size,
+                'blocks': written.clusters_stored,
+                'bytes': written.bytes_stored,
+                'blocks_digest': written.digest,
+                'bytes_read': stats.bytes_read,
+            }
+            repo.add_point(point, disk=disk or {'vdi_uuid': snapshot.get('snapshot_of'), 'name': snapshot.get('name'),
+                                                'virtual_size': size})
+            return stats, written.bytes_stored, {'point': point}
+
+        result = _export.run_export(target, changed_blocks, write, check=check, **options)
+        result['repository'] = repo.path
+        result['cleaned_up'] = cleaned
+        if check_mode:
+            result['point_type'] = kind
+        else:
+            result['point_type'] = result['point']['type']
+        return result
