@@ -1,0 +1,183 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: backup_prune
+short_description: Remove old restore points from a backup repository, keeping every kept point restorable
+version_added: 0.1.0
+description:
+  - Applies retention rules to the restore points of one disk's repository (a directory written by
+    M(xenserver.cbt_backup.vdi_export) with O(xenserver.cbt_backup.vdi_export#module:repository)).
+  - A point is kept if any rule keeps it. The newest point is always kept, it is the CBT anchor the next incremental
+    backup builds on. Days, weeks and months are UTC and taken from each point's C(time); periods without a point do
+    not count, so a repository whose backups stopped is not emptied by the passing of time.
+  - A kept incremental point whose older points are removed is merged forward. Its complete content is written as a
+    standalone full image that replaces the point's file under the same name, so the points built on it stay
+    unchanged. Only then the manifest is updated and the removed files are deleted.
+  - The merge is journaled in the manifest. If a run is interrupted at any moment every kept point stays restorable,
+    and the next run (of this module or any run that calls the recovery) finishes or rolls back the merge and
+    deletes files that no longer belong to a restore point.
+  - Holds the repository's write lock; fails if another run writes the repository.
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+attributes:
+  check_mode:
+    description: Reports what would be kept, removed and merged; touches nothing.
+    support: full
+  diff_mode:
+    description: Shows the list of restore points before and after.
+    support: full
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  repository:
+    description:
+      - The repository directory of one disk (the one that holds C(manifest.json)).
+    type: path
+    required: true
+  keep_last:
+    description:
+      - Keep the N newest restore points.
+    type: int
+  keep_days:
+    description:
+      - Keep every restore point taken during the last N days (N times 24 hours before now).
+    type: int
+  keep_daily:
+    description:
+      - Keep the newest restore point of each of the N most recent days (UTC) that have one.
+    type: int
+  keep_weekly:
+    description:
+      - Keep the newest restore point of each of the N most recent ISO weeks (Monday to Sunday, UTC) that have one.
+    type: int
+  keep_monthly:
+    description:
+      - Keep the newest restore point of each of the N most recent calendar months (UTC) that have one.
+    type: int
+notes:
+  - At least one of O(keep_last), O(keep_days), O(keep_daily), O(keep_weekly) and O(keep_monthly) is required.
+  - A merge needs free space for one full image of the merged point next to it in the repository. Without it the
+    module fails with a message saying so and the repository is left as it was.
+  - The ids of merged points keep their suffix (for example C(-incr)); their C(type) in the manifest becomes C(full).
+'''
+
+EXAMPLES = r'''
+- name: Keep a week of daily points and a year of monthly ones
+  xenserver.cbt_backup.backup_prune:
+    repository: /backup/web01/xvda
+    keep_daily: 7
+    keep_monthly: 12
+
+- name: Keep only the last three restore points
+  xenserver.cbt_backup.backup_prune:
+    repository: /backup/web01/xvda
+    keep_last: 3
+  check_mode: true
+  register: preview
+'''
+
+RETURN = r'''
+repository:
+  description: Absolute path of the repository.
+  type: str
+  returned: always
+  sample: /backup/web01/xvda
+kept:
+  description: Ids of the restore points that are kept, oldest first.
+  type: list
+  elements: str
+  returned: success
+  sample: [20261120T020000Z-full, 20261125T020000Z-incr]
+removed:
+  description: Ids of the restore points removed (in check mode, that would be removed), oldest first.
+  type: list
+  elements: str
+  returned: success
+  sample: [20261119T020000Z-incr]
+reasons:
+  description: For each kept point, the rules that keep it (C(newest) for the newest point).
+  type: dict
+  returned: success
+  sample: {20261125T020000Z-incr: [newest, keep_last]}
+merged:
+  description:
+    - Kept points that became standalone full images, by id. C(merged) lists the points whose content was folded in;
+      outside check mode C(sha256), C(blocks), C(bytes) and C(file_size) describe the new file.
+  type: dict
+  returned: success
+  sample: {20261121T020000Z-incr: {merged: [20261120T020000Z-incr, 20261119T020000Z-full], blocks: 310,
+           bytes: 20316160, file_size: 20578304, sha256: 5d41402abc4b2a76b9719d911017c592}}
+bytes_freed:
+  description:
+    - Bytes of repository files freed (removed files minus the growth of merged ones). In check mode the size of the
+      files that would be removed, an upper bound.
+  type: int
+  returned: success
+  sample: 104857600
+recovered:
+  description:
+    - What was done about an interrupted earlier run before pruning. C(action) is C(none), C(finished) (the merge of
+      C(point) was completed) or C(rolled_back); C(deleted) lists leftover files that were deleted.
+  type: dict
+  returned: success
+  sample: {action: none, point: null, deleted: []}
+recovery_pending:
+  description: In check mode, whether an interrupted earlier run would be finished or rolled back first.
+  type: bool
+  returned: check mode
+  sample: false
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            repository=dict(type='path', required=True),
+            keep_last=dict(type='int'),
+            keep_days=dict(type='int'),
+            keep_daily=dict(type='int'),
+            keep_weekly=dict(type='int'),
+            keep_monthly=dict(type='int'),
+        ),
+        required_one_of=[retention.RULES],
+        supports_check_mode=True,
+    )
+    params = module.params
+    rules = dict((name, params[name]) for name in retention.RULES)
+    path = params['repository']
+    try:
+        retention.validate_rules(rules)
+        with Repository(path, write=not module.check_mode) as repo:
+            before = [p['id'] for p in repo.points]
+            result = retention.prune(repo, rules, check_mode=module.check_mode)
+            result['repository'] = repo.path
+    except (RepositoryError, Qcow2Error) as exc:
+        module.fail_json(msg=str(exc), repository=path, error_type=type(exc).__name__)
+    except (IOError, OSError) as exc:
+        module.fail_json(msg='pruning the repository %s failed: %s. Every restore point listed in its manifest is still '
+                             'restorable; the next run finishes or rolls back what was interrupted.' % (path, exc),
+                         repository=path)
+    if module._diff:
+        result['diff'] = {'before': '\n'.join(before) + '\n' if before else '',
+                          'after': '\n'.join(result['kept']) + '\n' if result['kept'] else ''}
+    module.exit_json(**result)
+
+
+if __name__ == '__main__':
+    main()
