@@ -1,0 +1,315 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Read-only views of repositories: listing points with sizes and ages, verifying files and chains.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+
+Nothing here takes a repository's write lock or changes a file, so it can run next to a backup in
+progress: files of an unfinished point (``.<id>.qcow2.partial-*``) are never restore points and are
+only reported as leftovers.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import datetime
+import os
+import random
+
+from . import qcow2
+from .qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
+from .store import MANIFEST, Repository, RepositoryError, file_sha256
+
+__metaclass__ = type
+
+DEFAULT_MAX_DEPTH = 4
+SPOT_BLOCK = 64 * 1024
+
+
+# -- listing -----------------------------------------------------------------------------------------
+
+def find_repositories(root, max_depth=DEFAULT_MAX_DEPTH):
+    """Sorted directories at or below ``root`` (at most ``max_depth`` levels down) that hold a manifest.
+
+    A repository's own subdirectories are not searched, symbolic links to directories are not
+    followed, hidden directories are skipped.
+    """
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise RepositoryError('%s is not a directory: give a repository directory or a directory that holds '
+                              'repositories' % root)
+    found = []
+    base_depth = root.rstrip(os.sep).count(os.sep)
+    for current, dirs, files in os.walk(root, onerror=None, followlinks=False):
+        depth = current.rstrip(os.sep).count(os.sep) - base_depth
+        if MANIFEST in files:
+            found.append(current)
+            dirs[:] = []
+            continue
+        if depth >= max_depth:
+            dirs[:] = []
+        else:
+            dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+    return sorted(found)
+
+
+def parse_time(text):
+    """An aware datetime from the manifest's ISO 8601 text (``...+00:00`` or ``...Z``), or None."""
+    if not text:
+        return None
+    value = str(text).strip()
+    if value.endswith('Z'):
+        value = value[:-1] + '+00:00'
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        try:
+            when = datetime.datetime.strptime(str(text).strip(), '%Y%m%dT%H:%M:%SZ')
+        except ValueError:
+            return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return when
+
+
+def _chain_length(by_id, point):
+    length, current, seen = 1, point, set()
+    while current.get('parent'):
+        if current['id'] in seen:
+            return None
+        seen.add(current['id'])
+        current = by_id.get(current['parent'])
+        if current is None:
+            return None
+        length += 1
+    return length
+
+
+def describe_repository(path, now=None):
+    """One repository as backup_info returns it; a manifest that cannot be read gives ``error`` instead of points."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    result = {'path': os.path.abspath(path)}
+    try:
+        with Repository(path) as repo:
+            manifest = repo.manifest
+            points = repo.points
+            if not isinstance(points, list) or not all(isinstance(p, dict) and 'id' in p and 'file' in p for p in points):
+                raise RepositoryError('the manifest %s does not list its points as expected'
+                                      % os.path.join(repo.path, MANIFEST))
+            by_id = dict((p['id'], p) for p in points)
+            listed = []
+            total = 0
+            for point in points:
+                file_path = repo.file_path(point)
+                present = os.path.isfile(file_path)
+                file_size = point.get('file_size')
+                if file_size is None and present:
+                    file_size = os.path.getsize(file_path)
+                total += file_size or 0
+                when = parse_time(point.get('time'))
+                listed.append({
+                    'id': point['id'],
+                    'time': point.get('time'),
+                    'type': point.get('type'),
+                    'parent': point.get('parent'),
+                    'file': point['file'],
+                    'file_present': present,
+                    'snapshot_uuid': point.get('snapshot_uuid'),
+                    'virtual_size': point.get('virtual_size'),
+                    'blocks': point.get('blocks'),
+                    'bytes': point.get('bytes'),
+                    'file_size': file_size,
+                    'age_seconds': int((now - when).total_seconds()) if when else None,
+                    'chain_length': _chain_length(by_id, point),
+                })
+            result.update({
+                'disk': manifest.get('disk') or {},
+                'cbt_anchor': manifest.get('cbt_anchor'),
+                'points': listed,
+                'newest': listed[-1]['id'] if listed else None,
+                'total_bytes': total,
+                'leftovers': repo.leftovers(),
+            })
+    except (RepositoryError, OSError, KeyError, TypeError, AttributeError) as exc:
+        result['error'] = str(exc) if isinstance(exc, (RepositoryError, OSError)) else \
+            'the manifest %s is damaged (%s: %s)' % (os.path.join(result['path'], MANIFEST), type(exc).__name__, exc)
+    return result
+
+
+def list_repositories(path, max_depth=DEFAULT_MAX_DEPTH, now=None):
+    """``{'repositories': [...]}`` for a repository directory or a tree of them."""
+    if not os.path.exists(path):
+        raise RepositoryError('%s does not exist: give a repository directory or a directory that holds repositories'
+                              % path)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return {'repositories': [describe_repository(found, now=now) for found in find_repositories(path, max_depth)]}
+
+
+# -- verification ------------------------------------------------------------------------------------
+
+def _check_point(repo, point, by_id, position):
+    """The problems of one point (empty list: its file and its link to the parent are sound)."""
+    problems = []
+    path = repo.file_path(point)
+    if not os.path.isfile(path):
+        return ['its file %s is missing' % point['file']]
+    size = os.path.getsize(path)
+    if point.get('file_size') is not None and size != point['file_size']:
+        problems.append('its file has %d bytes but the manifest recorded %d (truncated or rewritten)'
+                        % (size, point['file_size']))
+    try:
+        sha = file_sha256(path)
+    except OSError as exc:
+        return problems + ['its file cannot be read: %s' % exc]
+    if point.get('sha256') and sha != point['sha256']:
+        problems.append('sha256 of the file is %s but the manifest recorded %s' % (sha, point['sha256']))
+    problems.extend('qcow2 structure: %s' % text for text in qcow2.check(path))
+
+    parent = None
+    if point.get('parent'):
+        parent = by_id.get(point['parent'])
+        if parent is None:
+            problems.append('its parent %s is not listed in the manifest' % point['parent'])
+        elif position[parent['id']] >= position[point['id']]:
+            problems.append('its parent %s is not older than it in the manifest' % parent['id'])
+    if point.get('type') == 'full' and point.get('parent'):
+        problems.append('it is a full point but names the parent %s' % point['parent'])
+    if point.get('type') == 'incremental' and not point.get('parent'):
+        problems.append('it is an incremental point without a parent')
+
+    try:
+        with Qcow2Image(path) as image:
+            if point.get('virtual_size') is not None and image.virtual_size != point['virtual_size']:
+                problems.append('the image has a virtual size of %d bytes but the manifest recorded %d'
+                                % (image.virtual_size, point['virtual_size']))
+            if parent is not None and parent.get('virtual_size') is not None \
+                    and image.virtual_size != parent['virtual_size']:
+                problems.append('its virtual size (%d) differs from its parent\'s (%d)'
+                                % (image.virtual_size, parent['virtual_size']))
+            if not point.get('parent') and image.backing_file is not None:
+                problems.append('it has the backing file %s but is listed without a parent' % image.backing_file)
+            if parent is not None and image.backing_file != parent['file']:
+                problems.append('its backing file is %s but its parent\'s file is %s'
+                                % (image.backing_file, parent['file']))
+            if point.get('parent') and parent is None and image.backing_file is None:
+                problems.append('it has no backing file')
+            stored = sum(1 for dummy in image.iter_clusters())
+            if point.get('blocks') is not None and stored != point['blocks']:
+                problems.append('the image stores %d blocks but the manifest recorded %d' % (stored, point['blocks']))
+            digest = image.digest()
+            if point.get('blocks_digest') and digest != point['blocks_digest']:
+                problems.append('the digest of the stored blocks is %s but the manifest recorded %s'
+                                % (digest, point['blocks_digest']))
+    except (Qcow2Error, OSError) as exc:
+        if not any(str(exc) in text for text in problems):  # the structure check may have said it already
+            problems.append('the image cannot be read: %s' % exc)
+    return problems
+
+
+def verify_repository(path, point=None):
+    """Verify a repository's points (or the chain of ``point``), oldest first; return the report.
+
+    ``{'repository', 'points': [{id, ok, problems}], 'first_bad', 'affected', 'ok', 'leftovers', 'message'}``;
+    ``affected`` lists the bad points and every point that depends on them, in manifest order.
+    """
+    with Repository(path) as repo:
+        by_id = dict((p['id'], p) for p in repo.points)
+        position = dict((p['id'], index) for index, p in enumerate(repo.points))
+        if point is None:
+            selected = list(repo.points)
+        else:
+            wanted = repo.point(point)
+            selected, current = [], wanted
+            while current is not None:  # the point and what it needs, stopping at a missing parent
+                selected.append(current)
+                current = by_id.get(current.get('parent')) if current.get('parent') else None
+                if current is not None and current in selected:
+                    break
+            selected.reverse()
+        report = []
+        bad = []
+        for entry in selected:
+            problems = _check_point(repo, entry, by_id, position)
+            report.append({'id': entry['id'], 'ok': not problems, 'problems': problems})
+            if problems:
+                bad.append(entry['id'])
+        affected = set(bad)
+        for ident in bad:
+            affected.update(repo.dependents(ident))
+        affected = [p['id'] for p in repo.points if p['id'] in affected]
+        result = {
+            'repository': repo.path,
+            'points': report,
+            'first_bad': bad[0] if bad else None,
+            'affected': affected,
+            'ok': not bad,
+            'leftovers': repo.leftovers(),
+            'newest': repo.newest()['id'] if repo.points else None,
+        }
+        if point is not None:
+            result['point'] = selected[-1]['id'] if selected else point
+        result['message'] = verify_message(result)
+        return result
+
+
+def verify_message(result):
+    if not result['points']:
+        return 'the repository %s has no restore point to verify' % result['repository']
+    if result['ok']:
+        return 'all %d restore points of %s verified' % (len(result['points']), result['repository'])
+    first = [p for p in result['points'] if p['id'] == result['first_bad']][0]
+    sound = [p['id'] for p in result['points'] if p['id'] not in result['affected']]
+    return ('restore point %s of %s is bad: %s. These restore points cannot be trusted: %s. %s Take a new full backup '
+            'so that the next points do not build on a bad one.'
+            % (first['id'], result['repository'], '; '.join(first['problems']), ', '.join(result['affected']),
+               'These verified and stay restorable: %s.' % ', '.join(sound) if sound else 'No verified point is left.'))
+
+
+# -- spot check against a live snapshot --------------------------------------------------------------
+
+def pick_blocks(chain, count, rng=None):
+    """``count`` distinct random block offsets: half among blocks the chain stores data for, the rest anywhere."""
+    rng = rng or random.SystemRandom()
+    total = -(-chain.virtual_size // SPOT_BLOCK)
+    count = min(count, total)
+    allocated = sorted(set(offset - offset % SPOT_BLOCK for offset in chain.iter_allocated()))
+    chosen = set(rng.sample(allocated, min(len(allocated), -(-count // 2))))
+    while len(chosen) < count:
+        chosen.add(rng.randrange(total) * SPOT_BLOCK)
+    return sorted(chosen)
+
+
+def spot_check(path, point, open_connection, count, rng=None):
+    """Compare ``count`` random 64 KiB blocks of ``point``'s chain with what ``open_connection()`` serves.
+
+    ``open_connection``: a callable returning an open connection with ``export_size``, ``read(offset, length)``
+    and ``close()`` (an NbdConnection on the snapshot the point was taken from).
+    Returns ``{'checked', 'blocks', 'mismatches', 'ok'}``.
+    """
+    with Repository(path) as repo:
+        entry = repo.point(point)
+        file_path = repo.file_path(entry)
+    with Qcow2Chain.open(file_path) as chain:
+        offsets = pick_blocks(chain, count, rng)
+        conn = open_connection()
+        try:
+            if conn.export_size != chain.virtual_size:
+                return {'checked': 0, 'blocks': [], 'mismatches': [], 'ok': False, 'point': entry['id'],
+                        'message': 'the snapshot has %d bytes but restore point %s has %d'
+                                   % (conn.export_size, entry['id'], chain.virtual_size)}
+            mismatches = []
+            for offset in offsets:
+                length = min(SPOT_BLOCK, chain.virtual_size - offset)
+                if conn.read(offset, length) != chain.read(offset, length):
+                    mismatches.append(offset)
+        finally:
+            conn.close()
+    result = {'checked': len(offsets), 'blocks': offsets, 'mismatches': mismatches, 'ok': not mismatches,
+              'point': entry['id']}
+    if mismatches:
+        result['message'] = ('%d of %d blocks of restore point %s differ from the snapshot it was taken from (first '
+                             'at offset %d): that restore point cannot be trusted'
+                             % (len(mismatches), len(offsets), entry['id'], mismatches[0]))
+    else:
+        result['message'] = '%d random blocks of restore point %s match the snapshot' % (len(offsets), entry['id'])
+    return result

@@ -1,0 +1,192 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: backup_info
+short_description: List the restore points of backup repositories with their sizes and ages
+version_added: 0.1.0
+description:
+  - Reads the C(manifest.json) of a disk's backup repository (written by M(xenserver.cbt_backup.vdi_export) with
+    O(xenserver.cbt_backup.vdi_export#module:repository)), or of every repository found in a directory tree, and lists
+    the restore points with their sizes, ages and chain lengths.
+  - Read only. It takes no lock and can run while a backup writes a repository; files of an unfinished or interrupted
+    run are listed as RV(repositories[].leftovers), never as restore points.
+  - A repository whose manifest cannot be read is reported with RV(repositories[].error) instead of failing the whole
+    listing.
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+attributes:
+  check_mode:
+    description: Runs normally (it only reads).
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  path:
+    description:
+      - A repository directory (one disk, holding C(manifest.json)) or a directory below which repositories are
+        searched.
+      - Below a repository nothing more is searched; hidden directories and symbolic links to directories are skipped.
+    type: path
+    required: true
+  max_depth:
+    description:
+      - How many directory levels below O(path) are searched for repositories.
+    type: int
+    default: 4
+notes:
+  - The repository format is described in C(docs/repository.md).
+seealso:
+  - module: xenserver.cbt_backup.backup_verify
+  - module: xenserver.cbt_backup.vdi_export
+'''
+
+EXAMPLES = r'''
+- name: List every repository below /backups
+  xenserver.cbt_backup.backup_info:
+    path: /backups
+  register: backups
+
+- name: Show the newest restore point of each disk
+  ansible.builtin.debug:
+    msg: "{{ item.path }}: {{ item.newest }} ({{ item.points | length }} points, {{ item.total_bytes | human_readable }})"
+  loop: "{{ backups.repositories | rejectattr('error', 'defined') }}"
+'''
+
+RETURN = r'''
+repositories:
+  description: The repositories found, sorted by path.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    path:
+      description: The repository directory.
+      type: str
+      sample: /backups/vm1/disk0
+    error:
+      description: Why the manifest could not be read (the other keys except RV(repositories[].path) are then absent).
+      type: str
+      returned: when the manifest is damaged
+      sample: the manifest /backups/vm1/disk0/manifest.json is damaged (Expecting value...)
+    disk:
+      description: The disk the repository backs up (C(vdi_uuid), C(name), ...), as recorded in the manifest.
+      type: dict
+      sample: {vdi_uuid: 1b0c2f0e-5a4d-4c8e-9a55-0d6c1f3e2b7a, name: disk0}
+    cbt_anchor:
+      description: The snapshot uuid the next incremental must be compared against (the newest point's snapshot).
+      type: str
+      sample: 3f4e9a1c-7d0b-4c8e-9a55-0d6c1f3e2b7a
+    newest:
+      description: Id of the newest restore point (null when there is none).
+      type: str
+      sample: 20261125T140233Z-incr
+    total_bytes:
+      description: Sum of the file sizes of the restore points, in bytes.
+      type: int
+      sample: 4294967296
+    leftovers:
+      description: Files of interrupted or running backups in the directory (never restore points).
+      type: list
+      elements: str
+      sample: [.20261125T140233Z-incr.qcow2.partial-x1y2z3]
+    points:
+      description: The restore points, oldest first.
+      type: list
+      elements: dict
+      contains:
+        id:
+          description: Point id.
+          type: str
+          sample: 20261125T140233Z-incr
+        time:
+          description: When the point was written (ISO 8601, UTC).
+          type: str
+          sample: '2026-11-25T14:02:33+00:00'
+        type:
+          description: C(full) or C(incremental).
+          type: str
+          sample: incremental
+        parent:
+          description: Id of the point an incremental builds on (null for a full).
+          type: str
+          sample: 20261124T140101Z-full
+        file:
+          description: The qcow2 file name, in the repository directory.
+          type: str
+          sample: 20261125T140233Z-incr.qcow2
+        file_present:
+          description: Whether the file exists (use M(xenserver.cbt_backup.backup_verify) to check its content).
+          type: bool
+          sample: true
+        snapshot_uuid:
+          description: The snapshot the point was exported from.
+          type: str
+          sample: 3f4e9a1c-7d0b-4c8e-9a55-0d6c1f3e2b7a
+        virtual_size:
+          description: Size of the disk, in bytes.
+          type: int
+          sample: 10737418240
+        blocks:
+          description: Number of 64 KiB blocks the file stores.
+          type: int
+          sample: 12
+        bytes:
+          description: Guest bytes stored (blocks recorded as all zero cost nothing).
+          type: int
+          sample: 786432
+        file_size:
+          description: Size of the file, in bytes.
+          type: int
+          sample: 917504
+        age_seconds:
+          description: Seconds since RV(repositories[].points[].time) (null if the time cannot be read).
+          type: int
+          sample: 3600
+        chain_length:
+          description: Number of files a restore of this point reads (1 for a full; null if a parent is not listed).
+          type: int
+          sample: 3
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.inspect import (
+    DEFAULT_MAX_DEPTH, list_repositories,
+)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            path=dict(type='path', required=True),
+            max_depth=dict(type='int', default=DEFAULT_MAX_DEPTH),
+        ),
+        supports_check_mode=True,
+    )
+    if module.params['max_depth'] < 0:
+        module.fail_json(msg='max_depth must be 0 or more')
+    try:
+        result = list_repositories(module.params['path'], max_depth=module.params['max_depth'])
+    except RepositoryError as exc:
+        module.fail_json(msg=str(exc))
+    except OSError as exc:
+        module.fail_json(msg='reading %s failed: %s' % (module.params['path'], exc))
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()

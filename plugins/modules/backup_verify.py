@@ -1,0 +1,299 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: backup_verify
+short_description: Verify the restore points of a backup repository (hashes, stored blocks, chain, qcow2 structure)
+version_added: 0.1.0
+description:
+  - Checks every restore point of a disk's backup repository (or the chain of one point), oldest first, that the file
+    exists and has the recorded size; that its sha256 equals the one in C(manifest.json); that its qcow2 structure is
+    sound (aligned tables inside the file, no cluster used twice, refcounts matching, no leaks); that the digest of the
+    blocks it stores equals the recorded one; and that the chain is consistent (the parent is listed, the image's
+    backing file is the parent's file, the virtual sizes agree, a full point has no backing file).
+  - If any point is bad the module fails, naming the first bad point, what is wrong with it and every restore point
+    that cannot be trusted (the bad points and all points that build on them). The same fields as on success are
+    returned with the failure.
+  - With O(spot_check), also reads random 64 KiB blocks of the snapshot the newest verified point was taken from, over
+    NBD, and compares them with the content of the point. This needs the XenAPI connection options and a snapshot
+    that still holds data; after a normal backup run the snapshot has been reduced to C(cbt_metadata), and the spot
+    check is then reported as skipped, not failed.
+  - Read only. It takes no lock, so it can run while a backup writes the repository; files of that run are not
+    restore points and are ignored.
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
+attributes:
+  check_mode:
+    description: Runs normally (it only reads).
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  repository:
+    description:
+      - One disk's repository directory (the one holding C(manifest.json)).
+    type: path
+    required: true
+  point:
+    description:
+      - Verify only this restore point (its id, or V(latest)) and the points it builds on.
+      - By default every point of the repository is verified.
+    type: str
+  spot_check:
+    description:
+      - Number of random 64 KiB blocks of the newest verified point to re-read from its snapshot over NBD and compare
+        (half of them among the blocks the chain stores data for, the rest anywhere on the disk).
+      - V(0) (the default) reads nothing over the network and needs no XenAPI connection.
+    type: int
+    default: 0
+  nbd_network:
+    description:
+      - With O(spot_check), read through this network (uuid or name) when the host has several NBD addresses.
+    type: str
+  tls:
+    description:
+      - With O(spot_check), use TLS to the NBD server and verify its certificate (the one C(VDI.get_nbd_info) returns).
+      - Set to V(false) only for networks with purpose C(insecure_nbd).
+    type: bool
+    default: true
+  tls_ca_path:
+    description:
+      - With O(spot_check), a PEM bundle of CA certificates for the fallback check of the NBD server certificate.
+    type: path
+  timeout:
+    description:
+      - With O(spot_check), seconds to wait for the NBD server to accept a connection or answer a request.
+    type: float
+    default: 60
+notes:
+  - Verification reads every file of the repository completely (twice for the stored blocks), so it takes about as
+    long as reading the repository from its storage.
+  - The repository format is described in C(docs/repository.md).
+seealso:
+  - module: xenserver.cbt_backup.backup_info
+  - module: xenserver.cbt_backup.vdi_export
+'''
+
+EXAMPLES = r'''
+- name: Verify every restore point of a disk
+  xenserver.cbt_backup.backup_verify:
+    repository: /backups/vm1/disk0
+
+- name: Verify the newest point's chain and compare 32 blocks with its snapshot, if it still holds data
+  xenserver.cbt_backup.backup_verify:
+    repository: /backups/vm1/disk0
+    point: latest
+    spot_check: 32
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+
+- name: Report instead of failing, e.g. to alert and schedule a full backup
+  xenserver.cbt_backup.backup_verify:
+    repository: /backups/vm1/disk0
+  register: verified
+  ignore_errors: true
+'''
+
+RETURN = r'''
+ok:
+  description: Whether every verified point is sound (and the spot check, if it ran, found no difference).
+  type: bool
+  returned: always
+  sample: true
+points:
+  description: The verified points, oldest first.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    id:
+      description: Point id.
+      type: str
+      sample: 20261125T140233Z-incr
+    ok:
+      description: Whether this point's own file and its link to its parent are sound.
+      type: bool
+      sample: false
+    problems:
+      description: What is wrong with this point (empty when RV(points[].ok)).
+      type: list
+      elements: str
+      sample: ['sha256 of the file is 0a73... but the manifest recorded 9b1c...']
+first_bad:
+  description: Id of the oldest bad point, or null.
+  type: str
+  returned: always
+  sample: 20261125T140233Z-incr
+affected:
+  description: The restore points that cannot be trusted, in manifest order; the bad points and every point that builds
+    on one of them.
+  type: list
+  elements: str
+  returned: always
+  sample: [20261125T140233Z-incr, 20261126T140112Z-incr]
+leftovers:
+  description: Files of interrupted or running backups in the directory, which were not verified (never restore points).
+  type: list
+  elements: str
+  returned: always
+  sample: []
+repository:
+  description: The repository directory (absolute).
+  type: str
+  returned: always
+  sample: /backups/vm1/disk0
+message:
+  description: A one-line summary.
+  type: str
+  returned: always
+  sample: all 3 restore points of /backups/vm1/disk0 verified
+spot_check:
+  description: The spot check against the live snapshot.
+  type: dict
+  returned: when O(spot_check) > 0
+  contains:
+    skipped:
+      description: Whether the spot check did not run.
+      type: bool
+      sample: true
+    reason:
+      description: Why it did not run.
+      type: str
+      returned: when skipped
+      sample: snapshot 3f4e... holds no data any more (cbt_metadata)
+    point:
+      description: The point that was compared.
+      type: str
+      sample: 20261125T140233Z-incr
+    checked:
+      description: Number of blocks compared.
+      type: int
+      returned: when it ran
+      sample: 32
+    mismatches:
+      description: Guest offsets of the blocks that differ.
+      type: list
+      elements: int
+      returned: when it ran
+      sample: []
+    ok:
+      description: Whether every compared block is equal.
+      type: bool
+      returned: when it ran
+      sample: true
+'''
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
+    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
+)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+
+
+def skipped(reason, point=None):
+    return {'skipped': True, 'reason': reason, 'point': point}
+
+
+def run_spot_check(module, result):
+    """Compare random blocks of the newest verified point with its snapshot, if the snapshot still holds data."""
+    params = module.params
+    point_id = result['points'][-1]['id']
+    if not result['ok']:
+        return skipped('the restore points failed verification', point_id)
+    with Repository(result['repository']) as repo:
+        snapshot_uuid = repo.point(point_id).get('snapshot_uuid')
+    if not snapshot_uuid:
+        return skipped('the manifest records no snapshot for restore point %s' % point_id, point_id)
+    client = _xenapi_module.make_client(module)
+    try:
+        client.open()
+        try:
+            snap_ref, snap = _objects.find_vdi(client, snapshot_uuid, snapshot=True)
+        except XenApiError as exc:
+            if exc.code == 'NOT_FOUND':
+                return skipped('snapshot %s no longer exists' % snapshot_uuid, point_id)
+            raise
+        if snap.get('type') == 'cbt_metadata':
+            return skipped('snapshot %s holds no data any more (cbt_metadata: its data was destroyed after the backup)'
+                           % snapshot_uuid, point_id)
+        info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
+        target = _export.make_target(info, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
+        checked = inspect.spot_check(result['repository'], point_id, lambda: NbdConnection.open(target),
+                                     params['spot_check'])
+    finally:
+        client.close()
+    checked['skipped'] = False
+    checked['snapshot'] = snapshot_uuid
+    return checked
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_xenapi_module.argument_spec(
+            repository=dict(type='path', required=True),
+            point=dict(type='str'),
+            spot_check=dict(type='int', default=0),
+            nbd_network=dict(type='str'),
+            tls=dict(type='bool', default=True),
+            tls_ca_path=dict(type='path'),
+            timeout=dict(type='float', default=60),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params['spot_check'] < 0 or params['timeout'] <= 0:
+        module.fail_json(msg='spot_check must be 0 or more and timeout positive')
+    if params['spot_check']:
+        if not params['hostname']:
+            module.fail_json(msg='spot_check needs the XenAPI connection to find the snapshot: set hostname (or '
+                                 'XENSERVER_HOST), or spot_check: 0')
+        if params['tls'] and not HAS_CRYPTOGRAPHY:
+            module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+    try:
+        result = inspect.verify_repository(params['repository'], point=params['point'])
+    except RepositoryError as exc:
+        module.fail_json(msg=str(exc), ok=False)
+    except OSError as exc:
+        module.fail_json(msg='reading the repository %s failed: %s' % (params['repository'], exc), ok=False)
+
+    if params['spot_check'] and result['points']:
+        try:
+            result['spot_check'] = run_spot_check(module, result)
+        except XenApiError as exc:
+            _xenapi_module.fail(module, exc, **result)
+        except (NbdError, Qcow2Error, RepositoryError, OSError) as exc:
+            module.fail_json(msg='the spot check of %s failed: %s' % (result['repository'], exc), **result)
+        if result['spot_check'].get('ok') is False:
+            result['ok'] = False
+            result['first_bad'] = result['spot_check']['point']
+            result['affected'] = [result['spot_check']['point']]
+            result['message'] = result['spot_check']['message']
+    if not result['ok']:
+        module.fail_json(msg=result['message'], changed=False, **result)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == '__main__':
+    main()
