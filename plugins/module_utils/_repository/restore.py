@@ -1,0 +1,371 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restore a point of a repository: to a sparse raw file, or as the VHD / raw stream a VDI upload sends.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+
+A restore reads the chain named by the manifest (the point, its parent, ... the full), after checking
+the sha256 of every file of the chain against the manifest: a chain with a damaged file is refused
+before a single byte is restored.  Reads are large: the clusters of a 512 MiB region are resolved
+through the chain once, and runs of clusters that sit back to back in one file are read with one
+system call (up to :data:`MAX_READ` bytes).  Clusters that are unallocated in every file of the chain,
+or zero-flagged in the newest file defining them, read as zeros and are never read from disk; a raw
+file target keeps them as holes, a VHD stream leaves out the 2 MiB blocks that hold none of them.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import os
+import time
+
+from .qcow2 import KIND_DATA, KIND_ZERO, Qcow2Error, Qcow2Image
+from .raw_file import AtomicFile
+from .store import Repository, RepositoryError, file_sha256
+from .vhd import MAX_VHD_SIZE, VhdStream
+
+__metaclass__ = type
+
+MAX_READ = 8 * 1024 * 1024
+RAW_CHUNK = 4 * 1024 * 1024
+MIB = 1024 * 1024
+FORMATS = ('vhd', 'raw')
+
+# Per-cluster source of a region: image index in the chain (newest = 0), or one of these.
+_NONE = -1   # unallocated everywhere: zeros
+_ZERO = -2   # zero flag: zeros
+
+
+class RestoreError(Exception):
+    """A point cannot be restored (missing, damaged chain, target refused)."""
+
+
+class ChainReader:
+    """The disk of a restore point, read through its chain of qcow2 files with few, large reads.
+
+    ``paths``: the point's file and its ancestors, newest first.
+    """
+
+    def __init__(self, paths):
+        self.images = []
+        try:
+            for path in paths:
+                self.images.append(Qcow2Image(path))
+        except BaseException:
+            self.close()
+            raise
+        if not self.images:
+            raise Qcow2Error('a chain needs at least one image')
+        newest = self.images[0]
+        self.virtual_size = newest.virtual_size
+        self.cluster_size = newest.cluster_size
+        if any(image.cluster_size != self.cluster_size for image in self.images):
+            raise Qcow2Error('the files of the chain have different cluster sizes')
+        self.l2_entries = newest.l2_entries
+        self.guest_clusters = newest.guest_clusters
+        self.region_size = self.l2_entries * self.cluster_size
+        self._region_index = None
+        self._region = None
+
+    def close(self):
+        for image in self.images:
+            image.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- mapping ----------------------------------------------------------------------------------------
+
+    def region(self, l1_index):
+        """(sources, hosts) of the region's clusters: the chain index each cluster reads from (or _NONE/_ZERO)
+        and its host offset there. The last region is cached."""
+        if self._region_index == l1_index:
+            return self._region
+        base = l1_index * self.l2_entries
+        count = max(0, min(self.l2_entries, self.guest_clusters - base))
+        sources = [_NONE] * count
+        hosts = [0] * count
+        pending = list(range(count))
+        for position, image in enumerate(self.images):
+            if not pending:
+                break
+            table = image._l2_table(l1_index)  # pylint: disable=protected-access
+            if table is None:
+                if base >= image.guest_clusters:
+                    break  # beyond a smaller backing file: zeros
+                continue
+            unresolved = []
+            for index in pending:
+                if base + index >= image.guest_clusters:
+                    continue  # zeros: nothing older can define it either
+                entry = table[index]
+                if not entry:
+                    unresolved.append(index)
+                    continue
+                kind, host = image._classify(entry)  # pylint: disable=protected-access
+                if kind is None:
+                    unresolved.append(index)
+                elif kind == KIND_ZERO:
+                    sources[index] = _ZERO
+                elif kind == KIND_DATA:
+                    if host % self.cluster_size:
+                        raise Qcow2Error('%s: data cluster at host offset %d is not aligned' % (image.path, host))
+                    sources[index] = position
+                    hosts[index] = host
+                else:  # compressed: read cluster by cluster
+                    sources[index] = position
+                    hosts[index] = -1
+            pending = unresolved
+        self._region_index, self._region = l1_index, (sources, hosts)
+        return self._region
+
+    def runs(self, offset=0, length=None):
+        """Yield ``(guest_offset, length, source, host)`` covering [offset, offset+length) in guest order.
+
+        ``source`` is a chain index (data at ``host`` in that file, contiguous for the whole run; ``host``
+        -1 for a compressed cluster) or None (zeros). Runs are at most :data:`MAX_READ` bytes long.
+        """
+        if length is None:
+            length = self.virtual_size - offset
+        end = offset + length
+        if offset < 0 or length < 0 or end > self.virtual_size:
+            raise Qcow2Error('read (%d, %d) is outside the %d-byte disk' % (offset, length, self.virtual_size))
+        cs = self.cluster_size
+        current = None  # [start, stop, source, host_start]
+        pos = offset
+        while pos < end:
+            index = pos // cs
+            sources, hosts = self.region(index // self.l2_entries)
+            region_end = min(end, (index // self.l2_entries + 1) * self.region_size)
+            while pos < region_end:
+                index = pos // cs
+                stop = min(region_end, (index + 1) * cs)
+                slot = index % self.l2_entries
+                source = sources[slot]
+                host = hosts[slot] + (pos - index * cs) if source >= 0 and hosts[slot] >= 0 else -1
+                source = source if source >= 0 else None
+                if (current is not None and current[2] == source and current[1] - current[0] + stop - pos <= MAX_READ
+                        and (source is None or (host >= 0 and current[3] >= 0 and current[3] + current[1] - current[0] == host))):
+                    current[1] = stop
+                else:
+                    if current is not None:
+                        yield current[0], current[1] - current[0], current[2], current[3]
+                    current = [pos, stop, source, host]
+                pos = stop
+        if current is not None:
+            yield current[0], current[1] - current[0], current[2], current[3]
+
+    def allocated(self):
+        """Yield the guest offsets of the clusters whose content comes from a data cluster (not zeros)."""
+        cs = self.cluster_size
+        for l1_index in range(-(-self.guest_clusters // self.l2_entries)):
+            sources = self.region(l1_index)[0]
+            base = l1_index * self.l2_entries
+            for slot, source in enumerate(sources):
+                if source >= 0:
+                    yield (base + slot) * cs
+
+    def data_runs(self):
+        """Like :meth:`runs` over the whole disk, without the zero runs."""
+        for run in self.runs():
+            if run[2] is not None:
+                yield run
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def read_run_into(self, view, run):
+        """Fill ``view`` (``run`` length bytes) with the run's data."""
+        offset, length, source, host = run
+        if source is None:
+            view[:length] = bytes(length)
+            return
+        image = self.images[source]
+        if host < 0:
+            cs = self.cluster_size
+            pos = 0
+            while pos < length:
+                index = (offset + pos) // cs
+                skip = offset + pos - index * cs
+                data = image.read_cluster(index)
+                step = min(length - pos, len(data) - skip)
+                view[pos:pos + step] = data[skip:skip + step]
+                pos += step
+            return
+        fd = image._fd  # pylint: disable=protected-access
+        done = 0
+        while done < length:
+            got = os.preadv(fd, [view[done:length]], host + done)
+            if got <= 0:
+                raise Qcow2Error('%s: short read at host offset %d (the file ends first)' % (image.path, host + done))
+            done += got
+
+    def read(self, offset, length):
+        """``length`` bytes at ``offset`` of the disk."""
+        out = bytearray(length)
+        view = memoryview(out)
+        for run in self.runs(offset, length):
+            start = run[0] - offset
+            self.read_run_into(view[start:start + run[1]], run)
+        return bytes(out)
+
+
+class RestoreSource:
+    """A point of a repository, its chain checked, ready to be read. Use as a context manager.
+
+    ``point``: an id or 'latest'.  With ``verify`` (default) the sha256 of each file of the chain must
+    match the manifest.
+    """
+
+    def __init__(self, repository, point='latest', verify=True):
+        try:
+            with Repository(repository) as repo:
+                if not repo.points:
+                    raise RestoreError('%s has no restore point (is it a disk\'s repository directory, with a '
+                                       'manifest.json?)' % repo.path)
+                self.point = repo.point(point or 'latest')
+                self.chain = repo.chain(self.point)  # newest first
+                self.paths = [repo.file_path(p) for p in self.chain]
+                self.disk = dict(repo.manifest.get('disk') or {})
+                self.path = repo.path
+        except RepositoryError as exc:
+            raise RestoreError(str(exc))
+        self.virtual_size = int(self.point['virtual_size'])
+        for path in self.paths:
+            if not os.path.isfile(path):
+                raise RestoreError('restore point %s needs the file %s, which is missing; the point cannot be restored%s'
+                                   % (self.point['id'], path, self._verify_hint()))
+        self.verified = False
+        if verify:
+            self.verify()
+        try:
+            self.reader = ChainReader(self.paths)
+        except (Qcow2Error, OSError) as exc:
+            raise RestoreError('cannot read restore point %s: %s%s' % (self.point['id'], exc, self._verify_hint()))
+        if self.reader.virtual_size != self.virtual_size:
+            self.reader.close()
+            raise RestoreError('restore point %s: the file says %d bytes, the manifest %d%s'
+                               % (self.point['id'], self.reader.virtual_size, self.virtual_size, self._verify_hint()))
+
+    @staticmethod
+    def _verify_hint():
+        return '. Run xenserver.cbt_backup.backup_verify on the repository to see which points are affected.'
+
+    def verify(self):
+        """Check the sha256 of every file of the chain, oldest first; raise RestoreError naming the bad point."""
+        for item, path in reversed(list(zip(self.chain, self.paths))):
+            expected = item.get('sha256')
+            if not expected:
+                continue
+            actual = file_sha256(path)
+            if actual != expected:
+                needed = ''
+                if item is not self.point:
+                    needed = ' (restore point %s is built on it)' % self.point['id']
+                raise RestoreError(
+                    'restore point %s is damaged: the sha256 of %s is %s, the manifest recorded %s%s. Nothing was '
+                    'restored. Run xenserver.cbt_backup.backup_verify on %s to see every affected point, and restore '
+                    'an older point that does not depend on %s.'
+                    % (item['id'], path, actual, expected, needed, self.path, item['id']))
+        self.verified = True
+
+    def close(self):
+        self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def info(self):
+        return {'point': self.point['id'], 'chain': [p['id'] for p in self.chain], 'virtual_size': self.virtual_size}
+
+    # -- targets ----------------------------------------------------------------------------------------
+
+    def vhd_stream(self):
+        """A dynamic VHD of the point (only the 2 MiB blocks holding data); VhdError beyond 2040 GiB."""
+        return VhdStream(self.reader.read, self.virtual_size, self.reader.allocated())
+
+    def upload_stream(self, wanted='vhd'):
+        """What a VDI upload sends: ``(format, length, chunks factory, warning or None)``.
+
+        VHD carries only the 2 MiB blocks holding data; beyond 2040 GiB raw is used (with a warning).
+        """
+        fmt, warning = choose_format(self.virtual_size, wanted)
+        if fmt == 'vhd':
+            stream = self.vhd_stream()
+            return fmt, stream.length, stream.chunks, warning
+        return fmt, self.virtual_size, self.raw_chunks, warning
+
+    def raw_chunks(self, chunk=RAW_CHUNK):
+        """Yield the whole disk as bytes objects of at most ``chunk`` bytes (zeros included)."""
+        zeros = bytes(chunk)
+        pos = 0
+        while pos < self.virtual_size:
+            step = min(chunk, self.virtual_size - pos)
+            runs = list(self.reader.runs(pos, step))
+            if all(run[2] is None for run in runs):
+                yield zeros if step == chunk else zeros[:step]
+            else:
+                buf = bytearray(step)
+                view = memoryview(buf)
+                for run in runs:
+                    start = run[0] - pos
+                    self.reader.read_run_into(view[start:start + run[1]], run)
+                yield bytes(buf)
+            pos += step
+
+
+def choose_format(virtual_size, wanted='vhd'):
+    """(format, warning or None): VHD cannot hold more than 2040 GiB, raw is used then."""
+    if wanted not in FORMATS:
+        raise RestoreError('format must be one of %s, not %s' % (', '.join(FORMATS), wanted))
+    if wanted == 'vhd' and virtual_size > MAX_VHD_SIZE:
+        return 'raw', ('the disk has %d bytes, more than a VHD can hold (2040 GiB); it is uploaded in raw format '
+                       'instead, zeros included, which takes longer' % virtual_size)
+    return wanted, None
+
+
+def restore_to_file(source, dest, force=False, check_mode=False):
+    """Write the point as a sparse raw file ``dest`` (temporary name, fsync, rename); return the result dict.
+
+    An existing ``dest`` is refused unless ``force``. Zero clusters stay holes.
+    """
+    dest = os.path.abspath(dest)
+    if os.path.isdir(dest):
+        raise RestoreError('dest %s is a directory; give the path of the raw file to create' % dest)
+    if os.path.lexists(dest) and not force:
+        raise RestoreError('dest %s already exists; choose another path or set force: true to replace it' % dest)
+    directory = os.path.dirname(dest)
+    if not os.path.isdir(directory):
+        raise RestoreError('the directory of dest (%s) does not exist' % directory)
+    result = dict(source.info(), dest=dest, bytes_written=0, seconds=0.0, throughput_mib_s=0.0)
+    if check_mode:
+        if not os.access(directory, os.W_OK):
+            raise RestoreError('cannot create files in %s (permission denied)' % directory)
+        result['changed'] = True
+        return result
+    started = time.monotonic()
+    out = AtomicFile(dest, size=source.virtual_size, prefix='.partial-')
+    written = 0
+    try:
+        buf = bytearray(MAX_READ)
+        view = memoryview(buf)
+        for run in source.reader.data_runs():
+            part = view[:run[1]]
+            source.reader.read_run_into(part, run)
+            done = 0
+            while done < run[1]:
+                done += os.pwrite(out.fd, part[done:], run[0] + done)
+            written += run[1]
+        out.commit(mode=0o600)
+    except BaseException:
+        out.discard()
+        raise
+    seconds = time.monotonic() - started
+    result.update(changed=True, bytes_written=written, seconds=round(seconds, 3),
+                  throughput_mib_s=round(source.virtual_size / MIB / seconds, 1) if seconds > 0 else 0.0)
+    return result

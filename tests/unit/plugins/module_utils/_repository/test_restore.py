@@ -1,0 +1,193 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Restoring points of repositories built from a real NBD server: raw files, VHD and raw streams."""
+
+from __future__ import absolute_import, division, print_function
+
+import hashlib
+import io
+import json
+import os
+
+import pytest
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import MAX_VHD_SIZE
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
+from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import qemu_img
+
+__metaclass__ = type
+
+pytestmark = pytest.mark.interop
+K64 = 64 * 1024
+MIB = 1024 * 1024
+
+
+def read(path):
+    with open(path, 'rb') as handle:
+        return handle.read()
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def snapshot_info(n):
+    return {'uuid': 'snap-%d' % n, 'snapshot_of': 'disk-uuid', 'name': 'disk0', 'time': '2026112%dT10:00:00Z' % n}
+
+
+@pytest.fixture
+def repository(nbd_server_factory, tmp_path):
+    """A repository with a full and two incrementals (one zeroes a block); the source's content at each point."""
+    image = make_disk_image(tmp_path / 'src.raw', 5 * MIB + 512, seed=7)
+    server = nbd_server_factory('nbdkit-tls', image.path)
+    repo_dir = str(tmp_path / 'repo')
+
+    def target():
+        return _export.make_target(server.nbd_info(), tls=True, timeout=10)
+    ids = [backup.export_to_repository(target(), repo_dir, snapshot=snapshot_info(1))['point']['id']]
+    expected = {ids[0]: read(image.path)}
+    for n in (2, 3):
+        changed = set(rewrite_random_blocks(image.path, 6, seed=n))
+        zeroed = image.data_blocks[n]
+        with open(image.path, 'r+b') as handle:
+            handle.seek(zeroed * K64)
+            handle.write(bytes(K64))
+        changed.add(zeroed)
+        result = backup.export_to_repository(target(), repo_dir, changed_blocks=_cbt.encode(sorted(changed), image.size),
+                                             snapshot=snapshot_info(n), base_uuid='snap-%d' % (n - 1))
+        ids.append(result['point']['id'])
+        expected[ids[-1]] = read(image.path)
+    return repo_dir, ids, expected
+
+
+def test_every_point_restores_to_the_source_bytes(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    for point in ids:
+        dest = str(tmp_path / ('%s.raw' % point))
+        with restore.RestoreSource(repo_dir, point) as source:
+            result = restore.restore_to_file(source, dest)
+        assert result['point'] == point and result['changed']
+        assert result['chain'][0] == point and result['chain'][-1] == ids[0]
+        assert len(result['chain']) == ids.index(point) + 1
+        data = read(dest)
+        assert len(data) == len(expected[point])
+        assert sha256(data) == sha256(expected[point])
+        # qemu agrees: the restore point (read through its backing chain) equals the restored raw file
+        qemu_img('compare', '-q', '-f', 'qcow2', '-F', 'raw', os.path.join(repo_dir, point + '.qcow2'), dest)
+        assert not [name for name in os.listdir(str(tmp_path)) if '.partial-' in name]
+
+
+def test_latest_is_the_default_and_the_output_is_sparse(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    dest = str(tmp_path / 'latest.raw')
+    with restore.RestoreSource(repo_dir) as source:
+        result = restore.restore_to_file(source, dest)
+    assert result['point'] == ids[-1]
+    assert read(dest) == expected[ids[-1]]
+    zero_blocks = sum(1 for off in range(0, len(expected[ids[-1]]), K64)
+                      if not any(expected[ids[-1]][off:off + K64]))
+    stat = os.stat(dest)
+    assert zero_blocks > 10
+    # holes where the disk is zero (allocation is in 512-byte units)
+    assert stat.st_blocks * 512 <= stat.st_size - (zero_blocks - 2) * K64
+    assert result['bytes_written'] <= stat.st_size - (zero_blocks - 2) * K64
+    assert oct(stat.st_mode & 0o777) == oct(0o600)
+
+
+def test_existing_dest_is_refused_unless_forced(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    dest = str(tmp_path / 'taken.raw')
+    with open(dest, 'wb') as handle:
+        handle.write(b'precious')
+    with restore.RestoreSource(repo_dir, ids[0]) as source:
+        with pytest.raises(restore.RestoreError, match='already exists'):
+            restore.restore_to_file(source, dest)
+        assert read(dest) == b'precious'
+        restore.restore_to_file(source, dest, force=True)
+    assert read(dest) == expected[ids[0]]
+
+
+def test_check_mode_writes_nothing(repository, tmp_path):
+    repo_dir, ids, dummy = repository
+    dest = str(tmp_path / 'check.raw')
+    with restore.RestoreSource(repo_dir, ids[1]) as source:
+        result = restore.restore_to_file(source, dest, check_mode=True)
+    assert result['changed'] and result['bytes_written'] == 0
+    assert not os.path.exists(dest)
+
+
+def test_a_corrupt_chain_is_refused_naming_the_bad_point(repository, tmp_path):
+    repo_dir, ids, dummy = repository
+    with open(os.path.join(repo_dir, 'manifest.json')) as handle:
+        manifest = json.load(handle)
+    middle = [p for p in manifest['points'] if p['id'] == ids[1]][0]
+    path = os.path.join(repo_dir, middle['file'])
+    size = os.path.getsize(path)
+    with open(path, 'r+b') as handle:  # flip a byte of a stored data cluster
+        handle.seek(K64 + 100)
+        byte = handle.read(1)
+        handle.seek(K64 + 100)
+        handle.write(bytes([byte[0] ^ 0xff]))
+    assert os.path.getsize(path) == size
+    for point in ids[1:]:
+        with pytest.raises(restore.RestoreError) as info:
+            restore.RestoreSource(repo_dir, point)
+        assert ids[1] in str(info.value) and 'backup_verify' in str(info.value)
+    # the full below it is still fine
+    with restore.RestoreSource(repo_dir, ids[0]) as source:
+        restore.restore_to_file(source, str(tmp_path / 'full.raw'))
+
+
+def test_unknown_point_and_missing_repository(repository, tmp_path):
+    repo_dir, dummy, dummy2 = repository
+    with pytest.raises(restore.RestoreError, match='no restore point nope'):
+        restore.RestoreSource(repo_dir, 'nope')
+    with pytest.raises(restore.RestoreError, match='not a backup repository'):
+        restore.RestoreSource(str(tmp_path / 'missing'))
+
+
+def test_vhd_stream_is_the_point(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    point = ids[-1]
+    with restore.RestoreSource(repo_dir, point) as source:
+        stream = source.vhd_stream()
+        vhd_path = str(tmp_path / 'point.vhd')
+        with open(vhd_path, 'wb') as handle:
+            assert stream.write_to(handle) == stream.length
+        allocated_blocks = set(off // (2 * MIB) for off in source.reader.allocated())
+    assert stream.blocks_present == len(allocated_blocks) < -(-len(expected[point]) // (2 * MIB)) + 1
+    checked = qemu_img('check', '-f', 'vpc', vhd_path, check=False)  # qemu's vpc driver has no checker (63)
+    assert checked.returncode == 0 or (checked.returncode == 63 and 'does not support checks' in checked.stderr)
+    out = str(tmp_path / 'from-vhd.raw')
+    qemu_img('convert', '-f', 'vpc', '-O', 'raw', vhd_path, out)
+    assert sha256(read(out)) == sha256(expected[point])
+
+
+def test_raw_chunks_are_the_whole_disk(repository):
+    repo_dir, ids, expected = repository
+    for point in ids:
+        with restore.RestoreSource(repo_dir, point) as source:
+            buf = io.BytesIO()
+            for chunk in source.raw_chunks(chunk=3 * MIB):
+                buf.write(chunk)
+        assert sha256(buf.getvalue()) == sha256(expected[point])
+
+
+def test_reader_matches_at_odd_offsets(repository):
+    repo_dir, ids, expected = repository
+    data = expected[ids[-1]]
+    with restore.RestoreSource(repo_dir) as source:
+        for offset, length in ((0, 1), (K64 - 3, 7), (MIB + 5, 3 * MIB), (len(data) - 700, 700), (0, len(data))):
+            assert source.reader.read(offset, length) == data[offset:offset + length]
+
+
+def test_format_choice():
+    assert restore.choose_format(MIB) == ('vhd', None)
+    assert restore.choose_format(MIB, 'raw') == ('raw', None)
+    fmt, warning = restore.choose_format(MAX_VHD_SIZE + 512)
+    assert fmt == 'raw' and '2040 GiB' in warning and 'raw' in warning
+    with pytest.raises(restore.RestoreError):
+        restore.choose_format(MIB, 'qcow2')
