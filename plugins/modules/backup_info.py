@@ -21,6 +21,8 @@ description:
     listing.
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
 attributes:
   check_mode:
     description: Runs normally (it only reads).
@@ -47,6 +49,8 @@ options:
     type: int
     default: 4
 notes:
+  - The XenAPI connection options are accepted so that C(group/xenserver.cbt_backup.all) in C(module_defaults) can
+    set them for every module of the collection; this module does not connect to the XenAPI and ignores them.
   - The repository format is described in C(docs/repository.md).
 seealso:
   - module: xenserver.cbt_backup.backup_verify
@@ -163,6 +167,7 @@ repositories:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.inspect import (
     DEFAULT_MAX_DEPTH, list_repositories,
 )
@@ -171,7 +176,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.s
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=_xenapi_module.argument_spec(  # accepted (and unused) for module_defaults of the group
             path=dict(type='path', required=True),
             max_depth=dict(type='int', default=DEFAULT_MAX_DEPTH),
         ),
