@@ -1,0 +1,236 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Fault injection for pruning: SIGKILL at every step of a merge and at random moments, and a full disk."""
+
+from __future__ import absolute_import, division, print_function
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention, store
+from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
+    assert_same_as_raw,
+)
+from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.test_retention import (
+    at, build_chain, check_repository, read, set_times,
+)
+
+__metaclass__ = type
+
+pytestmark = pytest.mark.interop
+
+# Runs one prune in a child process; args: collections root, repository, rules (JSON), a delay per written piece,
+# per manifest save (before and after) and per deleted file, so that a kill after a random time lands anywhere.
+CHILD = r'''
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import qcow2, retention, store
+delay = float(sys.argv[4])
+if delay:
+    real_call = qcow2.Qcow2Writer.__call__
+    def slow_call(self, offset, view):
+        time.sleep(delay)
+        return real_call(self, offset, view)
+    qcow2.Qcow2Writer.__call__ = slow_call
+    real_save = store.Repository.save
+    def slow_save(self):
+        time.sleep(delay)
+        real_save(self)
+        time.sleep(delay)
+    store.Repository.save = slow_save
+    real_unlink = retention._unlink
+    def slow_unlink(path):
+        time.sleep(delay)
+        return real_unlink(path)
+    retention._unlink = slow_unlink
+rules = json.loads(sys.argv[3])
+now = rules.pop('now', None)
+with store.Repository(sys.argv[2], write=True) as repo:
+    retention.prune(repo, rules, now=now)
+print('done')
+'''
+
+
+def collections_root():
+    path = os.path.abspath(_cbt.__file__)
+    while os.path.basename(path) != 'ansible_collections':
+        path = os.path.dirname(path)
+    return os.path.dirname(path)
+
+
+def start_child(repo_dir, rules, kill_at=None, delay=0.0):
+    env = dict(os.environ)
+    env.pop(retention.KILL_ENV, None)
+    if kill_at:
+        env[retention.KILL_ENV] = kill_at
+    return subprocess.Popen([sys.executable, '-c', CHILD, collections_root(), repo_dir, json.dumps(rules), str(delay)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def assert_listed_points_restorable(repo_dir, expected, tmp_path):
+    """What a user sees right after a crash: every point the manifest lists reads as its snapshot."""
+    with store.Repository(repo_dir) as repo:
+        for point in repo.points:
+            assert_same_as_raw(repo.file_path(point), expected[point['snapshot_uuid']], tmp_path)
+        return [p['snapshot_uuid'] for p in repo.points], repo.manifest.get(retention.JOURNAL)
+
+
+@pytest.fixture
+def pristine(nbd_server_factory, tmp_path_factory):
+    """A full and four incrementals, built once per test; each scenario works on a copy."""
+    base = tmp_path_factory.mktemp('pristine')
+    repo_dir, expected = build_chain(nbd_server_factory, base, incrementals=4, seed=131)
+    return repo_dir, expected
+
+
+def copy_repo(pristine_dir, tmp_path, name):
+    dest = str(tmp_path / name)
+    shutil.copytree(pristine_dir, dest)
+    return dest
+
+
+EXPECTED_RECOVERY = {
+    'merge-write': 'none',        # the temporary file is half written: deleted, nothing else changed
+    'merge-written': 'none',      # written but not journaled: deleted
+    'journal-saved': 'finished',  # journaled, not renamed: the temporary file is renamed
+    'renamed': 'finished',        # renamed, manifest not updated: the manifest is finished
+    'manifest-saved': 'none',     # manifest final: the dropped files are deleted
+    'deleting': 'none',           # killed before the first deletion
+}
+
+
+@pytest.mark.parametrize('kill_at', retention.KILL_POINTS)
+def test_sigkill_at_each_step_keeps_every_point_and_the_next_run_finishes(pristine, tmp_path, kill_at):
+    pristine_dir, expected = pristine
+    repo_dir = copy_repo(pristine_dir, tmp_path, 'repo-' + kill_at)
+    child = start_child(repo_dir, {'keep_last': 2}, kill_at=kill_at)
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, (out, err)
+
+    listed, journal = assert_listed_points_restorable(repo_dir, expected, tmp_path)
+    assert listed[-2:] == ['snap-3', 'snap-4']
+    assert (journal is not None) == (kill_at in ('journal-saved', 'renamed'))
+    if kill_at in ('merge-write', 'merge-written', 'journal-saved'):
+        assert any(store.PARTIAL_MARK in name for name in os.listdir(repo_dir))
+
+    # Recovery alone (what other repository users call) already leaves a consistent repository...
+    with store.Repository(repo_dir, write=True) as repo:
+        recovered = retention.recover(repo)
+    assert recovered['action'] == EXPECTED_RECOVERY[kill_at]
+    check_repository(repo_dir, expected, tmp_path)
+    # ... and a second prune completes the job.
+    with store.Repository(repo_dir, write=True) as repo:
+        result = retention.prune(repo, {'keep_last': 2})
+    assert result['recovered']['action'] == 'none'
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
+    with store.Repository(repo_dir) as repo:
+        assert [p['type'] for p in repo.points] == ['full', 'incremental']
+
+
+def test_second_prune_recovers_by_itself(pristine, tmp_path):
+    pristine_dir, expected = pristine
+    repo_dir = copy_repo(pristine_dir, tmp_path, 'repo')
+    child = start_child(repo_dir, {'keep_last': 2}, kill_at='journal-saved')
+    child.communicate(timeout=120)
+    with store.Repository(repo_dir, write=True) as repo:
+        result = retention.prune(repo, {'keep_last': 2})
+    assert result['recovered']['action'] == 'finished'
+    assert result['changed'] and result['removed'] == [] and result['merged'] == {}
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
+
+
+def test_sigkill_between_two_merges(pristine, tmp_path):
+    pristine_dir, expected = pristine
+    repo_dir = copy_repo(pristine_dir, tmp_path, 'repo')
+    # Days: snap-0 | snap-1 snap-2 | snap-3 snap-4 -> keep_daily 2 keeps snap-2 and snap-4, both merged.
+    set_times(repo_dir, [at(1), at(2, 9), at(2, 10), at(3, 9), at(3, 10)])
+    rules = {'keep_daily': 2, 'now': at(4)}
+    child = start_child(repo_dir, rules, kill_at='manifest-saved')  # after the first merge
+    child.communicate(timeout=120)
+    listed, journal = assert_listed_points_restorable(repo_dir, expected, tmp_path)
+    assert journal is None and listed == ['snap-0', 'snap-1', 'snap-2', 'snap-3', 'snap-4']
+    with store.Repository(repo_dir) as repo:
+        assert [p['type'] for p in repo.points] == ['full', 'incremental', 'full', 'incremental', 'incremental']
+    with store.Repository(repo_dir, write=True) as repo:
+        result = retention.prune(repo, {'keep_daily': 2}, now=at(4))
+    assert list(result['merged']) == [result['kept'][1]]
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-2', 'snap-4']
+
+
+def test_sigkill_after_random_delays(pristine, tmp_path):
+    pristine_dir, expected = pristine
+    rnd = random.Random(int(os.environ.get('PRUNE_FAULT_SEED', '5')))
+    outcomes = []
+    for attempt in range(8):
+        repo_dir = copy_repo(pristine_dir, tmp_path, 'repo-%d' % attempt)
+        child = start_child(repo_dir, {'keep_last': 1}, delay=0.2)
+        time.sleep(rnd.uniform(0.2, 3.0))
+        child.send_signal(signal.SIGKILL)
+        out, err = child.communicate(timeout=120)
+        finished = child.returncode == 0
+        listed, journal = assert_listed_points_restorable(repo_dir, expected, tmp_path)
+        assert listed[-1] == 'snap-4', (out, err)
+        outcomes.append((finished, journal is not None, len(listed)))
+        with store.Repository(repo_dir, write=True) as repo:
+            retention.prune(repo, {'keep_last': 1})
+        assert check_repository(repo_dir, expected, tmp_path) == ['snap-4']
+        with store.Repository(repo_dir) as repo:
+            assert repo.points[0]['type'] == 'full'
+    # The kills really interrupted runs (not all of them finished before the signal).
+    assert sum(1 for finished, dummy, count in outcomes if not finished) >= 3, outcomes
+
+
+# -- full disk ----------------------------------------------------------------------------------------
+
+def tree_size(path):
+    return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount_point = tmp_path / 'tiny'
+    mount_point.mkdir()
+    mounted = []
+
+    def mount(size_k):
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%dk' % size_k, 'tmpfs', str(mount_point)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            if os.environ.get('CI') == 'true':
+                pytest.fail('cannot mount a tmpfs for the full-disk test: %s' % proc.stdout.decode())
+            pytest.skip('cannot mount a tmpfs here: %s' % proc.stdout.decode())
+        mounted.append(True)
+        return str(mount_point)
+    try:
+        yield mount
+    finally:
+        if mounted:
+            subprocess.run(['umount', str(mount_point)], check=False)
+
+
+def test_full_disk_fails_cleanly_and_keeps_the_repository(pristine, tmp_path, small_tmpfs):
+    pristine_dir, expected = pristine
+    # Room for the repository and a little more, but not for a merged full image.
+    needed_k = tree_size(pristine_dir) // 1024
+    mount_point = small_tmpfs(needed_k + 192)
+    repo_dir = os.path.join(mount_point, 'repo')
+    shutil.copytree(pristine_dir, repo_dir)
+    manifest = read(os.path.join(repo_dir, 'manifest.json'))
+    files = sorted(os.listdir(repo_dir))
+    with pytest.raises(retention.PruneError) as caught:
+        with store.Repository(repo_dir, write=True) as repo:
+            retention.prune(repo, {'keep_last': 1})
+    assert caught.value.errno == errno.ENOSPC
+    assert 'not enough space' in str(caught.value) and 'left as it was' in str(caught.value)
+    assert read(os.path.join(repo_dir, 'manifest.json')) == manifest
+    assert sorted(os.listdir(repo_dir)) == files
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-%d' % n for n in range(5)]
