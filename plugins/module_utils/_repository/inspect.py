@@ -150,6 +150,8 @@ def list_repositories(path, max_depth=DEFAULT_MAX_DEPTH, now=None):
 def _check_point(repo, point, by_id, position):
     """The problems of one point (empty list: its file and its link to the parent are sound)."""
     problems = []
+    if os.path.basename(point['file']) != point['file'] or point['file'] in ('', '.', '..'):
+        return ['its file name %r is not a plain name inside the repository directory' % point['file']]
     path = repo.file_path(point)
     if not os.path.isfile(path):
         return ['its file %s is missing' % point['file']]
@@ -212,6 +214,9 @@ def verify_repository(path, point=None):
     ``{'repository', 'points': [{id, ok, problems}], 'first_bad', 'affected', 'ok', 'leftovers', 'message'}``;
     ``affected`` lists the bad points and every point that depends on them, in manifest order.
     """
+    if not os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isdir(path):
+        raise RepositoryError('%s holds no %s: it is not a backup repository, or no backup into it has finished yet '
+                              '(backup_info lists the repositories below a directory)' % (os.path.abspath(path), MANIFEST))
     with Repository(path) as repo:
         by_id = dict((p['id'], p) for p in repo.points)
         position = dict((p['id'], index) for index, p in enumerate(repo.points))

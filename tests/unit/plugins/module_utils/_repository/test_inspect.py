@@ -204,6 +204,19 @@ def test_verify_a_damaged_manifest_or_missing_repository(chain, tmp_path):
         inspect.verify_repository(repo_dir)
     with pytest.raises(store.RepositoryError, match='no such directory'):
         inspect.verify_repository(str(tmp_path / 'nowhere'))
+    with pytest.raises(store.RepositoryError, match='not a backup repository'):
+        inspect.verify_repository(str(tmp_path / 'backups'))
+
+
+def test_a_file_name_outside_the_repository(chain):
+    repo_dir, points, dummy, dummy2 = chain
+
+    def update(manifest):
+        manifest['points'][0]['file'] = '../' + manifest['points'][0]['file']
+    edit_manifest(repo_dir, update)
+    result = inspect.verify_repository(repo_dir)
+    assert result['first_bad'] == points[0]['id'] and result['affected'] == ids(points)
+    assert 'not a plain name' in result['points'][0]['problems'][0]
 
 
 def test_backup_info_over_a_tree(chain, tmp_path):
