@@ -237,6 +237,8 @@ def recover(repo):
     Returns ``{'action': 'none'|'finished'|'rolled_back', 'point': id or None, 'deleted': [file names]}``.
     Safe to call at any time under the write lock; it also deletes leftovers of interrupted runs.
     """
+    if not repo.write:
+        raise RepositoryError('recovering the repository %s needs its write lock (Repository(path, write=True))' % repo.path)
     journal = repo.manifest.get(JOURNAL)
     action, ident = 'none', None
     if journal:

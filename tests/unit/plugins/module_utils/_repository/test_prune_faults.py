@@ -148,6 +148,26 @@ def test_second_prune_recovers_by_itself(pristine, tmp_path):
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
 
 
+def test_a_damaged_temporary_file_is_rolled_back(pristine, tmp_path):
+    pristine_dir, expected = pristine
+    repo_dir = copy_repo(pristine_dir, tmp_path, 'repo')
+    child = start_child(repo_dir, {'keep_last': 2}, kill_at='journal-saved')
+    child.communicate(timeout=120)
+    with store.Repository(repo_dir) as repo:
+        temp = os.path.join(repo_dir, repo.manifest[retention.JOURNAL]['temp_file'])
+        with pytest.raises(store.RepositoryError, match='write lock'):
+            retention.recover(repo)
+    with open(temp, 'ab') as handle:  # e.g. the data never reached the disk
+        handle.write(b'x')
+    with store.Repository(repo_dir, write=True) as repo:
+        recovered = retention.recover(repo)
+    assert recovered['action'] == 'rolled_back' and os.path.basename(temp) in recovered['deleted']
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-%d' % n for n in range(5)]
+    with store.Repository(repo_dir, write=True) as repo:
+        retention.prune(repo, {'keep_last': 2})
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
+
+
 def test_sigkill_between_two_merges(pristine, tmp_path):
     pristine_dir, expected = pristine
     repo_dir = copy_repo(pristine_dir, tmp_path, 'repo')
