@@ -22,7 +22,7 @@ import time
 from .qcow2 import KIND_DATA, KIND_ZERO, Qcow2Error, Qcow2Image
 from .raw_file import AtomicFile
 from .store import Repository, RepositoryError, file_sha256
-from .vhd import MAX_VHD_SIZE, VhdStream
+from .vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
 __metaclass__ = type
 
@@ -267,7 +267,7 @@ class RestoreSource:
                 raise RestoreError(
                     'restore point %s is damaged: the sha256 of %s is %s, the manifest recorded %s%s. Nothing was '
                     'restored. Run xenserver.cbt_backup.backup_verify on %s to see every affected point, and restore '
-                    'an older point that does not depend on %s.'
+                    'a point that does not depend on %s.'
                     % (item['id'], path, actual, expected, needed, self.path, item['id']))
         self.verified = True
 
@@ -285,18 +285,24 @@ class RestoreSource:
 
     # -- targets ----------------------------------------------------------------------------------------
 
-    def vhd_stream(self):
-        """A dynamic VHD of the point (only the 2 MiB blocks holding data); VhdError beyond 2040 GiB."""
-        return VhdStream(self.reader.read, self.virtual_size, self.reader.allocated())
+    def vhd_stream(self, every_block=False):
+        """A dynamic VHD of the point; VhdError beyond 2040 GiB.
 
-    def upload_stream(self, wanted='vhd'):
+        Only the 2 MiB blocks holding data are present, unless ``every_block``: a VDI that already holds
+        data must get every block, because an importer leaves the blocks a VHD omits as they were.
+        """
+        allocated = range(0, self.virtual_size, DEFAULT_BLOCK_SIZE) if every_block else self.reader.allocated()
+        return VhdStream(self.reader.read, self.virtual_size, allocated)
+
+    def upload_stream(self, wanted='vhd', overwrite=False):
         """What a VDI upload sends: ``(format, length, chunks factory, warning or None)``.
 
-        VHD carries only the 2 MiB blocks holding data; beyond 2040 GiB raw is used (with a warning).
+        VHD carries only the 2 MiB blocks holding data, or every block when ``overwrite`` (the target VDI is
+        not new, so zeros must be written too); beyond 2040 GiB raw is used (with a warning).
         """
         fmt, warning = choose_format(self.virtual_size, wanted)
         if fmt == 'vhd':
-            stream = self.vhd_stream()
+            stream = self.vhd_stream(every_block=overwrite)
             return fmt, stream.length, stream.chunks, warning
         return fmt, self.virtual_size, self.raw_chunks, warning
 

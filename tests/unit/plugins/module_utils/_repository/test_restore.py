@@ -159,11 +159,24 @@ def test_vhd_stream_is_the_point(repository, tmp_path):
             assert stream.write_to(handle) == stream.length
         allocated_blocks = set(off // (2 * MIB) for off in source.reader.allocated())
     assert stream.blocks_present == len(allocated_blocks) < -(-len(expected[point]) // (2 * MIB)) + 1
+    assert_vhd_is(vhd_path, expected[point], tmp_path)
+    # onto an existing VDI every block must travel (zeros too), and it is still the same disk
+    with restore.RestoreSource(repo_dir, point) as source:
+        fmt, length, chunks, warning = source.upload_stream('vhd', overwrite=True)
+        with open(vhd_path, 'wb') as handle:
+            for chunk in chunks():
+                handle.write(chunk)
+    assert fmt == 'vhd' and warning is None and os.path.getsize(vhd_path) == length > len(expected[point])
+    assert_vhd_is(vhd_path, expected[point], tmp_path)
+
+
+def assert_vhd_is(vhd_path, data, tmp_path):
     checked = qemu_img('check', '-f', 'vpc', vhd_path, check=False)  # qemu's vpc driver has no checker (63)
     assert checked.returncode == 0 or (checked.returncode == 63 and 'does not support checks' in checked.stderr)
     out = str(tmp_path / 'from-vhd.raw')
     qemu_img('convert', '-f', 'vpc', '-O', 'raw', vhd_path, out)
-    assert sha256(read(out)) == sha256(expected[point])
+    assert sha256(read(out)) == sha256(data)
+    os.unlink(out)
 
 
 def test_raw_chunks_are_the_whole_disk(repository):

@@ -1,0 +1,330 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Writing a disk into a VDI: VDI.create on an SR, and ``PUT /import_raw_vdi`` with a streamed body.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+Plain Python (no Ansible imports) over an open XenApiClient (``url``, ``session_id``, ``validate_certs``,
+``ca_path``, ``timeout``).
+
+The upload follows xapi's contract: a ``Content-Length`` is required (HTTP chunked encoding is refused),
+the host answers ``200`` with a ``task-id`` header before it reads the body, and errors after that
+only show in the task. So a task is created first (``task.create``) and passed as ``task_id``; once the
+host closed the connection its status and error_info say whether the import worked.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import socket
+import ssl
+import time
+
+from ._xenapi import XenApiError, explain
+
+try:
+    import http.client as http_client
+    from urllib.parse import quote, urlsplit
+except ImportError:  # pragma: no cover - Python 2 is not supported, kept for the import sanity test
+    http_client = None
+    quote = urlsplit = None
+
+__metaclass__ = type
+
+NULL_REF = 'OpaqueRef:NULL'
+TASK_POLL = 0.5
+MAX_REDIRECTS = 2
+
+
+def find_sr(client, ident):
+    """An SR by uuid or name that can hold a new VDI."""
+    ref, record = client.find('SR', ident, kind='SR')
+    allowed = record.get('allowed_operations') or []
+    if allowed and 'vdi_create' not in allowed:
+        raise XenApiError('the SR %s (%s, type %s) does not allow creating disks; choose another SR'
+                          % (record['name_label'], record['uuid'], record.get('type')), code='SR_OPERATION_NOT_SUPPORTED')
+    if record.get('content_type') == 'iso' or record.get('type') == 'iso':
+        raise XenApiError('the SR %s is an ISO library; choose an SR for virtual disks' % record['name_label'],
+                          code='SR_OPERATION_NOT_SUPPORTED')
+    return ref, record
+
+
+def create_vdi(client, sr_ref, name, virtual_size, description=''):
+    """VDI.create a user disk of ``virtual_size`` bytes; return ``(ref, record)``."""
+    record = {
+        'name_label': name,
+        'name_description': description,
+        'SR': sr_ref,
+        'virtual_size': str(virtual_size),
+        'type': 'user',
+        'sharable': False,
+        'read_only': False,
+        'other_config': {},
+        'xenstore_data': {},
+        'sm_config': {},
+        'tags': [],
+    }
+    ref = client.call('VDI.create', record)
+    return ref, client.call('VDI.get_record', ref)
+
+
+def destroy_vdi(client, ref):
+    """VDI.destroy; return None or the reason it failed (never raises)."""
+    try:
+        client.call('VDI.destroy', ref)
+    except XenApiError as exc:
+        return exc.message
+    return None
+
+
+def attached_to_running_vms(client, vdi_record):
+    """Names of the VMs (other than the control domain) whose VBD of this VDI is currently attached."""
+    users = []
+    for vbd_ref in vdi_record.get('VBDs') or []:
+        try:
+            vbd = client.call('VBD.get_record', vbd_ref)
+        except XenApiError as exc:
+            if exc.code == 'HANDLE_INVALID':
+                continue
+            raise
+        if not vbd.get('currently_attached'):
+            continue
+        name = vbd['VM']
+        if vbd['VM'] != NULL_REF:
+            try:
+                vm = client.call('VM.get_record', vbd['VM'])
+                name = '%s (%s)' % (vm['name_label'], vm.get('power_state'))
+            except XenApiError:
+                pass
+        users.append(name)
+    return users
+
+
+class _Connection:
+    """One HTTP(S) connection to the host, with the XenAPI client's TLS settings."""
+
+    def __init__(self, client, url):
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.netloc = parts.netloc
+        host, port = parts.hostname, parts.port
+        if parts.scheme == 'https':
+            if client.validate_certs:
+                context = ssl.create_default_context(cafile=client.ca_path)
+            else:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            self.conn = http_client.HTTPSConnection(host, port, timeout=client.timeout, context=context)
+        else:
+            self.conn = http_client.HTTPConnection(host, port, timeout=client.timeout)
+
+    def close(self):
+        self.conn.close()
+
+
+class UploadResult:
+    def __init__(self, bytes_sent, seconds, task_result):
+        self.bytes_sent = bytes_sent
+        self.seconds = seconds
+        self.task_result = task_result
+
+
+def _mib_s(size, seconds):
+    return round(size / 1048576.0 / seconds, 1) if seconds > 0 else 0.0
+
+
+def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', force=False, check_mode=False):
+    """Write a restore point (``source``: a restore.RestoreSource) into a new VDI on ``sr`` or over ``vdi``.
+
+    Returns the result dict (with ``warnings``).  A failed upload into a VDI created here destroys that VDI.
+    """
+    point = source.point
+    size = source.virtual_size
+    result = dict(source.info(), changed=True, warnings=[])
+    if vdi:
+        vdi_ref, record = find_target_vdi(client, vdi, size, force)
+        sr_uuid = client.call('SR.get_uuid', record['SR'])
+        result['vdi'] = {'uuid': record['uuid'], 'name': record['name_label'], 'sr': sr_uuid}
+        created = False
+    else:
+        sr_ref, sr_record = find_sr(client, sr)
+        disk_name = (source.disk or {}).get('name') or point.get('source_vdi_name') or 'disk'
+        name = name or '%s (restored %s)' % (disk_name, point['id'])
+        result['vdi'] = {'uuid': None, 'name': name, 'sr': sr_record['uuid']}
+        created = True
+    actual_fmt, length, chunks, warning = source.upload_stream(fmt, overwrite=not created)
+    if warning:
+        result['warnings'].append(warning)
+    result.update(format=actual_fmt, bytes_to_send=length, bytes_sent=0, seconds=0.0, throughput_mib_s=0.0)
+    if check_mode:
+        return result
+    if created:
+        description = 'Restored by xenserver.cbt_backup from restore point %s of %s' % (point['id'], source.path)
+        vdi_ref, record = create_vdi(client, sr_ref, name, size, description)
+        result['vdi']['uuid'] = record['uuid']
+    try:
+        uploaded = upload(client, vdi_ref, actual_fmt, length, chunks,
+                          task_label='xenserver.cbt_backup restore %s' % point['id'])
+    except BaseException as exc:
+        if created:
+            problem = destroy_vdi(client, vdi_ref)
+            if isinstance(exc, XenApiError):
+                exc.message = ('%s. The new VDI %s was %s, so no half-restored disk is left behind'
+                               % (exc.message.rstrip('.'), record['uuid'],
+                                  'destroyed' if problem is None else 'NOT destroyed (%s): destroy it by hand' % problem))
+                exc.args = (exc.message,)
+        elif isinstance(exc, XenApiError):
+            exc.message = ('%s. The VDI %s was (partly) overwritten and does not hold restore point %s: run the '
+                           'restore again' % (exc.message.rstrip('.'), record['uuid'], point['id']))
+            exc.args = (exc.message,)
+        raise
+    result.update(bytes_sent=uploaded.bytes_sent, seconds=round(uploaded.seconds, 3),
+                  throughput_mib_s=_mib_s(size, uploaded.seconds))
+    return result
+
+
+def find_target_vdi(client, ident, size, force):
+    """The existing VDI to overwrite: a disk (not a snapshot) of the point's size, writable, not in use."""
+    ref, record = client.find('VDI', ident, kind='VDI (not a snapshot)',
+                              predicate=lambda r: r.get('managed', True) and not r['is_a_snapshot'])
+    if record['is_a_snapshot']:
+        raise XenApiError('%s is a snapshot; restore onto a disk, or into a new VDI with sr' % ident, code='WRONG_KIND')
+    if record.get('read_only'):
+        raise XenApiError('the VDI %s (%s) is read-only' % (record['name_label'], record['uuid']), code='VDI_READ_ONLY')
+    if record['type'] not in ('user', 'system'):
+        raise XenApiError('the VDI %s is of type %s, not a user disk' % (record['uuid'], record['type']),
+                          code='VDI_INCOMPATIBLE_TYPE')
+    if int(record['virtual_size']) != size:
+        raise XenApiError('the VDI %s (%s) has %d bytes but the restore point has %d: they must be equal. Restore into a '
+                          'new VDI with sr instead' % (record['name_label'], record['uuid'], int(record['virtual_size']),
+                                                       size), code='VDI_SIZE_MISMATCH')
+    users = attached_to_running_vms(client, record)
+    if users and not force:
+        message = ('the VDI %s (%s) is attached to %s; overwriting a disk in use corrupts it. Shut the VM down (or '
+                   'unplug the disk), or set force: true' % (record['name_label'], record['uuid'], ', '.join(users)))
+        raise XenApiError(message, code='VDI_IN_USE')
+    return ref, record
+
+
+def _redact(text, client):
+    return text.replace(client.session_id, '********') if client.session_id else text
+
+
+def upload(client, vdi_ref, fmt, length, chunks, task_label='xenserver.cbt_backup restore'):
+    """``PUT /import_raw_vdi`` ``length`` bytes from ``chunks()`` (an iterable factory) into ``vdi_ref``.
+
+    Returns an UploadResult; raises XenApiError explaining what went wrong (HTTP status, or the task's
+    error_info).  ``chunks`` is called again if the host redirects (the SR is not visible from it).
+    """
+    task_ref = client.call('task.create', task_label, 'import_raw_vdi of %s' % vdi_ref)
+    try:
+        started = time.monotonic()
+        sent = _put(client, vdi_ref, fmt, length, chunks, task_ref)
+        seconds = time.monotonic() - started
+        result = wait_task(client, task_ref, 'import_raw_vdi')
+        return UploadResult(sent, seconds, result)
+    finally:
+        try:
+            client.call('task.destroy', task_ref)
+        except XenApiError:
+            pass
+
+
+def _put(client, vdi_ref, fmt, length, chunks, task_ref):
+    url = client.url
+    query = 'session_id=%s&vdi=%s&format=%s&task_id=%s' % (quote(client.session_id, safe=''), quote(vdi_ref, safe=''),
+                                                           fmt, quote(task_ref, safe=''))
+    for dummy in range(MAX_REDIRECTS + 1):
+        connection = _Connection(client, url)
+        try:
+            status, reason, location, sent = _send(connection, '/import_raw_vdi?' + query, length, chunks, client)
+        finally:
+            connection.close()
+        if status in (301, 302, 303, 307, 308) and location:
+            parts = urlsplit(location)
+            url = '%s://%s' % (parts.scheme or connection.scheme, parts.netloc or connection.netloc)
+            continue
+        if status == 200:
+            return sent
+        what = {
+            401: 'the host refused the session (HTTP 401): it is not logged in any more (logged out or expired); '
+                 'log in again',
+            403: 'the host refused the upload (HTTP 403): the user lacks the role to import disks',
+            404: 'the host answered HTTP 404: it does not know the VDI, or refused the format %s or the encoding' % fmt,
+            411: 'the host needs a Content-Length (HTTP 411)',
+        }.get(status, 'the host answered HTTP %s %s' % (status, reason))
+        detail = _task_failure(client, task_ref)
+        raise XenApiError('import_raw_vdi failed: %s%s' % (what, ('; the task says: %s' % detail) if detail else ''),
+                          code='SESSION_INVALID' if status == 401 else 'IMPORT_HTTP_%s' % status)
+    raise XenApiError('import_raw_vdi failed: redirected more than %d times' % MAX_REDIRECTS, code='IMPORT_REDIRECTS')
+
+
+def _send(connection, path, length, chunks, client):
+    """Send the request and the body; return (status, reason, location, bytes sent)."""
+    conn = connection.conn
+    sent = 0
+    send_error = None
+    try:
+        conn.putrequest('PUT', path, skip_accept_encoding=True)
+        conn.putheader('Content-Length', str(length))
+        conn.putheader('Content-Type', 'application/octet-stream')
+        conn.endheaders()
+        for chunk in chunks():
+            conn.send(chunk)
+            sent += len(chunk)
+    except ssl.SSLCertVerificationError as exc:
+        raise XenApiError('cannot verify the TLS certificate of %s: %s. Give the CA (or the host certificate) in '
+                          'ca_path, or set validate_certs: false' % (client.url, exc.verify_message or exc))
+    except socket.timeout:
+        raise XenApiError('import_raw_vdi failed: %s did not take data for %s s (after %d of %d bytes)'
+                          % (client.url, client.timeout, sent, length), code='IMPORT_TIMEOUT')
+    except (OSError, ssl.SSLError) as exc:
+        send_error = exc  # the host may have answered and closed early: read its status below
+    try:
+        response = conn.getresponse()
+        status, reason, location = response.status, response.reason, response.getheader('Location')
+        try:
+            while response.read(65536):  # the host ends the response when the import finished
+                pass
+        except (OSError, http_client.HTTPException):
+            pass
+    except (OSError, http_client.HTTPException) as exc:
+        error = send_error or exc
+        raise XenApiError(_redact('import_raw_vdi failed: the connection to %s broke after %d of %d bytes: %s'
+                                  % (client.url, sent, length, getattr(error, 'strerror', None) or error), client),
+                          code='IMPORT_CONNECTION_LOST')
+    if status == 200 and sent != length:
+        raise XenApiError('import_raw_vdi failed: the connection broke after %d of %d bytes: %s'
+                          % (sent, length, send_error), code='IMPORT_CONNECTION_LOST')
+    return status, reason, location, sent
+
+
+def _task_failure(client, task_ref):
+    """The task's error explained, if it failed; '' otherwise."""
+    try:
+        if client.call('task.get_status', task_ref) != 'failure':
+            return ''
+        info = [str(item) for item in client.call('task.get_error_info', task_ref)] or ['UNKNOWN']
+    except XenApiError:
+        return ''
+    return '%s (%s)' % (explain(info[0], info[1:]), ' '.join(info))
+
+
+def wait_task(client, task_ref, what, timeout=None):
+    """Wait until the task is no longer pending; return its result, or raise XenApiError with its error_info."""
+    deadline = time.monotonic() + (timeout if timeout is not None else max(60.0, client.timeout))
+    while True:
+        status = client.call('task.get_status', task_ref)
+        if status != 'pending':
+            break
+        if time.monotonic() > deadline:
+            raise XenApiError('%s: the host still reports the task as pending; check the task %s on the host'
+                              % (what, task_ref), code='TASK_PENDING')
+        time.sleep(TASK_POLL)
+    if status == 'success':
+        return client.call('task.get_result', task_ref)
+    info = [str(item) for item in client.call('task.get_error_info', task_ref)] or ['UNKNOWN']
+    if status == 'cancelled':
+        raise XenApiError('%s was cancelled on the host' % what, code='TASK_CANCELLED')
+    raise XenApiError('%s failed on the host: %s' % (what, explain(info[0], info[1:])), code=info[0], params=info[1:],
+                      from_host=True)

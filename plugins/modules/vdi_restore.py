@@ -1,0 +1,256 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r'''
+module: vdi_restore
+short_description: Restore a point of a backup repository to a raw file, a new VDI or an existing VDI
+version_added: 0.1.0
+description:
+  - Reads a restore point of a disk's backup repository (written by M(xenserver.cbt_backup.vdi_export) with
+    O(xenserver.cbt_backup.vdi_export#module:repository)) through its chain of qcow2 files and writes the disk it held.
+  - Before a byte is restored, the sha256 of every file of the point's chain is compared with the manifest; a damaged
+    chain is refused, naming the bad point (run M(xenserver.cbt_backup.backup_verify) to see every affected point).
+  - B(To a file:) O(dest) becomes a sparse raw image (areas that are zero in the point stay holes), written under a
+    temporary name, fsynced and renamed into place. No XenAPI connection is needed.
+  - B(To a new VDI:) O(sr) gets a new user disk of the point's size (C(VDI.create)), then the point is uploaded with
+    C(PUT /import_raw_vdi). If the upload fails the new VDI is destroyed, so no half-restored disk is left behind.
+  - B(Onto an existing VDI:) O(vdi) is overwritten; its size must equal the point's, and it must not be attached to a
+    running VM unless O(force=true).
+  - Uploads use a dynamic VHD generated on the fly (O(format=vhd)); into a new VDI only the 2 MiB blocks that hold
+    data travel. O(format=raw) sends the whole disk, zeros included. Disks larger than 2040 GiB, which a VHD cannot
+    hold, are always sent raw (with a warning).
+author:
+  - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
+attributes:
+  check_mode:
+    description: >-
+      Validates everything (repository, point, chain checksums, O(dest), SR or VDI) but transfers nothing and creates
+      nothing; reports a change.
+    support: full
+  diff_mode:
+    description: Not supported.
+    support: none
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
+options:
+  repository:
+    description:
+      - One disk's backup repository directory (the one holding C(manifest.json)).
+    type: path
+    required: true
+  point:
+    description:
+      - Id of the restore point (as listed by M(xenserver.cbt_backup.backup_info)), or V(latest) for the newest.
+    type: str
+    default: latest
+  dest:
+    description:
+      - Raw image file to create. Mutually exclusive with O(sr) and O(vdi); one of the three is required.
+      - An existing file is refused unless O(force=true).
+    type: path
+  sr:
+    description:
+      - Storage repository (uuid or name) in which to create a new VDI holding the point.
+      - Needs the XenAPI connection options.
+    type: str
+  name:
+    description:
+      - With O(sr), the name of the new VDI. Default is the disk's name followed by C((restored <point id>)).
+    type: str
+  vdi:
+    description:
+      - Existing VDI (uuid or name, not a snapshot) to overwrite with the point. Its virtual size must equal the
+        point's.
+      - Needs the XenAPI connection options.
+    type: str
+  format:
+    description:
+      - Upload format for O(sr) and O(vdi).
+      - V(vhd) sends a dynamic VHD. Into a new VDI it holds only the 2 MiB blocks that contain data. Onto an existing
+        VDI it holds every block, zeros included, because the host leaves the blocks a VHD omits as they were.
+      - V(raw) sends every byte.
+      - Disks larger than 2040 GiB are always sent raw.
+    type: str
+    choices: [vhd, raw]
+    default: vhd
+  force:
+    description:
+      - With O(dest), replace an existing file.
+      - With O(vdi), overwrite the VDI even when it is attached to a running VM (which corrupts what the guest sees;
+        the host may refuse anyway).
+    type: bool
+    default: false
+requirements:
+  - XenAPI (for O(sr) and O(vdi))
+notes:
+  - The repository is only read; restores can run while another run writes a new point.
+seealso:
+  - module: xenserver.cbt_backup.vdi_export
+  - module: xenserver.cbt_backup.backup_verify
+'''
+
+EXAMPLES = r'''
+- name: Restore the newest point to a raw file
+  xenserver.cbt_backup.vdi_restore:
+    repository: /backups/vm1/disk0
+    dest: /restore/disk0.raw
+
+- name: Restore a given point into a new VDI on an SR
+  xenserver.cbt_backup.vdi_restore:
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+    repository: /backups/vm1/disk0
+    point: 20261124T140101Z-full
+    sr: Local storage
+  register: restored
+
+- name: Overwrite a disk of a halted VM with the newest point
+  xenserver.cbt_backup.vdi_restore:
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+    repository: /backups/vm1/disk0
+    vdi: 5a2d0c6e-8f1b-4e3a-9c77-2b1d3e4f5a6b
+'''
+
+RETURN = r'''
+point:
+  description: Id of the restored point.
+  type: str
+  returned: success
+  sample: 20261125T140233Z-incr
+chain:
+  description: Ids of the points read, newest first (the point, its parent, ... the full).
+  type: list
+  elements: str
+  returned: success
+  sample: [20261125T140233Z-incr, 20261124T140101Z-full]
+virtual_size:
+  description: Size of the restored disk in bytes.
+  type: int
+  returned: success
+  sample: 67108864
+dest:
+  description: The raw file written.
+  type: str
+  returned: with O(dest)
+  sample: /restore/disk0.raw
+bytes_written:
+  description: Bytes written to O(dest) (zero areas are holes and not counted).
+  type: int
+  returned: with O(dest)
+  sample: 41943040
+vdi:
+  description: The VDI restored into (C(uuid) is null in check mode for a new VDI).
+  type: dict
+  returned: with O(sr) or O(vdi)
+  sample: {uuid: 5a2d0c6e-8f1b-4e3a-9c77-2b1d3e4f5a6b, name: disk0 (restored 20261125T140233Z-incr), sr: 9f3c...}
+format:
+  description: Upload format used (V(raw) when the disk is too large for VHD).
+  type: str
+  returned: with O(sr) or O(vdi)
+  sample: vhd
+bytes_to_send:
+  description: Length of the upload body.
+  type: int
+  returned: with O(sr) or O(vdi)
+  sample: 4196864
+bytes_sent:
+  description: Bytes uploaded (0 in check mode).
+  type: int
+  returned: with O(sr) or O(vdi)
+  sample: 4196864
+seconds:
+  description: Time spent writing or uploading, in seconds.
+  type: float
+  returned: success
+  sample: 0.8
+throughput_mib_s:
+  description: Disk size restored per second, in MiB/s.
+  type: float
+  returned: success
+  sample: 512.3
+'''
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_import, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.restore import (
+    RestoreError, RestoreSource, restore_to_file,
+)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import VhdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=_xenapi_module.argument_spec(
+            repository=dict(type='path', required=True),
+            point=dict(type='str', default='latest'),
+            dest=dict(type='path'),
+            sr=dict(type='str'),
+            name=dict(type='str'),
+            vdi=dict(type='str'),
+            format=dict(type='str', choices=['vhd', 'raw'], default='vhd'),
+            force=dict(type='bool', default=False),
+        ),
+        mutually_exclusive=[('dest', 'sr', 'vdi'), ('name', 'vdi'), ('name', 'dest')],
+        required_one_of=[('dest', 'sr', 'vdi')],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not params['dest'] and not params['hostname']:
+        module.fail_json(msg='sr and vdi need the XenAPI connection: set hostname (or XENSERVER_HOST)')
+    try:
+        source = RestoreSource(params['repository'], params['point'])
+    except RestoreError as exc:
+        module.fail_json(msg=str(exc), error_type='RestoreError')
+    except (Qcow2Error, IOError, OSError) as exc:
+        module.fail_json(msg='cannot read the repository %s: %s' % (params['repository'], exc), error_type=type(exc).__name__)
+    try:
+        with source:
+            if params['dest']:
+                result = restore_to_file(source, params['dest'], force=params['force'], check_mode=module.check_mode)
+            else:
+                result = restore_to_vdi(module, source)
+    except RestoreError as exc:
+        module.fail_json(msg=str(exc), error_type='RestoreError')
+    except XenApiError as exc:
+        _xenapi_module.fail(module, exc)
+    except (Qcow2Error, VhdError) as exc:
+        module.fail_json(msg='reading restore point %s failed: %s. Run xenserver.cbt_backup.backup_verify on %s'
+                         % (source.point['id'], exc, params['repository']), error_type=type(exc).__name__)
+    except (IOError, OSError) as exc:
+        where = params['dest'] or params['repository']
+        module.fail_json(msg='restoring to %s failed: %s' % (where, exc), error_type=type(exc).__name__)
+    for warning in result.pop('warnings', []):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+def restore_to_vdi(module, source):
+    params = module.params
+    client = _xenapi_module.make_client(module)
+    try:
+        client.open()
+        return _vdi_import.restore_to_vdi(client, source, sr=params['sr'], vdi=params['vdi'], name=params['name'],
+                                          fmt=params['format'], force=params['force'], check_mode=module.check_mode)
+    finally:
+        client.close()
+
+
+if __name__ == '__main__':
+    main()
