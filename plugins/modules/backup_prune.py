@@ -26,6 +26,8 @@ description:
   - Holds the repository's write lock; fails if another run writes the repository.
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
+extends_documentation_fragment:
+  - xenserver.cbt_backup._xenapi
 attributes:
   check_mode:
     description: Reports what would be kept, removed and merged; touches nothing.
@@ -65,6 +67,8 @@ options:
       - Keep the newest restore point of each of the N most recent calendar months (UTC) that have one.
     type: int
 notes:
+  - The XenAPI connection options are accepted so that C(group/xenserver.cbt_backup.all) in C(module_defaults) can
+    set them for every module of the collection; this module does not connect to the XenAPI and ignores them.
   - At least one of O(keep_last), O(keep_days), O(keep_daily), O(keep_weekly) and O(keep_monthly) is required.
   - A merge needs free space for one full image of the merged point next to it in the repository. Without it the
     module fails with a message saying so and the repository is left as it was.
@@ -140,6 +144,7 @@ recovery_pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
@@ -147,7 +152,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.s
 
 def main():
     module = AnsibleModule(
-        argument_spec=dict(
+        argument_spec=_xenapi_module.argument_spec(  # accepted (and unused) for module_defaults of the group
             repository=dict(type='path', required=True),
             keep_last=dict(type='int'),
             keep_days=dict(type='int'),

@@ -109,7 +109,7 @@ options:
     type: path
   repository:
     description:
-      - A disk's backup repository directory (created if missing): the export becomes a new qcow2 restore point.
+      - A disk's backup repository directory (created if missing); the export becomes a new qcow2 restore point.
       - Without O(base) or O(changed_blocks) the point is a full backup; with them, an incremental on top of the
         newest point. With O(base), the repository's CBT anchor (the snapshot of its newest point) must be O(base),
         otherwise the export is refused and a full backup is needed.

@@ -12,6 +12,7 @@ piece arrived the image is finished, fsynced and renamed, and only then added to
 from __future__ import absolute_import, division, print_function
 
 from .. import _export
+from . import retention
 from .qcow2 import Qcow2Writer
 from .store import Repository, RepositoryError, utc_now
 
@@ -29,7 +30,12 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
     kind = 'full' if changed_blocks is None else 'incremental'
     check_mode = options.get('check_mode', False)
     with Repository(repository, write=not check_mode, create=not check_mode, missing_ok=check_mode) as repo:
-        cleaned = [] if check_mode else repo.remove_leftovers()
+        recovered = None
+        cleaned = []
+        if not check_mode:
+            # Finish (or roll back) a prune that was interrupted, before its files could look like leftovers.
+            recovered = retention.recover(repo)
+            cleaned = sorted(set(recovered.get('deleted') or []) | set(repo.remove_leftovers()))
         parent = repo.newest()
 
         def check(size):
@@ -84,6 +90,8 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
         result = _export.run_export(target, changed_blocks, write, check=check, **options)
         result['repository'] = repo.path
         result['cleaned_up'] = cleaned
+        if recovered and recovered.get('action') not in (None, 'none'):
+            result['recovered'] = recovered
         if check_mode:
             result['point_type'] = kind
         else:
