@@ -12,6 +12,12 @@ class ModuleDocFragment:
     """Connection options of every module that talks to the XenAPI."""
 
     DOCUMENTATION = r'''
+attributes:
+  action_group:
+    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
+    support: full
+    membership:
+      - xenserver.cbt_backup.all
 options:
   hostname:
     description:

@@ -35,11 +35,6 @@ attributes:
   diff_mode:
     description: Shows the list of restore points before and after.
     support: full
-  action_group:
-    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
-    support: full
-    membership:
-      - xenserver.cbt_backup.all
 options:
   repository:
     description:

@@ -34,11 +34,6 @@ attributes:
   diff_mode:
     description: Shows each disk's CBT state before and after.
     support: full
-  action_group:
-    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
-    support: full
-    membership:
-      - xenserver.cbt_backup.all
 options:
   vdi:
     description:

@@ -31,11 +31,6 @@ attributes:
   diff_mode:
     description: Not supported.
     support: none
-  action_group:
-    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
-    support: full
-    membership:
-      - xenserver.cbt_backup.all
 options:
   vdi:
     description:
