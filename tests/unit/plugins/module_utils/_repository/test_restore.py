@@ -9,10 +9,13 @@ import hashlib
 import io
 import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export, _vdi_import
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import MAX_VHD_SIZE
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
@@ -204,3 +207,142 @@ def test_format_choice():
     assert fmt == 'raw' and '2040 GiB' in warning and 'raw' in warning
     with pytest.raises(restore.RestoreError):
         restore.choose_format(MIB, 'qcow2')
+
+
+# -- upload into a VDI, against a small HTTP server and a fake XenAPI client ----------------------------------------
+
+class FakeClient:
+    """Just what _vdi_import uses of XenApiClient: url, session_id, TLS settings, timeout and call()."""
+
+    def __init__(self, url, task_outcome=('success', [])):
+        self.url = url
+        self.session_id = 'OpaqueRef:secret-session'
+        self.validate_certs = True
+        self.ca_path = None
+        self.timeout = 10
+        self.calls = []
+        self.task_outcome = task_outcome
+        self.vdis = {'OpaqueRef:existing': {'uuid': 'existing-uuid', 'name_label': 'old disk', 'SR': 'OpaqueRef:sr',
+                                            'virtual_size': None, 'is_a_snapshot': False, 'read_only': False,
+                                            'type': 'user', 'VBDs': ['OpaqueRef:vbd'], 'managed': True}}
+
+    def find(self, cls, ident, kind=None, predicate=None):
+        if cls == 'SR':
+            return 'OpaqueRef:sr', {'uuid': 'sr-uuid', 'name_label': ident, 'type': 'ext',
+                                    'allowed_operations': ['vdi_create'], 'content_type': 'user'}
+        return 'OpaqueRef:existing', self.vdis['OpaqueRef:existing']
+
+    def call(self, method, *args):
+        self.calls.append((method,) + args)
+        if method == 'VDI.create':
+            self.vdis['OpaqueRef:new'] = dict(args[0], uuid='new-uuid', VBDs=[])
+            return 'OpaqueRef:new'
+        if method == 'VDI.get_record':
+            return self.vdis[args[0]]
+        if method == 'SR.get_uuid':
+            return 'sr-uuid'
+        if method == 'VBD.get_record':
+            return {'currently_attached': True, 'VM': 'OpaqueRef:vm'}
+        if method == 'VM.get_record':
+            return {'name_label': 'vm1', 'power_state': 'Running'}
+        if method == 'task.create':
+            return 'OpaqueRef:task'
+        if method == 'task.get_status':
+            return self.task_outcome[0]
+        if method == 'task.get_error_info':
+            return self.task_outcome[1]
+        if method == 'task.get_result':
+            return ''
+        return None
+
+
+@pytest.fixture
+def http_import():
+    """A plain HTTP server taking PUT /import_raw_vdi: records requests; ``status`` sets the answer."""
+    state = {'status': 200, 'requests': []}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_PUT(self):  # noqa: N802 - http.server's naming
+            length = int(self.headers['Content-Length'])
+            body = self.rfile.read(length)
+            state['requests'].append({'path': self.path, 'headers': dict(self.headers), 'body': body})
+            self.send_response(state['status'])
+            self.send_header('task-id', 'OpaqueRef:task')
+            self.send_header('Connection', 'close')
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield 'http://127.0.0.1:%d' % server.server_address[1], state
+    server.shutdown()
+    server.server_close()
+
+
+def test_upload_to_a_new_vdi_sends_the_vhd(repository, http_import, tmp_path):
+    repo_dir, ids, expected = repository
+    url, state = http_import
+    client = FakeClient(url)
+    with restore.RestoreSource(repo_dir) as source:
+        result = _vdi_import.restore_to_vdi(client, source, sr='Local storage')
+    request = state['requests'][0]
+    assert request['path'].startswith('/import_raw_vdi?session_id=OpaqueRef%3Asecret-session&vdi=OpaqueRef%3Anew&format=vhd')
+    assert 'task_id=OpaqueRef%3Atask' in request['path']
+    assert int(request['headers']['Content-Length']) == len(request['body']) == result['bytes_sent'] == result['bytes_to_send']
+    assert 'Transfer-Encoding' not in request['headers']
+    assert result['vdi'] == {'uuid': 'new-uuid', 'name': 'disk0 (restored %s)' % ids[-1], 'sr': 'sr-uuid'}
+    create = [c for c in client.calls if c[0] == 'VDI.create'][0][1]
+    assert create['virtual_size'] == str(len(expected[ids[-1]])) and create['type'] == 'user'
+    vhd_path = str(tmp_path / 'sent.vhd')
+    with open(vhd_path, 'wb') as handle:
+        handle.write(request['body'])
+    assert_vhd_is(vhd_path, expected[ids[-1]], tmp_path)
+    assert ('task.destroy', 'OpaqueRef:task') in client.calls
+
+
+def test_a_failed_upload_destroys_the_new_vdi(repository, http_import):
+    repo_dir, dummy, dummy2 = repository
+    url, dummy3 = http_import
+    client = FakeClient(url, task_outcome=('failure', ['VDI_IO_ERROR', 'Device I/O errors']))
+    with restore.RestoreSource(repo_dir) as source:
+        with pytest.raises(XenApiError) as info:
+            _vdi_import.restore_to_vdi(client, source, sr='Local storage', fmt='raw')
+    assert info.value.code == 'VDI_IO_ERROR'
+    assert 'new-uuid was destroyed' in info.value.message
+    assert ('VDI.destroy', 'OpaqueRef:new') in client.calls
+
+
+def test_a_refused_session_is_explained_without_the_session_id(repository, http_import):
+    repo_dir, dummy, expected = repository
+    url, state = http_import
+    state['status'] = 401
+    client = FakeClient(url, task_outcome=('failure', ['SESSION_AUTHENTICATION_FAILED']))
+    client.vdis['OpaqueRef:existing']['virtual_size'] = str(len(list(expected.values())[0]))
+    with restore.RestoreSource(repo_dir) as source:
+        with pytest.raises(XenApiError) as info:
+            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid', force=True)
+    assert info.value.code == 'SESSION_INVALID' and 'log in again' in info.value.message
+    assert 'secret-session' not in info.value.message
+    assert 'does not hold restore point' in info.value.message
+    assert not [c for c in client.calls if c[0] == 'VDI.destroy']
+
+
+def test_an_existing_vdi_must_match_and_be_free(repository, http_import):
+    repo_dir, dummy, expected = repository
+    url, state = http_import
+    client = FakeClient(url)
+    size = len(list(expected.values())[0])
+    client.vdis['OpaqueRef:existing']['virtual_size'] = str(size + 512)
+    with restore.RestoreSource(repo_dir) as source:
+        with pytest.raises(XenApiError) as info:
+            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid')
+        assert info.value.code == 'VDI_SIZE_MISMATCH'
+        client.vdis['OpaqueRef:existing']['virtual_size'] = str(size)
+        with pytest.raises(XenApiError) as info:
+            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid')
+        assert info.value.code == 'VDI_IN_USE' and 'vm1 (Running)' in info.value.message
+        result = _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid', check_mode=True, force=True)
+    assert result['bytes_sent'] == 0 and result['bytes_to_send'] > size and not state['requests']
