@@ -122,6 +122,14 @@ class _Connection:
         self.conn.close()
 
 
+class SourceError(Exception):
+    """Producing the upload body failed (reading the restore point); ``error`` is the original exception."""
+
+    def __init__(self, error):
+        super(SourceError, self).__init__(str(error))
+        self.error = error
+
+
 class UploadResult:
     def __init__(self, bytes_sent, seconds, task_result):
         self.bytes_sent = bytes_sent
@@ -165,18 +173,29 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
     try:
         uploaded = upload(client, vdi_ref, actual_fmt, length, chunks,
                           task_label='xenserver.cbt_backup restore %s' % point['id'])
-    except BaseException as exc:
+    except Exception as exc:  # pylint: disable=broad-except
+        if isinstance(exc, XenApiError):
+            error = exc
+        else:  # reading the repository failed while the body was being sent (Qcow2Error, VhdError, OSError)
+            cause = exc.error if isinstance(exc, SourceError) else exc
+            error = XenApiError('the upload stopped because reading restore point %s failed: %s. Run '
+                                'xenserver.cbt_backup.backup_verify on %s' % (point['id'], cause, source.path),
+                                code='RESTORE_READ_FAILED')
         if created:
             problem = destroy_vdi(client, vdi_ref)
-            if isinstance(exc, XenApiError):
-                exc.message = ('%s. The new VDI %s was %s, so no half-restored disk is left behind'
-                               % (exc.message.rstrip('.'), record['uuid'],
-                                  'destroyed' if problem is None else 'NOT destroyed (%s): destroy it by hand' % problem))
-                exc.args = (exc.message,)
-        elif isinstance(exc, XenApiError):
-            exc.message = ('%s. The VDI %s was (partly) overwritten and does not hold restore point %s: run the '
-                           'restore again' % (exc.message.rstrip('.'), record['uuid'], point['id']))
-            exc.args = (exc.message,)
+            error.message = ('%s. The new VDI %s was %s, so no half-restored disk is left behind'
+                             % (error.message.rstrip('.'), record['uuid'],
+                                'destroyed' if problem is None else 'NOT destroyed (%s): destroy it by hand' % problem))
+        else:
+            error.message = ('%s. The VDI %s was (partly) overwritten and does not hold restore point %s: run the '
+                             'restore again' % (error.message.rstrip('.'), record['uuid'], point['id']))
+        error.args = (error.message,)
+        if error is exc:
+            raise
+        raise error
+    except BaseException:  # interrupted (KeyboardInterrupt, SystemExit): still no half-restored new VDI
+        if created:
+            destroy_vdi(client, vdi_ref)
         raise
     result.update(bytes_sent=uploaded.bytes_sent, seconds=round(uploaded.seconds, 3),
                   throughput_mib_s=_mib_s(size, uploaded.seconds))
@@ -269,7 +288,14 @@ def _send(connection, path, length, chunks, client):
         conn.putheader('Content-Length', str(length))
         conn.putheader('Content-Type', 'application/octet-stream')
         conn.endheaders()
-        for chunk in chunks():
+        iterator = iter(chunks())
+        while True:
+            try:
+                chunk = next(iterator)
+            except StopIteration:
+                break
+            except Exception as exc:  # pylint: disable=broad-except
+                raise SourceError(exc)
             conn.send(chunk)
             sent += len(chunk)
     except ssl.SSLCertVerificationError as exc:

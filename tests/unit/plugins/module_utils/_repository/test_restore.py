@@ -346,3 +346,18 @@ def test_an_existing_vdi_must_match_and_be_free(repository, http_import):
         assert info.value.code == 'VDI_IN_USE' and 'vm1 (Running)' in info.value.message
         result = _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid', check_mode=True, force=True)
     assert result['bytes_sent'] == 0 and result['bytes_to_send'] > size and not state['requests']
+
+
+def test_a_read_failure_during_the_upload_destroys_the_new_vdi(repository, http_import, monkeypatch):
+    repo_dir, dummy, dummy2 = repository
+    url, dummy3 = http_import
+    client = FakeClient(url)
+    with restore.RestoreSource(repo_dir) as source:
+        def broken(view, run):
+            raise OSError(5, 'Input/output error')
+        monkeypatch.setattr(source.reader, 'read_run_into', broken)
+        with pytest.raises(XenApiError) as info:
+            _vdi_import.restore_to_vdi(client, source, sr='Local storage', fmt='raw')
+    assert info.value.code == 'RESTORE_READ_FAILED'
+    assert 'Input/output error' in info.value.message and 'new-uuid was destroyed' in info.value.message
+    assert ('VDI.destroy', 'OpaqueRef:new') in client.calls
