@@ -16,12 +16,13 @@ file target keeps them as holes, a VHD stream leaves out the 2 MiB blocks that h
 
 from __future__ import absolute_import, division, print_function
 
+import hashlib
 import os
 import time
 
 from .qcow2 import KIND_DATA, KIND_ZERO, Qcow2Error, Qcow2Image
 from .raw_file import AtomicFile
-from .store import Repository, RepositoryError, file_sha256
+from .store import HASH_CHUNK, Repository, RepositoryError
 from .vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
 __metaclass__ = type
@@ -219,7 +220,52 @@ class RestoreSource:
     match the manifest.
     """
 
+    ATTEMPTS = 3
+
     def __init__(self, repository, point='latest', verify=True):
+        self.verified = False
+        self.reader = None
+        # A concurrent backup_prune replaces point files by rename and then rewrites the manifest: what was
+        # listed may change between reading the manifest and opening the files. Such a race is retried;
+        # only a mismatch that persists against an unchanged manifest is damage.
+        for attempt in range(self.ATTEMPTS):
+            last = attempt == self.ATTEMPTS - 1
+            manifest = self._load(repository, point)
+            pinned = []
+            try:
+                try:
+                    for path in self.paths:
+                        pinned.append(os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)))
+                except OSError as exc:
+                    if not last and self._manifest_changed(manifest):
+                        continue
+                    raise RestoreError('restore point %s needs the file %s, which cannot be opened (%s); the point '
+                                       'cannot be restored%s' % (self.point['id'], exc.filename, exc.strerror,
+                                                                 self._verify_hint()))
+                if verify:
+                    bad = self._first_mismatch(pinned)
+                    if bad is not None:
+                        if not last and self._manifest_changed(manifest):
+                            continue
+                        self._damaged(*bad)
+                    self.verified = True
+                self.reader = self._open_reader(pinned)
+                if self.reader is None:  # a file was replaced after it was hashed
+                    if not last:
+                        continue
+                    raise RestoreError('the files of restore point %s keep changing while they are read; try again '
+                                       'when backup_prune or the backup has finished' % self.point['id'])
+                break
+            finally:
+                for fd in pinned:
+                    os.close(fd)
+        if self.reader.virtual_size != self.virtual_size:
+            self.reader.close()
+            raise RestoreError('restore point %s: the file says %d bytes, the manifest %d%s'
+                               % (self.point['id'], self.reader.virtual_size, self.virtual_size, self._verify_hint()))
+
+    def _load(self, repository, point):
+        """Read the manifest: the point, its chain and their paths; return the manifest as loaded."""
         try:
             with Repository(repository) as repo:
                 if not repo.points:
@@ -229,47 +275,61 @@ class RestoreSource:
                 self.chain = repo.chain(self.point)  # newest first
                 self.paths = [repo.file_path(p) for p in self.chain]
                 self.disk = dict(repo.manifest.get('disk') or {})
+                self.journal = repo.manifest.get('pending_merge') or {}
                 self.path = repo.path
+                self.virtual_size = int(self.point['virtual_size'])
+                return repo.manifest
         except RepositoryError as exc:
             raise RestoreError(str(exc))
-        self.virtual_size = int(self.point['virtual_size'])
-        for path in self.paths:
-            if not os.path.isfile(path):
-                raise RestoreError('restore point %s needs the file %s, which is missing; the point cannot be restored%s'
-                                   % (self.point['id'], path, self._verify_hint()))
-        self.verified = False
-        if verify:
-            self.verify()
+
+    def _manifest_changed(self, manifest):
         try:
-            self.reader = ChainReader(self.paths)
+            with Repository(self.path) as repo:
+                return repo.manifest != manifest
+        except RepositoryError:
+            return False
+
+    def _first_mismatch(self, pinned):
+        """(point, path, actual, expected) of the oldest file whose sha256 differs from the manifest, or None.
+
+        A merge journal (``pending_merge``, see retention.py) vouches for the merged file's hash too.
+        """
+        journal = self.journal
+        for item, path, fd in reversed(list(zip(self.chain, self.paths, pinned))):
+            expected = item.get('sha256')
+            if not expected:
+                continue
+            actual = _fd_sha256(fd)
+            if actual != expected and not (journal.get('point') == item['id'] and journal.get('sha256') == actual):
+                return item, path, actual, expected
+        return None
+
+    def _damaged(self, item, path, actual, expected):
+        needed = ''
+        if item is not self.point:
+            needed = ' (restore point %s is built on it)' % self.point['id']
+        raise RestoreError(
+            'restore point %s is damaged: the sha256 of %s is %s, the manifest recorded %s%s. Nothing was '
+            'restored. Run xenserver.cbt_backup.backup_verify on %s to see every affected point, and restore '
+            'a point that does not depend on %s.'
+            % (item['id'], path, actual, expected, needed, self.path, item['id']))
+
+    def _open_reader(self, pinned):
+        """A ChainReader on the very files that were hashed (None if one was replaced in between)."""
+        try:
+            reader = ChainReader(self.paths)
         except (Qcow2Error, OSError) as exc:
             raise RestoreError('cannot read restore point %s: %s%s' % (self.point['id'], exc, self._verify_hint()))
-        if self.reader.virtual_size != self.virtual_size:
-            self.reader.close()
-            raise RestoreError('restore point %s: the file says %d bytes, the manifest %d%s'
-                               % (self.point['id'], self.reader.virtual_size, self.virtual_size, self._verify_hint()))
+        for image, fd in zip(reader.images, pinned):
+            mine, hashed = os.fstat(image._fd), os.fstat(fd)  # pylint: disable=protected-access
+            if (mine.st_dev, mine.st_ino) != (hashed.st_dev, hashed.st_ino):
+                reader.close()
+                return None
+        return reader
 
     @staticmethod
     def _verify_hint():
         return '. Run xenserver.cbt_backup.backup_verify on the repository to see which points are affected.'
-
-    def verify(self):
-        """Check the sha256 of every file of the chain, oldest first; raise RestoreError naming the bad point."""
-        for item, path in reversed(list(zip(self.chain, self.paths))):
-            expected = item.get('sha256')
-            if not expected:
-                continue
-            actual = file_sha256(path)
-            if actual != expected:
-                needed = ''
-                if item is not self.point:
-                    needed = ' (restore point %s is built on it)' % self.point['id']
-                raise RestoreError(
-                    'restore point %s is damaged: the sha256 of %s is %s, the manifest recorded %s%s. Nothing was '
-                    'restored. Run xenserver.cbt_backup.backup_verify on %s to see every affected point, and restore '
-                    'a point that does not depend on %s.'
-                    % (item['id'], path, actual, expected, needed, self.path, item['id']))
-        self.verified = True
 
     def close(self):
         self.reader.close()
@@ -323,6 +383,17 @@ class RestoreSource:
                     self.reader.read_run_into(view[start:start + run[1]], run)
                 yield bytes(buf)
             pos += step
+
+
+def _fd_sha256(fd):
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, HASH_CHUNK, offset)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        offset += len(chunk)
 
 
 def choose_format(virtual_size, wanted='vhd'):

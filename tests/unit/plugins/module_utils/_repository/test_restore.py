@@ -16,7 +16,7 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export, _vdi_import
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import MAX_VHD_SIZE
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import qemu_img
@@ -361,3 +361,52 @@ def test_a_read_failure_during_the_upload_destroys_the_new_vdi(repository, http_
     assert info.value.code == 'RESTORE_READ_FAILED'
     assert 'Input/output error' in info.value.message and 'new-uuid was destroyed' in info.value.message
     assert ('VDI.destroy', 'OpaqueRef:new') in client.calls
+
+
+def _replace_like_prune(repo_dir, point_id):
+    """What backup_prune does to a point: a new file renamed over it, then the manifest updated (here the
+    new file is the old one plus trailing padding, so the disk content stays the same)."""
+    with store.Repository(repo_dir, write=True) as repo:
+        point = repo.point(point_id)
+        path = repo.file_path(point)
+        temp = path + '.partial-test'
+        with open(path, 'rb') as src, open(temp, 'wb') as dst:
+            dst.write(src.read() + bytes(512))
+        os.rename(temp, path)
+        point['sha256'] = store.file_sha256(path)
+        point['file_size'] = os.path.getsize(path)
+        repo.save()
+
+
+def test_a_point_file_replaced_while_opening_is_retried(repository, tmp_path, monkeypatch):
+    repo_dir, ids, expected = repository
+    real = restore._fd_sha256
+    calls = []
+
+    def racing_sha256(fd):
+        calls.append(fd)
+        if len(calls) == 1:  # prune replaces the full after the restore hashed the pinned (old) file
+            _replace_like_prune(repo_dir, ids[0])
+        return real(fd)
+    monkeypatch.setattr(restore, '_fd_sha256', racing_sha256)
+    with restore.RestoreSource(repo_dir) as source:
+        assert source.verified
+        dest = str(tmp_path / 'raced.raw')
+        restore.restore_to_file(source, dest)
+    assert read(dest) == expected[ids[-1]]
+    assert len(calls) > len(ids)  # hashed again after the retry
+
+
+def test_a_pending_merge_journal_vouches_for_the_merged_file(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    with store.Repository(repo_dir, write=True) as repo:
+        old_sha = repo.point(ids[0])['sha256']
+    _replace_like_prune(repo_dir, ids[0])
+    with store.Repository(repo_dir, write=True) as repo:  # renamed, but the manifest not yet updated: the journal says so
+        point = repo.point(ids[0])
+        repo.manifest['pending_merge'] = {'point': ids[0], 'sha256': point['sha256']}
+        point['sha256'] = old_sha
+        repo.save()
+    with restore.RestoreSource(repo_dir, ids[1]) as source:
+        restore.restore_to_file(source, str(tmp_path / 'journal.raw'))
+    assert read(str(tmp_path / 'journal.raw')) == expected[ids[1]]
