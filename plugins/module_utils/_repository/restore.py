@@ -72,6 +72,13 @@ class ChainReader:
         for image in self.images:
             image.close()
 
+    def truncate(self, count):
+        """Keep only the ``count`` newest images (the older ones are not part of the disk)."""
+        for image in self.images[count:]:
+            image.close()
+        del self.images[count:]
+        self._region_index = self._region = None
+
     def __enter__(self):
         return self
 
@@ -325,7 +332,31 @@ class RestoreSource:
             if (mine.st_dev, mine.st_ino) != (hashed.st_dev, hashed.st_ino):
                 reader.close()
                 return None
+        try:
+            self._check_links(reader)
+        except BaseException:
+            reader.close()
+            raise
         return reader
+
+    def _check_links(self, reader):
+        """Each file must name the next one of the manifest's chain as its backing file (qemu follows those names).
+
+        The one exception is a point being merged forward (a ``pending_merge`` journal): its file is already the
+        standalone merged image, so the chain ends there.
+        """
+        for index, image in enumerate(reader.images):
+            parent = self.chain[index + 1]['file'] if index + 1 < len(self.chain) else None
+            if image.backing_file == parent:
+                continue
+            if image.backing_file is None and self.journal.get('point') == self.chain[index]['id']:
+                reader.truncate(index + 1)
+                self.chain = self.chain[:index + 1]
+                self.paths = self.paths[:index + 1]
+                return
+            raise RestoreError('restore point %s: the file %s names %s as its backing file, but the manifest says its '
+                               'parent is %s%s' % (self.chain[index]['id'], self.paths[index],
+                                                   image.backing_file or 'nothing', parent or 'none', self._verify_hint()))
 
     @staticmethod
     def _verify_hint():

@@ -17,6 +17,8 @@ import pytest
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export, _vdi_import
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore, store
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.raw_file import AtomicFile
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import MAX_VHD_SIZE
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import qemu_img
@@ -410,3 +412,34 @@ def test_a_pending_merge_journal_vouches_for_the_merged_file(repository, tmp_pat
     with restore.RestoreSource(repo_dir, ids[1]) as source:
         restore.restore_to_file(source, str(tmp_path / 'journal.raw'))
     assert read(str(tmp_path / 'journal.raw')) == expected[ids[1]]
+
+
+def test_a_point_merged_forward_before_the_manifest_says_so(repository, tmp_path):
+    """backup_prune step 3 done, step 4 not: the incremental's file is already a standalone full of the same disk."""
+    repo_dir, ids, expected = repository
+    with store.Repository(repo_dir, write=True) as repo:
+        point = repo.point(ids[1])
+        path = repo.file_path(point)
+        out = AtomicFile(path, prefix=store.PARTIAL_MARK)
+        writer = Qcow2Writer(out.fd, len(expected[ids[1]]))
+        data = expected[ids[1]]
+        writer(0, memoryview(bytes(data)))
+        writer.finish()
+        out.commit()
+        repo.manifest['pending_merge'] = {'point': ids[1], 'sha256': store.file_sha256(path)}
+        repo.save()
+    for point in ids[1:]:
+        dest = str(tmp_path / ('merged-%s.raw' % point))
+        with restore.RestoreSource(repo_dir, point) as source:
+            result = restore.restore_to_file(source, dest)
+        assert result['chain'][-1] == ids[1]  # the chain ends at the merged file: the old full is not read
+        assert read(dest) == expected[point]
+
+
+def test_a_file_naming_another_backing_file_is_refused(repository):
+    repo_dir, ids, dummy = repository
+    with store.Repository(repo_dir, write=True) as repo:  # the manifest claims another parent than the file names
+        repo.point(ids[2])['parent'] = ids[0]
+        repo.save()
+    with pytest.raises(restore.RestoreError, match='backing file'):
+        restore.RestoreSource(repo_dir, ids[2])
