@@ -152,6 +152,11 @@ bytes_written:
   type: int
   returned: with O(dest)
   sample: 41943040
+bytes_to_write:
+  description: Bytes of data the point holds, which O(dest) needs on disk (the rest are holes).
+  type: int
+  returned: with O(dest)
+  sample: 41943040
 vdi:
   description: The VDI restored into (C(uuid) is null in check mode for a new VDI).
   type: dict

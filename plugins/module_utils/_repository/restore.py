@@ -445,15 +445,25 @@ def restore_to_file(source, dest, force=False, check_mode=False):
     dest = os.path.abspath(dest)
     if os.path.isdir(dest):
         raise RestoreError('dest %s is a directory; give the path of the raw file to create' % dest)
-    if os.path.lexists(dest) and not force:
-        raise RestoreError('dest %s already exists; choose another path or set force: true to replace it' % dest)
+    if os.path.lexists(dest):
+        if not force:
+            raise RestoreError('dest %s already exists; choose another path or set force: true to replace it' % dest)
+        if not os.path.isfile(dest) or os.path.islink(dest):
+            raise RestoreError('dest %s exists and is not a regular file; it is only ever replaced by a new raw file, '
+                               'so give the path of a regular file' % dest)
     directory = os.path.dirname(dest)
     if not os.path.isdir(directory):
         raise RestoreError('the directory of dest (%s) does not exist' % directory)
-    result = dict(source.info(), dest=dest, bytes_written=0, seconds=0.0, throughput_mib_s=0.0)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise RestoreError('cannot create files in %s (permission denied)' % directory)
+    needed = sum(run[1] for run in source.reader.data_runs())
+    stats = os.statvfs(directory)
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise RestoreError('the restored disk needs %d MiB in %s (the point holds that much data) but only %d MiB are '
+                           'free; nothing was written' % (-(-needed // MIB), directory, free // MIB))
+    result = dict(source.info(), dest=dest, bytes_written=0, bytes_to_write=needed, seconds=0.0, throughput_mib_s=0.0)
     if check_mode:
-        if not os.access(directory, os.W_OK):
-            raise RestoreError('cannot create files in %s (permission denied)' % directory)
         result['changed'] = True
         return result
     started = time.monotonic()

@@ -116,12 +116,29 @@ def test_existing_dest_is_refused_unless_forced(repository, tmp_path):
 
 
 def test_check_mode_writes_nothing(repository, tmp_path):
-    repo_dir, ids, dummy = repository
+    repo_dir, ids, expected = repository
     dest = str(tmp_path / 'check.raw')
     with restore.RestoreSource(repo_dir, ids[1]) as source:
         result = restore.restore_to_file(source, dest, check_mode=True)
-    assert result['changed'] and result['bytes_written'] == 0
+    assert result['changed'] and result['bytes_written'] == 0 and 0 < result['bytes_to_write'] < len(expected[ids[1]])
     assert not os.path.exists(dest)
+
+
+def test_a_dest_that_is_not_a_regular_file_or_too_small_is_refused(repository, tmp_path, monkeypatch):
+    repo_dir, ids, dummy = repository
+    link = str(tmp_path / 'link.raw')
+    os.symlink('/dev/null', link)
+    with restore.RestoreSource(repo_dir, ids[0]) as source:
+        with pytest.raises(restore.RestoreError, match='not a regular file'):
+            restore.restore_to_file(source, link, force=True)
+
+        class Full:
+            f_bavail = 1
+            f_frsize = 4096
+        monkeypatch.setattr(restore.os, 'statvfs', lambda path: Full())
+        with pytest.raises(restore.RestoreError, match='free; nothing was written'):
+            restore.restore_to_file(source, str(tmp_path / 'nospace.raw'))
+    assert not [name for name in os.listdir(str(tmp_path)) if 'nospace' in name]
 
 
 def test_a_corrupt_chain_is_refused_naming_the_bad_point(repository, tmp_path):
