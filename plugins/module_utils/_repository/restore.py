@@ -16,6 +16,7 @@ file target keeps them as holes, a VHD stream leaves out the 2 MiB blocks that h
 
 from __future__ import absolute_import, division, print_function
 
+import errno
 import hashlib
 import os
 import time
@@ -437,6 +438,48 @@ def choose_format(virtual_size, wanted='vhd'):
     return wanted, None
 
 
+class _RunCopier:
+    """Copy data runs of the chain to the same guest offsets of a file.
+
+    Runs stored contiguously go file to file in the kernel (``copy_file_range``; no copy through Python, and
+    a reflink where the filesystem shares extents); otherwise, or where the kernel cannot, large reads and
+    writes through one buffer.
+    """
+
+    def __init__(self, reader, fd):
+        self.reader = reader
+        self.fd = fd
+        self.kernel = hasattr(os, 'copy_file_range')
+        self._view = None
+
+    def copy(self, run):
+        offset, length, source, host = run
+        if self.kernel and host >= 0:
+            src = self.reader.images[source]._fd  # pylint: disable=protected-access
+            done = 0
+            try:
+                while done < length:
+                    got = os.copy_file_range(src, self.fd, length - done, host + done, offset + done)
+                    if got <= 0:
+                        raise Qcow2Error('%s: short read at host offset %d (the file ends first)'
+                                         % (self.reader.images[source].path, host + done))
+                    done += got
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
+                    raise
+                self.kernel = False  # e.g. across filesystems on an old kernel: copy through a buffer
+                run = (offset + done, length - done, source, host + done)
+                offset, length = run[0], run[1]
+        if self._view is None:
+            self._view = memoryview(bytearray(MAX_READ))
+        part = self._view[:length]
+        self.reader.read_run_into(part, run)
+        done = 0
+        while done < length:
+            done += os.pwrite(self.fd, part[done:], offset + done)
+
+
 def restore_to_file(source, dest, force=False, check_mode=False):
     """Write the point as a sparse raw file ``dest`` (temporary name, fsync, rename); return the result dict.
 
@@ -470,14 +513,9 @@ def restore_to_file(source, dest, force=False, check_mode=False):
     out = AtomicFile(dest, size=source.virtual_size, prefix='.partial-')
     written = 0
     try:
-        buf = bytearray(MAX_READ)
-        view = memoryview(buf)
+        copier = _RunCopier(source.reader, out.fd)
         for run in source.reader.data_runs():
-            part = view[:run[1]]
-            source.reader.read_run_into(part, run)
-            done = 0
-            while done < run[1]:
-                done += os.pwrite(out.fd, part[done:], run[0] + done)
+            copier.copy(run)
             written += run[1]
         out.commit(mode=0o600)
     except BaseException:

@@ -5,6 +5,7 @@
 
 from __future__ import absolute_import, division, print_function
 
+import errno
 import hashlib
 import io
 import json
@@ -460,3 +461,18 @@ def test_a_file_naming_another_backing_file_is_refused(repository):
         repo.save()
     with pytest.raises(restore.RestoreError, match='backing file'):
         restore.RestoreSource(repo_dir, ids[2])
+
+
+def test_without_kernel_copies_the_buffered_path_gives_the_same_file(repository, tmp_path, monkeypatch):
+    repo_dir, ids, expected = repository
+    calls = []
+
+    def no_kernel_copy(*args):
+        calls.append(args)
+        raise OSError(errno.EXDEV, 'Invalid cross-device link')
+    monkeypatch.setattr(restore.os, 'copy_file_range', no_kernel_copy, raising=False)
+    dest = str(tmp_path / 'buffered.raw')
+    with restore.RestoreSource(repo_dir) as source:
+        restore.restore_to_file(source, dest)
+    assert read(dest) == expected[ids[-1]]
+    assert len(calls) == 1  # tried once, then the buffered path for the rest
