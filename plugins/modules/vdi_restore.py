@@ -38,11 +38,6 @@ attributes:
   diff_mode:
     description: Not supported.
     support: none
-  action_group:
-    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set common options once.
-    support: full
-    membership:
-      - xenserver.cbt_backup.all
 options:
   repository:
     description:
