@@ -7,14 +7,12 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, store
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module as run_ansible
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 
 __metaclass__ = type
@@ -23,35 +21,8 @@ pytestmark = pytest.mark.interop
 K64 = 64 * 1024
 
 
-def collections_path():
-    path = os.path.abspath(_cbt.__file__)
-    while os.path.basename(path) != 'ansible_collections':
-        parent = os.path.dirname(path)
-        if parent == path:
-            raise RuntimeError('tests are not running from an ansible_collections tree')
-        path = parent
-    return os.path.dirname(path)
-
-
 def run_module(name, args, tmp_path, check=False):
-    """Run a module through ``ansible localhost -m``; return its result dict (with ``failed``)."""
-    ansible = shutil.which('ansible') or os.path.join(os.path.dirname(sys.executable), 'ansible')
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_LOCALHOST_WARNING='false',
-               ANSIBLE_NOCOLOR='1', ANSIBLE_HOME=str(tmp_path / 'ansible-home'))
-    for key in ('XENSERVER_HOST', 'XENSERVER_USER', 'XENSERVER_PASSWORD'):
-        env.pop(key, None)
-    command = [ansible, 'localhost', '-m', 'xenserver.cbt_backup.%s' % name, '-a', json.dumps(args),
-               '-e', 'ansible_python_interpreter=%s' % sys.executable]
-    if check:
-        command.append('--check')
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300, check=False)
-    stdout = proc.stdout.decode('utf-8', 'replace')
-    assert 'localhost | ' in stdout, stdout + proc.stderr.decode('utf-8', 'replace')
-    marker = stdout.index('localhost | ')
-    arrow = stdout.index('=>', marker)
-    result = json.loads(stdout[arrow + 2:])
-    result['failed'] = 'FAILED!' in stdout[marker:arrow]
-    return result
+    return run_ansible(name, args, tmp_path, check=check)[0]
 
 
 @pytest.fixture

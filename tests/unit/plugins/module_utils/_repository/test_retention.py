@@ -6,9 +6,6 @@ from __future__ import absolute_import, division, print_function
 import datetime
 import json
 import os
-import shutil
-import subprocess
-import sys
 
 import pytest
 
@@ -239,48 +236,3 @@ def test_prune_takes_the_write_lock(nbd_server_factory, tmp_path):
     with store.Repository(repo_dir, write=True):
         with pytest.raises(store.RepositoryError, match='another run'):
             prune(repo_dir, keep_last=1)
-
-
-# -- the module through ansible -------------------------------------------------------------------------
-
-def run_prune_module(args, tmp_path, check=False, diff=False):
-    collections_root = os.path.abspath(_cbt.__file__)
-    while os.path.basename(collections_root) != 'ansible_collections':
-        collections_root = os.path.dirname(collections_root)
-    ansible = shutil.which('ansible') or os.path.join(os.path.dirname(sys.executable), 'ansible')
-    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=os.path.dirname(collections_root), ANSIBLE_LOCALHOST_WARNING='false',
-               ANSIBLE_NOCOLOR='1', ANSIBLE_HOME=str(tmp_path / 'ansible-home'))
-    command = [ansible, 'localhost', '-m', 'xenserver.cbt_backup.backup_prune', '-a', json.dumps(args),
-               '-e', 'ansible_python_interpreter=%s' % sys.executable]
-    command += ['--check'] if check else []
-    command += ['--diff'] if diff else []
-    proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300, check=False)
-    stdout = proc.stdout.decode('utf-8', 'replace')
-    assert 'localhost | ' in stdout, stdout + proc.stderr.decode('utf-8', 'replace')
-    marker = stdout.index('localhost | ')
-    arrow = stdout.index('=>', marker)
-    result = json.loads(stdout[arrow + 2:])
-    result['failed'] = 'FAILED!' in stdout[marker:arrow]
-    return result
-
-
-def test_module_check_mode_then_prune(nbd_server_factory, tmp_path):
-    repo_dir, expected = build_chain(nbd_server_factory, tmp_path, incrementals=2, seed=91)
-    manifest_before = read(os.path.join(repo_dir, 'manifest.json'))
-    result = run_prune_module({'repository': repo_dir}, tmp_path)
-    assert result['failed'] and 'keep_last' in result['msg']
-    result = run_prune_module({'repository': repo_dir, 'keep_last': -2}, tmp_path)
-    assert result['failed'] and 'keep_last must be' in result['msg']
-    result = run_prune_module({'repository': str(tmp_path / 'nowhere'), 'keep_last': 1}, tmp_path)
-    assert result['failed'] and 'not a backup repository' in result['msg'] and 'Traceback' not in result['msg']
-
-    preview = run_prune_module({'repository': repo_dir, 'keep_last': 1}, tmp_path, check=True)
-    assert not preview['failed'] and preview['changed'] and len(preview['removed']) == 2
-    assert read(os.path.join(repo_dir, 'manifest.json')) == manifest_before
-
-    result = run_prune_module({'repository': repo_dir, 'keep_last': 1}, tmp_path, diff=True)
-    assert not result['failed'] and result['changed'] and result['removed'] == preview['removed']
-    assert result['kept'] == preview['kept'] and list(result['merged']) == preview['kept']
-    assert check_repository(repo_dir, expected, tmp_path) == ['snap-2']
-    again = run_prune_module({'repository': repo_dir, 'keep_last': 1}, tmp_path)
-    assert not again['failed'] and not again['changed']
