@@ -3,6 +3,8 @@
 
 from __future__ import absolute_import, division, print_function
 
+import threading
+
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _nbd_access, _objects, _xenapi
@@ -133,3 +135,66 @@ def test_explain_keeps_unknown_codes_readable():
     assert 'storage backend failed: boom' in _xenapi.explain('SR_BACKEND_FAILURE_99', ['', 'boom', ''])
     assert _xenapi.normalize_url('host.example/') == 'https://host.example'
     assert _xenapi.normalize_url('http://10.0.0.1') == 'http://10.0.0.1'
+
+
+class _FakeHost:
+    """A minimal XenAPI endpoint over real HTTP XML-RPC: a pool member that redirects, or a coordinator.
+
+    Only what cannot exist in the lab (a second host of the same pool) is faked here.
+    """
+
+    def __init__(self, master_address=None):
+        from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer  # pylint: disable=import-outside-toplevel
+
+        class Handler(SimpleXMLRPCRequestHandler):
+            rpc_paths = ('/', '/RPC2')
+
+            def log_message(self, *args):  # keep the test output quiet
+                pass
+
+        self.logins = 0
+        self.server = SimpleXMLRPCServer(('127.0.0.1', 0), requestHandler=Handler, allow_none=True, logRequests=False)
+        self.server.register_function(self._login, 'session.login_with_password')
+        self.server.register_function(self._logout, 'session.logout')
+        self.server.register_function(lambda session: {'Status': 'Success', 'Value': ['OpaqueRef:pool']}, 'pool.get_all')
+        self.master_address = master_address
+        self.url = 'http://127.0.0.1:%d' % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _login(self, *args):
+        self.logins += 1
+        if self.master_address:
+            return {'Status': 'Failure', 'ErrorDescription': ['HOST_IS_SLAVE', self.master_address]}
+        return {'Status': 'Success', 'Value': 'OpaqueRef:11111111-2222-3333-4444-555555555555'}
+
+    def _logout(self, *args):
+        return {'Status': 'Success', 'Value': ''}
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_host_is_slave_is_followed_to_the_coordinator():
+    coordinator = _FakeHost()
+    member = _FakeHost(master_address=coordinator.url.split('://', 1)[1])
+    try:
+        with _xenapi.XenApiClient(member.url, username='backup', password='secret') as client:
+            assert client.url == coordinator.url
+            assert client.call('pool.get_all') == ['OpaqueRef:pool']
+        assert member.logins == 1 and coordinator.logins == 1
+    finally:
+        member.stop()
+        coordinator.stop()
+
+
+def test_redirect_loops_are_bounded():
+    member = _FakeHost()
+    member.master_address = member.url.split('://', 1)[1]  # a member that names itself as coordinator
+    try:
+        with pytest.raises(_xenapi.XenApiError, match='HOST_IS_SLAVE redirected more than'):
+            _xenapi.XenApiClient(member.url, username='backup', password='secret').open()
+    finally:
+        member.stop()

@@ -138,3 +138,21 @@ def test_a_second_writer_is_refused(served, tmp_path):
     with store.Repository(repo_dir, write=True, create=True):
         with pytest.raises(store.RepositoryError, match='another run'):
             backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(1))
+
+
+def test_a_manifest_write_killed_midway_is_a_leftover(served, tmp_path):
+    # The manifest is written to a temporary name and renamed: a kill during the write leaves the old manifest
+    # in place and a partial file that the next run removes.
+    server, dummy = served
+    repo_dir = str(tmp_path / 'repo')
+    backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(1))
+    manifest = read(os.path.join(repo_dir, 'manifest.json'))
+    partial = os.path.join(repo_dir, '.manifest.json.partial-k1ll3d')
+    with open(partial, 'wb') as handle:
+        handle.write(manifest[:len(manifest) // 2])
+    with store.Repository(repo_dir) as repo:
+        assert [p['snapshot_uuid'] for p in repo.points] == ['snap-1']
+        assert repo.leftovers() == [os.path.basename(partial)]
+    result = backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(2))
+    assert result['cleaned_up'] == [os.path.basename(partial)]
+    assert not os.path.exists(partial)
