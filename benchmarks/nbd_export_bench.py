@@ -13,6 +13,8 @@ each case runs ``--runs`` times, the two peers alternating (and swapping who goe
 * ``full/null``: our ExtentReader with a no-op sink vs ``nbdcopy -C N -T N --no-extents URI null:``.
 * ``full/repository``: ``vdi_export repository=``'s engine (a full qcow2 restore point, its sha256 and the manifest) vs
   nbdcopy to a raw file (target ratio 0.8).
+* ``restore/file``: ``vdi_restore dest=``'s engine (chain hashes checked, sparse raw file, fsync) vs ``qemu-img convert``
+  of the same point (target 0.8, no target was set by the issue: a reference only).
 * ``full/file``: ``export_to_file`` (sparse temp file, fsync, rename) vs ``nbdcopy -C N -T N --no-extents --flush
   URI FILE`` (sparse by zero detection, fsync); the destination file is removed before each run.
 * ``scattered/null``: a random 10 % of the 64 KiB blocks (fixed seed) as a CBT bitmap; our ExtentReader over the
@@ -49,7 +51,7 @@ MIB = 1024 * 1024
 BLOCK = 64 * 1024
 # 64 blocks (4 MiB) per cycle: 56 random data, 4 holes, 4 written zeros -> 12.5 % of the image reads as zeros.
 IMAGE_PATTERN = 'D' * 28 + 'Z' * 4 + 'D' * 28 + '0' * 4
-TARGETS = {'full': 0.9, 'scattered': 0.8, 'full/repository': 0.8}
+TARGETS = {'full': 0.9, 'scattered': 0.8, 'full/repository': 0.8, 'restore': 0.8}
 RSS_TARGET_MIB = 200
 DEFAULT_SERVERS = 'nbdkit-plain,nbdkit-tls,qemu-tls'
 
@@ -164,6 +166,13 @@ def run_engine(spec):
             return original(*args, **kwargs)
         _export.ExtentReader = make_reader
     started = time.monotonic()
+    if spec['mode'] == 'restore':
+        from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import restore
+        with restore.RestoreSource(spec['repository']) as source:
+            result = restore.restore_to_file(source, spec['dest'], force=True)
+        seconds = time.monotonic() - started
+        size = os.path.getsize(spec['dest'])
+        return {'bytes': size, 'seconds': seconds, 'connections': 0, 'bytes_written': result.get('bytes_written')}
     if spec['mode'] == 'repository':
         from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
         result = export_to_repository(target, spec['dest'], snapshot={'uuid': 'benchmark'}, connections=connections,
@@ -305,6 +314,15 @@ def measure_worker(spec):
     return result
 
 
+def measure_qemu_img_convert(point_file, dest):
+    """qemu-img convert of a restore point (following its backing chain) to a raw file, with fsync."""
+    argv = ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'raw', '-t', 'none', point_file, dest]
+    code, out, err, wall, maxrss, cpu = run_child(argv)
+    if code != 0:
+        raise RuntimeError('qemu-img convert failed: %s%s' % (out, err))
+    return {'seconds': wall, 'maxrss_kib': maxrss, 'cpu': cpu, 'argv': argv}
+
+
 def measure_nbdcopy(server, dest, connections, extra_args):
     argv = ['nbdcopy', '-C', str(connections), '-T', str(connections), '--no-extents'] + list(extra_args)
     if dest == 'null:':
@@ -423,6 +441,24 @@ class Bench:
                                            engine('repository', None, args.request_size, args.requests_in_flight,
                                                   repo_dir, fresh_repo)),
                                           ('nbdcopy', nbdcopy(out_file, fresh_out))]
+
+                # Restoring that point to a raw file vs qemu-img convert of the same point.
+                def restore_engine():
+                    fresh_out()
+                    spec = dict(common, peer='engine', mode='restore', repository=repo_dir, dest=out_file,
+                                bitmap=None, request_size=args.request_size, requests_in_flight=args.requests_in_flight)
+                    result = measure_worker(spec)
+                    remove(out_file)
+                    return result['bytes'], result['seconds'], result['maxrss_kib'], result['transfer_cpu'], result
+
+                def restore_qemu():
+                    fresh_out()
+                    with open(os.path.join(repo_dir, 'manifest.json')) as handle:
+                        newest = json.load(handle)['points'][-1]['file']
+                    result = measure_qemu_img_convert(os.path.join(repo_dir, newest), out_file)
+                    remove(out_file)
+                    return image_size, result['seconds'], result['maxrss_kib'], result['cpu'], {'argv': ' '.join(result['argv'])}
+                yield 'restore/file', [('engine restore', restore_engine), ('qemu-img convert', restore_qemu)]
         if not args.skip_scattered:
             if 'null' in outputs:
                 peers = [(label(rs, rif), engine('null', bitmap, rs, rif)) for rs, rif in tunings]
@@ -491,7 +527,10 @@ class Bench:
               'the transfer only, nbdcopy its whole process.' % (TARGETS['full'], TARGETS['scattered'], RSS_TARGET_MIB))
 
     def _peer_of(self, row):
-        wanted = 'nbdcopy' if row['case'].startswith('full') else 'libnbd aio'
+        if row['case'].startswith('restore'):
+            wanted = 'qemu-img convert'
+        else:
+            wanted = 'nbdcopy' if row['case'].startswith('full') else 'libnbd aio'
         for other in self.results:
             if (other['server'], other['case'], other['peer']) == (row['server'], row['case'], wanted):
                 return other
