@@ -20,6 +20,7 @@ import time
 
 from .._extents import split
 from .connection import NbdConnection, server_error
+from .protocol import MAX_REQUEST_SIZE, REQUEST_ALIGNMENT
 from .errors import NbdError, NbdExportRefused, NbdProtocolError
 
 __metaclass__ = type
@@ -83,6 +84,8 @@ class ExtentReader:
             raise ValueError('connections must be between 1 and %d' % MAX_CONNECTIONS)
         if requests_in_flight < 1:
             raise ValueError('requests_in_flight must be at least 1')
+        if not 0 < request_size <= MAX_REQUEST_SIZE or request_size % REQUEST_ALIGNMENT:
+            raise ValueError('request_size must be a multiple of %d bytes up to %d' % (REQUEST_ALIGNMENT, MAX_REQUEST_SIZE))
         self.target = target
         self.connections = connections
         self.request_size = request_size
