@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -51,7 +52,11 @@ def require(tool):
 
 
 def xenlab(*args, check=True):
-    proc = subprocess.run([XENLAB] + [str(a) for a in args], capture_output=True, text=True, timeout=120, check=False)
+    # The lab runs on the tests' own interpreter: under ansible-test the copy of the collection has no .venv,
+    # and python3 on PATH is ansible-test's wrapper, whose processes outlived "xenlab stop".
+    env = dict(os.environ, XENLAB_PYTHON=sys.executable)
+    proc = subprocess.run([XENLAB] + [str(a) for a in args], capture_output=True, text=True, timeout=120, check=False,
+                          env=env)
     if check and proc.returncode != 0:
         raise AssertionError('xenlab %s failed: %s%s' % (args[0], proc.stdout, proc.stderr))
     return proc

@@ -13,9 +13,11 @@ from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import st
 __metaclass__ = type
 
 
-@pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    instance = start_lab(tmp_path_factory.mktemp('lab'))
+@pytest.fixture
+def lab(tmp_path):
+    # Function scope: ansible-test runs every test in a forked process, where a module-scoped lab would be
+    # started again in each fork and stopped only in the last one.
+    instance = start_lab(tmp_path / 'lab')
     yield instance
     xenlab('stop', '--dir', instance.dir)
 
