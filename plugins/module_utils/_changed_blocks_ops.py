@@ -10,9 +10,9 @@ Plain Python over an open XenApiClient (no Ansible imports); failures are XenApi
 from __future__ import absolute_import, division, print_function
 
 from . import _cbt
-from ._objects import find_vdi
+from ._objects import find_snapshot_if_exists, find_vdi
 from ._snapshot_ops import NULL_REF, iso_time, rewrap
-from ._xenapi import UUID_RE, XenApiError
+from ._xenapi import XenApiError
 
 __metaclass__ = type
 
@@ -72,16 +72,6 @@ def _disk_warnings(client, snap_record):
             % (snap_record['name_label'], client.call('VDI.get_uuid', disk))]
 
 
-def _find_base(client, ident):
-    """The base snapshot; None when a uuid names nothing (it was destroyed)."""
-    try:
-        return find_vdi(client, ident, snapshot=True)
-    except XenApiError as exc:
-        if exc.code == 'NOT_FOUND' and UUID_RE.match(ident):
-            return None
-        raise
-
-
 def _pre_check(base, snap):
     """A reason why the chain is broken, judged from the records alone, or None."""
     if not snap['cbt_enabled']:
@@ -125,7 +115,7 @@ def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=F
         result.update(chain_broken=True, chain_broken_reason=reason)
         return result
 
-    found = _find_base(client, base_ident)
+    found = find_snapshot_if_exists(client, base_ident)
     if found is None:
         return broken('the base snapshot %s no longer exists' % base_ident)
     base_ref, base_record = found

@@ -9,7 +9,7 @@ Plain Python over an open XenApiClient; lookups accept a uuid or a name_label.
 
 from __future__ import absolute_import, division, print_function
 
-from ._xenapi import XenApiError
+from ._xenapi import UUID_RE, XenApiError
 
 __metaclass__ = type
 
@@ -41,6 +41,16 @@ def find_vdi(client, ident, snapshot=None):
         raise XenApiError('%s is %s' % (ident, 'not a snapshot' if snapshot else 'a snapshot, not a disk'),
                           code='WRONG_KIND')
     return ref, record
+
+
+def find_snapshot_if_exists(client, ident):
+    """The snapshot VDI ``ident`` names, or None when ``ident`` is a uuid that names nothing (destroyed)."""
+    try:
+        return find_vdi(client, ident, snapshot=True)
+    except XenApiError as exc:
+        if exc.code == 'NOT_FOUND' and UUID_RE.match(ident):
+            return None
+        raise
 
 
 def vm_disks(client, vm_ref, vm_record=None):

@@ -12,8 +12,8 @@ from __future__ import absolute_import, division, print_function
 import datetime
 import time
 
-from ._objects import find_vdi, find_vm, vm_disks
-from ._xenapi import UUID_RE, XenApiError
+from ._objects import find_snapshot_if_exists, find_vdi, find_vm, vm_disks
+from ._xenapi import XenApiError
 
 __metaclass__ = type
 
@@ -160,22 +160,12 @@ def snapshot_vm(client, ident, check_mode=False):
     return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'], 'warnings': warnings}
 
 
-def _find_snapshot(client, ident):
-    """The snapshot VDI ``ident`` names, or None when a uuid names nothing (already destroyed)."""
-    try:
-        return find_vdi(client, ident, snapshot=True)
-    except XenApiError as exc:
-        if exc.code == 'NOT_FOUND' and UUID_RE.match(ident):
-            return None
-        raise
-
-
 def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):
     """Reduce a snapshot to its CBT metadata (VDI.data_destroy), waiting out VDI_IN_USE.
 
     Returns the result dict; ``attempts`` counts the data_destroy calls.
     """
-    found = _find_snapshot(client, ident)
+    found = find_snapshot_if_exists(client, ident)
     if found is None:
         raise XenApiError('there is no VDI with uuid %s: the snapshot was destroyed (or never existed), so it has no '
                           'CBT metadata left to keep' % ident, code='NOT_FOUND')
@@ -216,7 +206,7 @@ def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=t
 
 def destroy(client, ident, check_mode=False):
     """Destroy a snapshot (with or without data); a snapshot that is already gone is no change."""
-    found = _find_snapshot(client, ident)
+    found = find_snapshot_if_exists(client, ident)
     if found is None:
         return {'changed': False, 'snapshots': []}
     ref, record = found
