@@ -49,6 +49,8 @@ import sys
 import threading
 import zlib
 
+from .raw_file import pwrite_all
+
 __metaclass__ = type
 
 DEFAULT_CLUSTER_SIZE = 64 * 1024
@@ -115,14 +117,6 @@ def _u64_array():
     if arr.itemsize != 8:  # pragma: no cover - every platform CPython supports has an 8-byte 'Q'
         raise Qcow2Error('array typecode Q is not 8 bytes here')
     return arr
-
-
-def _pwrite_all(fd, data, offset):
-    view = memoryview(data)
-    while len(view):
-        done = os.pwrite(fd, view, offset)
-        view = view[done:]
-        offset += done
 
 
 def _pwritev_all(fd, views, offset):
@@ -414,21 +408,21 @@ class Qcow2Writer:
             entries = _u64_array()
             entries.extend([0 if not host else (FLAG_ZERO if host == _ZERO_MARK else (host * cs) | FLAG_COPIED)
                             for host in table])
-            _pwrite_all(self.fd, _to_be_bytes(entries), (l2_start + position) * cs)
+            pwrite_all(self.fd, _to_be_bytes(entries), (l2_start + position) * cs)
             l1[l1_index] = ((l2_start + position) * cs) | FLAG_COPIED
         if self.l1_size:
-            _pwrite_all(self.fd, _to_be_bytes(l1), l1_start * cs)
+            pwrite_all(self.fd, _to_be_bytes(l1), l1_start * cs)
         rb_start = rt_start + rt_clusters
         rt = _u64_array()
         rt.extend([(rb_start + block) * cs for block in range(blocks)])
-        _pwrite_all(self.fd, _to_be_bytes(rt), rt_start * cs)
+        pwrite_all(self.fd, _to_be_bytes(rt), rt_start * cs)
         per_block = cs * 8 // 16
         one = b'\x00\x01'
         for block in range(blocks):
             used = min(per_block, total - block * per_block)
-            _pwrite_all(self.fd, one * used, (rb_start + block) * cs)
+            pwrite_all(self.fd, one * used, (rb_start + block) * cs)
         os.ftruncate(self.fd, total * cs)
-        _pwrite_all(self.fd, self._header(l1_start * cs if self.l1_size else 0, rt_start * cs, rt_clusters), 0)
+        pwrite_all(self.fd, self._header(l1_start * cs if self.l1_size else 0, rt_start * cs, rt_clusters), 0)
         return total * cs
 
     def _header(self, l1_offset, rt_offset, rt_clusters):

@@ -38,14 +38,16 @@ class FileWriter:
         written = 0
         if self.sparse:
             for start, stop in nonzero_runs(view.obj, len(view)):
-                written += _pwrite_all(self.fd, view[start:stop], offset + start)
+                written += pwrite_all(self.fd, view[start:stop], offset + start)
         else:
-            written = _pwrite_all(self.fd, view, offset)
+            written = pwrite_all(self.fd, view, offset)
         with self._lock:
             self.bytes_written += written
 
 
-def _pwrite_all(fd, view, offset):
+def pwrite_all(fd, data, offset):
+    """Write all of ``data`` (bytes-like) at ``offset``; pwrite may write less than asked. Returns its length."""
+    view = memoryview(data)
     total = len(view)
     while len(view):
         done = os.pwrite(fd, view, offset)
@@ -123,5 +125,5 @@ def copy_extents(src_fd, dst_fd, extents):
             got = os.preadv(src_fd, [view], offset)
             if got != step:
                 raise IOError('short read from the staging file at offset %d' % offset)
-            _pwrite_all(dst_fd, view, offset)
+            pwrite_all(dst_fd, view, offset)
             offset += step

@@ -17,13 +17,12 @@ file target keeps them as holes, a VHD stream leaves out the 2 MiB blocks that h
 from __future__ import absolute_import, division, print_function
 
 import errno
-import hashlib
 import os
 import time
 
 from .qcow2 import KIND_DATA, KIND_ZERO, Qcow2Error, Qcow2Image
 from .raw_file import AtomicFile
-from .store import HASH_CHUNK, Repository, RepositoryError
+from .store import Repository, RepositoryError, fd_sha256
 from .vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
 __metaclass__ = type
@@ -307,7 +306,7 @@ class RestoreSource:
             expected = item.get('sha256')
             if not expected:
                 continue
-            actual = _fd_sha256(fd)
+            actual = fd_sha256(fd)
             if actual != expected and not (journal.get('point') == item['id'] and journal.get('sha256') == actual):
                 return item, path, actual, expected
         return None
@@ -415,17 +414,6 @@ class RestoreSource:
                     self.reader.read_run_into(view[start:start + run[1]], run)
                 yield bytes(buf)
             pos += step
-
-
-def _fd_sha256(fd):
-    digest = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, HASH_CHUNK, offset)
-        if not chunk:
-            return digest.hexdigest()
-        digest.update(chunk)
-        offset += len(chunk)
 
 
 def choose_format(virtual_size, wanted='vhd'):

@@ -50,14 +50,24 @@ def point_id(when, kind):
     return '%s-%s' % (when.strftime('%Y%m%dT%H%M%SZ'), 'full' if kind == 'full' else 'incr')
 
 
-def file_sha256(path):
+def fd_sha256(fd):
+    """sha256 of everything in an open file (read with pread, so the file position does not matter)."""
     digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        while True:
-            chunk = handle.read(HASH_CHUNK)
-            if not chunk:
-                return digest.hexdigest()
-            digest.update(chunk)
+    offset = 0
+    while True:
+        chunk = os.pread(fd, HASH_CHUNK, offset)
+        if not chunk:
+            return digest.hexdigest()
+        digest.update(chunk)
+        offset += len(chunk)
+
+
+def file_sha256(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return fd_sha256(fd)
+    finally:
+        os.close(fd)
 
 
 class Repository:

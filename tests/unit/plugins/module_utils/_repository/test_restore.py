@@ -400,7 +400,7 @@ def _replace_like_prune(repo_dir, point_id):
 
 def test_a_point_file_replaced_while_opening_is_retried(repository, tmp_path, monkeypatch):
     repo_dir, ids, expected = repository
-    real = restore._fd_sha256
+    real = restore.fd_sha256
     calls = []
 
     def racing_sha256(fd):
@@ -408,7 +408,7 @@ def test_a_point_file_replaced_while_opening_is_retried(repository, tmp_path, mo
         if len(calls) == 1:  # prune replaces the full after the restore hashed the pinned (old) file
             _replace_like_prune(repo_dir, ids[0])
         return real(fd)
-    monkeypatch.setattr(restore, '_fd_sha256', racing_sha256)
+    monkeypatch.setattr(restore, 'fd_sha256', racing_sha256)
     with restore.RestoreSource(repo_dir) as source:
         assert source.verified
         dest = str(tmp_path / 'raced.raw')
