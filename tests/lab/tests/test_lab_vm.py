@@ -15,6 +15,17 @@ def disks(api, vm):
     return result
 
 
+def test_default_lab_has_only_the_two_seeded_vms(api):
+    """Without --extra-vms / --vm-tags the inventory is exactly docs/lab.md's (no lab-vm-NN, no tags)."""
+    vms = dict((r['name_label'], r) for r in api.VM.get_all_records().values() if not r['is_a_snapshot'])
+    assert sorted(vms) == ['Control domain on host: lab-host-1', 'demo-vm', 'other-vm']
+    assert [r['domid'] for r in (vms['demo-vm'], vms['other-vm'])] == ['1', '2']
+    assert all(r['tags'] == [] for r in vms.values())
+    vdis = sorted(r['name_label'] for r in api.VDI.get_all_records().values() if not r['is_a_snapshot'])
+    assert vdis == ['demo-vm-disk0', 'demo-vm-disk1', 'lab-tools.iso', 'other-vm-scratch']
+    assert api.VM.get_by_name_label('lab-vm-01') == []
+
+
 def test_vbds_link_disks_to_vms(api):
     demo = api.VM.get_by_name_label('demo-vm')[0]
     records = disks(api, demo)
@@ -86,3 +97,24 @@ def test_vdi_create_and_vbd_for_restore(lab, api, failure):
     assert api.VBD.get_VDI(vbd) == vdi and api.VBD.get_currently_attached(vbd) is False
     api.VBD.destroy(vbd)
     api.VDI.destroy(vdi)
+
+
+def test_snapshots_do_not_share_maps_or_tags_with_their_origin(api):
+    demo = api.VM.get_by_name_label('demo-vm')[0]
+    disk1 = api.VDI.get_by_name_label('demo-vm-disk1')[0]
+    api.VM.add_tags(demo, 'before')
+    api.VDI.add_to_other_config(disk1, 'before', '1')
+    snap_vm = api.VM.snapshot(demo, 'copies')
+    snap1 = disks(api, snap_vm)['1']['VDI']
+    assert api.VM.get_tags(snap_vm) == ['before'] and api.VDI.get_other_config(snap1) == {'before': '1'}
+    api.VM.add_tags(demo, 'after')
+    api.VDI.add_to_other_config(disk1, 'after', '1')
+    assert api.VM.get_tags(snap_vm) == ['before'] and api.VDI.get_other_config(snap1) == {'before': '1'}
+    api.VM.remove_tags(demo, 'before')
+    api.VM.remove_tags(demo, 'after')
+    api.VDI.remove_from_other_config(disk1, 'before')
+    api.VDI.remove_from_other_config(disk1, 'after')
+    vdis = [r['VDI'] for r in disks(api, snap_vm).values()]
+    api.VM.destroy(snap_vm)
+    for vdi in vdis:
+        api.VDI.destroy(vdi)

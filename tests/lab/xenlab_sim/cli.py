@@ -37,6 +37,37 @@ def size_arg(text):
     return size
 
 
+def extra_vms_arg(text):
+    from .inventory import MAX_EXTRA_VMS  # pylint: disable=import-outside-toplevel
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a number: %s' % text) from None
+    if not 0 <= count <= MAX_EXTRA_VMS:
+        raise argparse.ArgumentTypeError('must be 0..%d: %s' % (MAX_EXTRA_VMS, text))
+    return count
+
+
+def vm_tags_arg(text):
+    """NAME=TAG[,TAG...] -> (NAME, [TAG, ...])."""
+    name, sep, tags = text.partition('=')
+    name = name.strip()
+    tags = [t.strip() for t in tags.split(',')]
+    if not sep or not name or not all(tags):
+        raise argparse.ArgumentTypeError('expected NAME=TAG[,TAG...] with non-empty names and tags: %s' % text)
+    return name, tags
+
+
+def check_vm_tags(opts):
+    """Every --vm-tags NAME must be a seeded VM (checked before anything is started)."""
+    from .inventory import vm_names  # pylint: disable=import-outside-toplevel
+    known = vm_names(opts.extra_vms)
+    unknown = sorted(set(name for name, _tags in opts.vm_tags or ()) - set(known))
+    if unknown:
+        raise SystemExit('xenlab: --vm-tags: no seeded VM named %s (seeded: %s)'
+                         % (', '.join(repr(n) for n in unknown), ', '.join(known)))
+
+
 def lab_file(directory):
     return os.path.join(os.path.abspath(directory), 'lab.json')
 
@@ -76,6 +107,7 @@ def ours(pid, directory):
 # ----- start / stop ------------------------------------------------------------------------------
 
 def cmd_start(opts):
+    check_vm_tags(opts)
     directory = os.path.abspath(opts.dir)
     os.makedirs(directory, exist_ok=True)
     path = lab_file(directory)
@@ -114,7 +146,10 @@ def serve_args(opts, directory):
             '--tls-policy', opts.tls_policy, '--nbd-purpose', opts.nbd_purpose,
             '--disk0-size', str(opts.disk0_size), '--disk1-size', str(opts.disk1_size),
             '--other-disk-size', str(opts.other_disk_size), '--auth-failure-delay', str(opts.auth_failure_delay),
-            '--api-port', str(opts.api_port), '--nbd-port', str(opts.nbd_port)]
+            '--api-port', str(opts.api_port), '--nbd-port', str(opts.nbd_port),
+            '--extra-vms', str(opts.extra_vms), '--extra-vm-disk-size', str(opts.extra_vm_disk_size)]
+    # One NAME=TAG,TAG argument each, attached with '=' so a value starting with '-' stays a value.
+    args.extend('--vm-tags=%s=%s' % (name, ','.join(tags)) for name, tags in opts.vm_tags or ())
     if opts.ca_signed:
         args.append('--ca-signed')
     return args
@@ -207,6 +242,12 @@ def add_start_options(parser, internal=False):
     parser.add_argument('--other-disk-size', type=size_arg, default=64 << 20)
     parser.add_argument('--auth-failure-delay', type=float, default=5.0,
                         help='seconds a failed login waits, like xapi (default 5)')
+    parser.add_argument('--extra-vms', type=extra_vms_arg, default=0, metavar='N',
+                        help='also seed N running VMs lab-vm-01 .. lab-vm-NN with one disk each (default 0)')
+    parser.add_argument('--extra-vm-disk-size', type=size_arg, default=16 << 20, metavar='SIZE',
+                        help='size of each lab-vm-NN-disk0 (default 16M)')
+    parser.add_argument('--vm-tags', type=vm_tags_arg, action='append', default=[], metavar='NAME=TAG[,TAG]',
+                        help='tags of a seeded VM at start (repeatable)')
 
 
 def parser():

@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The seeded pool: one host, two networks, a CBT-capable SR, an ISO SR and two VMs."""
+"""The seeded pool: one host, two networks, a CBT-capable SR, an ISO SR, two VMs (and optionally more)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -10,6 +10,11 @@ __metaclass__ = type
 MIB = 1024 * 1024
 HOSTNAME = 'lab-host-1'
 ADDRESS = '127.0.0.1'
+CONTROL_DOMAIN = 'Control domain on host: ' + HOSTNAME
+# --extra-vms: lab-vm-01 .. lab-vm-99, each with one disk of sizes['extra'] bytes.
+MAX_EXTRA_VMS = 99
+EXTRA_VM_DISK_SIZE = 16 * MIB
+BLOCK = 64 * 1024  # a CBT block
 
 # An EXT (file-based VHD) SR: SM advertises VDI_CONFIG_CBT, so xapi lists the CBT operations.
 CBT_SR_OPERATIONS = ['vdi_enable_cbt', 'vdi_disable_cbt', 'vdi_data_destroy', 'vdi_list_changed_blocks',
@@ -20,8 +25,32 @@ ISO_SR_OPERATIONS = ['vdi_introduce', 'vdi_destroy', 'scan', 'forget', 'plug', '
                      'pbd_create', 'pbd_destroy', 'destroy']
 
 
-def seed(lab, sizes, data_seed=1):
-    """Create the inventory described in docs/lab.md. ``sizes``: disk0, disk1, other (bytes)."""
+def extra_vm_name(number):
+    return 'lab-vm-%02d' % number
+
+
+def vm_names(extra_vms=0):
+    """name_label of every VM seed() creates with ``extra_vms`` extra VMs."""
+    return [CONTROL_DOMAIN, 'demo-vm', 'other-vm'] + [extra_vm_name(n) for n in range(1, extra_vms + 1)]
+
+
+def extra_disk_data(number, size):
+    """Where lab-vm-NN's disk holds data: [(offset, seed)] for the 64 KiB blocks 0, NN and the last one
+    (indices modulo the block count; a short last block is filled only up to the disk's end). Each piece
+    is guest_bytes(min(BLOCK, size - offset), seed) with seed = 1000 * NN + k; the rest is zeros."""
+    blocks = -(-size // BLOCK)
+    indices = sorted(set((0, number % blocks, blocks - 1)))
+    return [(i * BLOCK, 1000 * number + k) for k, i in enumerate(indices)]
+
+
+def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=()):
+    """Create the inventory described in docs/lab.md. ``sizes``: disk0, disk1, other and (optional) extra
+    (bytes); ``extra_vms``: how many lab-vm-NN to add; ``vm_tags``: [(VM name_label, [tag, ...])]."""
+    if not 0 <= extra_vms <= MAX_EXTRA_VMS:
+        raise ValueError('extra_vms must be 0..%d' % MAX_EXTRA_VMS)
+    unknown = sorted(set(name for name, _tags in vm_tags) - set(vm_names(extra_vms)))
+    if unknown:
+        raise ValueError('no seeded VM named %s' % ', '.join(unknown))
     store = lab.store
     host = store.create('host', name_label=HOSTNAME, hostname=HOSTNAME, address=ADDRESS,
                         software_version={'product_brand': 'XCP-ng', 'product_version': '8.3.0',
@@ -29,7 +58,7 @@ def seed(lab, sizes, data_seed=1):
                         API_version_major=2, API_version_minor=21,
                         license_params={'restrict_cbt': 'false'}, edition='xcp-ng')
     store.create('pool', name_label='lab-pool', master=host)
-    dom0 = store.create('VM', name_label='Control domain on host: ' + HOSTNAME, is_control_domain=True,
+    dom0 = store.create('VM', name_label=CONTROL_DOMAIN, is_control_domain=True,
                         power_state='Running', resident_on=host, domid=0)
     store.set('host', host, control_domain=dom0)
 
@@ -72,7 +101,26 @@ def seed(lab, sizes, data_seed=1):
     other = store.create('VM', name_label='other-vm', power_state='Running', resident_on=host, domid=2)
     scratch = disk(local, 'other-vm-scratch', sizes['other'], on_boot='reset')
     attach(other, scratch, 0, True)
-    return {'host': host, 'local_sr': local, 'iso_sr': iso, 'demo_vm': demo, 'other_vm': other}
+
+    extra = []
+    extra_size = sizes.get('extra', EXTRA_VM_DISK_SIZE)
+    for number in range(1, extra_vms + 1):
+        name = extra_vm_name(number)
+        vm = store.create('VM', name_label=name, power_state='Running', resident_on=host, domid=2 + number,
+                          memory_target=1073741824)
+        vdi = disk(local, name + '-disk0', extra_size)
+        path = lab.paths[store.raw('VDI', vdi)['uuid']]
+        for offset, piece_seed in extra_disk_data(number, extra_size):
+            lab.storage.write(path, offset, guest_bytes(min(BLOCK, extra_size - offset), piece_seed))
+        attach(vm, vdi, 0, True)
+        extra.append(vm)
+
+    for name, tags in vm_tags:
+        current = store.raw('VM', store.find('VM', name_label=name)[0])['tags']
+        for tag in tags:
+            if tag not in current:  # like VM.add_tags: a set, in the order given
+                current.append(tag)
+    return {'host': host, 'local_sr': local, 'iso_sr': iso, 'demo_vm': demo, 'other_vm': other, 'extra_vms': extra}
 
 
 def _fill_disk0(lab, vdi, size, data_seed):

@@ -44,7 +44,9 @@ class LabServer:
             'username': opts.username, 'password': opts.password, 'host_cert_pem': cert_pem,
             'subject': inventory.HOSTNAME, 'nbd_port': self.nbd_port, 'auth_failure_delay': opts.auth_failure_delay,
         })
-        inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size, 'other': opts.other_disk_size})
+        inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size, 'other': opts.other_disk_size,
+                                  'extra': opts.extra_vm_disk_size},
+                       extra_vms=opts.extra_vms, vm_tags=opts.vm_tags)
         self.api = self._api_server()
         self.control = self._control_server()
         self.front = NbdFront(self.root, self.nbd_port, self.paths['dir'], self.control_url, self.secret,

@@ -43,7 +43,9 @@ class Store:
         unknown = set(fields) - set(record)
         if unknown:
             raise ValueError('unknown %s fields: %s' % (cls, sorted(unknown)))
-        record.update(fields)
+        # Copies: a record never shares a list or map with its source (VM.snapshot copies the VM's
+        # tags and other_config; changing the VM's afterwards must not change the snapshot's).
+        record.update(copy.deepcopy(fields))
         if not record.get('uuid'):
             record['uuid'] = new_uuid()
         ref = new_ref()
