@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the collection: installs what is missing (scripts/bootstrap.sh), then
-#   1. pytest: unit tests and NBD interop tests against real servers (tests/unit),
-#      and the lab's contract tests (tests/lab/tests);
+#   1. pytest: unit tests and NBD interop tests against real servers (tests/unit), the lab's contract
+#      tests (tests/lab/tests), and the incremental_backup role end to end against the lab plus the
+#      README's demo (tests/e2e);
 #   2. ansible-test sanity and units from a real ansible_collections/xenserver/cbt_backup copy;
 #   3. ansible-lint (production profile), galaxy build, changelog lint;
 #   4. ansible-test integration: the modules in real playbooks against the XenServer lab.
@@ -25,6 +26,7 @@ run() {
 
 pytest_paths=(tests/unit)
 [ -d tests/lab/tests ] && pytest_paths+=(tests/lab/tests)
+[ -d tests/e2e ] && pytest_paths+=(tests/e2e)
 run "$PY" -m pytest -q -p no:cacheprovider "${pytest_paths[@]}"
 
 run bash scripts/ansible-checks.sh

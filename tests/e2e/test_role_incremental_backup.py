@@ -1,0 +1,250 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The incremental_backup role end to end: real ansible-playbook runs of the collection's playbooks
+against the XenServer lab (XenAPI simulator over HTTPS, nbdkit NBD front with TLS).
+
+One lab for the module; the tests run in file order and build on each other's state, like the
+nights of a backup schedule: a check-mode run, a first run over six VMs with one that cannot be
+snapshotted, incrementals, forced fulls, a lost anchor, a damaged repository, skipped disks, a
+point-in-time restore and a run with -vvv that must leak no secret.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, 'scripts', 'demo'))
+from lab_demo import LabPlaybooks, disk_modes, sha256  # noqa: E402 pylint: disable=wrong-import-position
+
+__metaclass__ = type
+
+EXTRA_VMS = 5
+TAGGED = ['lab-vm-%02d' % n for n in range(1, EXTRA_VMS + 1)]
+
+
+def require_tools():
+    missing = [tool for tool in ('nbdkit', 'qemu-img') if not shutil.which(tool)]
+    if missing:
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail('required tools missing: %s' % ', '.join(missing))
+        pytest.skip('tools missing: %s' % ', '.join(missing))
+
+
+@pytest.fixture(scope='module')
+def lab(tmp_path_factory):
+    require_tools()
+    workdir = str(tmp_path_factory.mktemp('role'))
+    lab_args = ['--extra-vms', str(EXTRA_VMS), '--auth-failure-delay', '0']
+    for name in TAGGED:
+        lab_args += ['--vm-tags', '%s=nightly' % name]
+    instance = LabPlaybooks(workdir, lab_args=lab_args,
+                            host_vars={'incremental_backup_vm_tags': ['nightly'],
+                                       'incremental_backup_vms': ['other-vm'],
+                                       # 8 connections per disk: waves of 2 disks, 16 connections at most,
+                                       # which is exactly the lab's NBD limit.
+                                       'incremental_backup_connections': 8},
+                            verbose=False)
+    instance.state = {}
+    yield instance
+    instance.stop()
+
+
+def task_output(out, title):
+    """What every run of the tasks whose name contains title printed (a task runs once per wave)."""
+    bodies = []
+    for part in out.split('\nTASK [')[1:]:
+        header, _, body = part.partition('\n')
+        if title in header:
+            bodies.append(body)
+    return '\n'.join(bodies)
+
+
+def snapshots_of(lab, name):
+    """Snapshot records of the disk called name."""
+    return [r for r in lab.vdis().values() if r['is_a_snapshot'] and r['name_label'] == name]
+
+
+def data_bearing_snapshots(lab):
+    return sorted(r['name_label'] for r in lab.vdis().values() if r['is_a_snapshot'] and r['type'] != 'cbt_metadata')
+
+
+def disk_uuid(lab, name):
+    return [u for u, r in lab.vdis().items() if r['name_label'] == name and not r['is_a_snapshot']][0]
+
+
+def test_check_mode_plans_and_changes_nothing(lab):
+    before = lab.vdis()
+    rc, out = lab.playbook('backup', options=['--check'], check=False)
+    # Check mode already finds out that other-vm's disk (on_boot=reset) cannot get CBT.
+    assert rc != 0
+    assert 'other-vm-scratch (enable_cbt)' in out and 'on_boot=reset' in out
+    assert out.count('full (FIRST_BACKUP) planned') == EXTRA_VMS
+    assert lab.vdis().keys() == before.keys()
+    assert not any(r['cbt_enabled'] for r in lab.vdis().values())
+    assert lab.repositories() == []
+    assert lab.reports() == []
+
+
+def test_first_run_backs_up_the_good_vms_and_reports_the_bad_one(lab):
+    rc, out = lab.playbook('backup', check=False)
+    assert rc != 0, 'other-vm cannot be snapshotted (on_boot=reset disk): the play must fail after the report'
+    assert 'other-vm-scratch (enable_cbt)' in out
+    report = lab.reports()[-1]
+    modes = disk_modes(report)
+    for name in TAGGED:
+        assert modes[name + '-disk0'] == ('full', 'FIRST_BACKUP', 'ok')
+    assert modes['other-vm-scratch'][2] == 'failed'
+    vms = dict((vm['name'], vm) for vm in report['vms'])
+    assert vms['other-vm']['status'] == 'failed'
+    assert vms['other-vm']['disks'][0]['step'] == 'enable_cbt'
+    assert 'on_boot=reset' in vms['other-vm']['disks'][0]['error']
+    # The VM snapshot was still tried (a full backup is better than none) and failed as well.
+    snapshot_failure = [f for f in report['failures'] if f['step'] == 'snapshot']
+    assert len(snapshot_failure) == 1 and 'on_boot=reset' in snapshot_failure[0]['msg']
+    assert report['totals']['failed'] == 1 and report['totals']['ok'] == EXTRA_VMS
+    # Every snapshot left on the host is a CBT anchor, one per backed-up disk.
+    assert data_bearing_snapshots(lab) == []
+    for name in TAGGED:
+        anchors = snapshots_of(lab, name + '-disk0')
+        assert len(anchors) == 1 and anchors[0]['type'] == 'cbt_metadata'
+    assert len(lab.repositories()) == EXTRA_VMS
+    # Remember what lab-vm-03 held at the first backup, for the point-in-time restore below.
+    disk = disk_uuid(lab, 'lab-vm-03-disk0')
+    lab.state['first_run'] = {'hash': sha256(lab.vdi_file(disk)), 'time': report['finished']}
+
+
+def test_second_run_is_incremental_and_reads_only_the_changed_blocks(lab):
+    lab.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 8,
+                         'incremental_backup_spot_check': 4})
+    disk = disk_uuid(lab, 'lab-vm-03-disk0')
+    lab.guest_write(disk, 1 << 20, 128 << 10, 7)
+    rc, out = lab.playbook('backup')
+    # The spot check re-read blocks of every new snapshot before it was reduced to CBT metadata.
+    spot = task_output(out, 'Compare random blocks')
+    assert spot.count('ok: [lab-pool] => (item=') == EXTRA_VMS, spot
+    report = lab.reports()[-1]
+    modes = disk_modes(report)
+    assert set(modes.values()) == {('incremental', 'CHAIN_OK', 'ok')}
+    read = dict((d['vdi_name'], d['bytes_read']) for vm in report['vms'] for d in vm['disks'])
+    assert read.pop('lab-vm-03-disk0') == 128 << 10
+    assert set(read.values()) == {0}
+    for vm in report['vms']:
+        assert vm['disks'][0]['points_kept'] == 2
+    assert data_bearing_snapshots(lab) == []
+
+
+def test_full_every_forces_a_full_backup(lab):
+    lab.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 8,
+                         'incremental_backup_full_every': {'incrementals': 1}})
+    lab.playbook('backup')
+    modes = disk_modes(lab.reports()[-1])
+    assert set(modes.values()) == {('full', 'FULL_EVERY_INCREMENTALS', 'ok')}
+
+
+def test_lost_anchor_and_damaged_repository(lab):
+    lab.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 8,
+                         'incremental_backup_fail_on_error': False})
+    # Someone destroyed the anchor of lab-vm-01; the repository of lab-vm-02 lost its manifest's integrity.
+    session = lab.xenapi()
+    try:
+        anchor = snapshots_of(lab, 'lab-vm-01-disk0')[0]
+        session.xenapi.VDI.destroy(session.xenapi.VDI.get_by_uuid(anchor['uuid']))
+    finally:
+        session.xenapi.session.logout()
+    damaged = [r for r in lab.repositories() if disk_uuid(lab, 'lab-vm-02-disk0') in r][0]
+    with open(os.path.join(damaged, 'manifest.json'), 'w') as handle:
+        handle.write('{"format": "xenserver.cbt_backup repository", "points": [')
+    anchor_02 = snapshots_of(lab, 'lab-vm-02-disk0')[0]['uuid']
+
+    rc, out = lab.playbook('backup', check=False)
+    assert rc == 0, 'fail_on_error is false: failures only go into the report\n' + out[-3000:]
+    report = lab.reports()[-1]
+    modes = disk_modes(report)
+    assert modes['lab-vm-01-disk0'] == ('full', 'ANCHOR_MISSING', 'ok')
+    assert modes['lab-vm-02-disk0'][:2] == ('full', 'REPOSITORY_DAMAGED')
+    assert modes['lab-vm-02-disk0'][2] == 'failed'
+    for name in TAGGED[2:]:
+        assert modes[name + '-disk0'] == ('incremental', 'CHAIN_OK', 'ok')
+    # The failed disk's new snapshot is gone and its previous anchor is kept for the next run.
+    assert data_bearing_snapshots(lab) == []
+    assert [s['uuid'] for s in snapshots_of(lab, 'lab-vm-02-disk0')] == [anchor_02]
+
+
+def test_skipped_disks_are_not_snapshotted(lab):
+    lab.write_inventory({'incremental_backup_vms': ['demo-vm'], 'incremental_backup_skip_disks': ['demo-vm-disk1']})
+    lab.playbook('backup')
+    modes = disk_modes(lab.reports()[-1])
+    assert modes == {'demo-vm-disk0': ('full', 'FIRST_BACKUP', 'ok'), 'demo-vm-disk1': ('skip', 'SKIPPED', 'skipped')}
+    assert snapshots_of(lab, 'demo-vm-disk1') == []
+    assert len(snapshots_of(lab, 'demo-vm-disk0')) == 1
+
+
+def test_point_in_time_restore(lab):
+    before = set(lab.vdis())
+    lab.playbook('restore', {'incremental_backup_restore_vm': 'lab-vm-03', 'incremental_backup_restore_sr': 'Local storage',
+                             'incremental_backup_restore_point': lab.state['first_run']['time'].rstrip('Z')})
+    new = [u for u in set(lab.vdis()) - before]
+    assert len(new) == 1
+    restored = lab.vdi_file(new[0])
+    assert sha256(restored) == lab.state['first_run']['hash'], 'the restore must give the disk as it was at the first run'
+    # The newest point is the disk as it is now.
+    before = set(lab.vdis())
+    lab.playbook('restore', {'incremental_backup_restore_vm': 'lab-vm-03', 'incremental_backup_restore_sr': 'Local storage',
+                             'incremental_backup_restore_name_suffix': ' (latest)'})
+    new = [u for u in set(lab.vdis()) - before]
+    source = lab.vdi_file(disk_uuid(lab, 'lab-vm-03-disk0'))
+    compare = subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F', 'raw', source, lab.vdi_file(new[0])],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+    assert compare.returncode == 0, compare.stdout
+
+
+def test_restore_of_an_unknown_vm_says_so(lab):
+    rc, out = lab.playbook('restore', {'incremental_backup_restore_vm': 'no-such-vm',
+                                       'incremental_backup_restore_sr': 'Local storage'}, check=False)
+    assert rc != 0
+    assert "No backup of the VM 'no-such-vm'" in out
+
+
+def test_verify_playbook_finds_the_damaged_repository(lab):
+    lab.write_inventory({'incremental_backup_vms': ['demo-vm']})
+    rc, out = lab.playbook('verify')
+    assert 'all 1 restore points of' in out
+    lab.write_inventory({})
+    rc, out = lab.playbook('verify', check=False)
+    assert rc != 0
+    assert 'repositories failed verification' in out
+    assert 'manifest' in out
+
+
+def test_no_secret_in_output_reports_or_repositories(lab):
+    session = lab.xenapi()
+    try:
+        ref = session._session  # pylint: disable=protected-access
+        lab.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 8,
+                             'incremental_backup_fail_on_error': False, 'incremental_backup_session_id': ref})
+        rc, out = lab.playbook('backup', options=['-vvv'], check=False)
+        assert rc == 0, out[-3000:]
+        # The role used the given session and did not log it out.
+        assert session.xenapi.VM.get_all()
+    finally:
+        session.xenapi.session.logout()
+    secrets = [lab.lab['password'], ref, ref.split(':', 1)[1]]
+    files = [p for p in glob.glob(os.path.join(lab.workdir, '**'), recursive=True)
+             if os.path.isfile(p) and not p.startswith(lab.lab_dir) and not os.path.basename(p).startswith('extra-vars')
+             and not p.endswith('inventory.yml')]
+    for path in files + ['<output>']:
+        if path == '<output>':
+            text = out
+        else:
+            with open(path, 'rb') as handle:
+                text = handle.read().decode('latin-1')
+        for secret in secrets:
+            assert secret not in text, 'a secret appears in %s' % path
+    assert os.listdir(os.path.join(lab.workdir, 'async')) == [], 'async status files must be cleaned up'
