@@ -112,25 +112,45 @@ def snapshot_vdi(client, ident, check_mode=False):
     return {'changed': True, 'snapshots': snapshots, 'warnings': _no_cbt_warnings(snapshots)}
 
 
-def snapshot_vm(client, ident, check_mode=False):
+def skip_matches(record, skip_disks):
+    """The entries of ``skip_disks`` that name the VDI ``record``: its uuid (any case) or its name."""
+    return [entry for entry in skip_disks or ()
+            if entry == record['name_label'] or str(entry).lower() == record['uuid'].lower()]
+
+
+def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
     """Snapshot all user disks of a VM at one point in time; keep the disk snapshots, drop the VM record.
 
     VM.snapshot captures every disk at once. The snapshot VM's VBDs would make a later VDI.data_destroy
     fail with VDI_IN_USE, so the snapshot VM is destroyed: VM.destroy removes the VM and its VBDs, never
     its VDIs.
+
+    ``skip_disks``: uuids or names of disks to leave out (VM.snapshot's ignore_vdis); entries that name no
+    disk of this VM are ignored. When every disk is left out, nothing is snapshotted and nothing changes.
     """
     vm_ref, vm_record = find_vm(client, ident)
     disks = vm_disks(client, vm_ref, vm_record)
     if not disks:
         raise XenApiError('the VM %s (%s) has no user disks to snapshot' % (vm_record['name_label'], vm_record['uuid']),
                           code='NO_DISKS')
+    skipped = [(ref, record) for ref, record, dummy in disks if skip_matches(record, skip_disks)]
+    skipped_refs = [ref for ref, dummy in skipped]
+    disks = [disk for disk in disks if disk[0] not in skipped_refs]
+    result = {'vm': vm_record['uuid'], 'skipped_disks': [record['uuid'] for dummy, record in skipped]}
+    if not disks:
+        result.update(changed=False, snapshots=[], warnings=[])
+        return result
     if check_mode:
         snapshots = [describe_planned(ref, record) for ref, record, dummy in disks]
-        return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'],
-                'warnings': _no_cbt_warnings(snapshots)}
+        result.update(changed=True, snapshots=snapshots, warnings=_no_cbt_warnings(snapshots))
+        return result
 
     disk_order = dict((ref, n) for n, (ref, dummy, dummy2) in enumerate(disks))
-    snap_vm = client.call('VM.snapshot', vm_ref, VM_SNAPSHOT_NAME % vm_record['name_label'])
+    name = VM_SNAPSHOT_NAME % vm_record['name_label']
+    if skipped_refs:
+        snap_vm = client.call('VM.snapshot', vm_ref, name, skipped_refs)
+    else:
+        snap_vm = client.call('VM.snapshot', vm_ref, name)
     snapshots = []
     try:
         snap_vm_record = client.call('VM.get_record', snap_vm)
@@ -157,7 +177,8 @@ def snapshot_vm(client, ident, check_mode=False):
     warnings = _no_cbt_warnings(snapshots)
     if missing:
         warnings.append('VM.snapshot made no snapshot of the disk(s) %s' % ', '.join(missing))
-    return {'changed': True, 'snapshots': snapshots, 'vm': vm_record['uuid'], 'warnings': warnings}
+    result.update(changed=True, snapshots=snapshots, warnings=warnings)
+    return result
 
 
 def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):

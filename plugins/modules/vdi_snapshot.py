@@ -17,9 +17,10 @@ description:
     can be listed with M(xenserver.cbt_backup.vdi_changed_blocks).
   - For O(vm), all disks are captured at one point in time with C(VM.snapshot). The snapshot VM record is then
     destroyed, which removes its VBDs but keeps its disk snapshots, so the snapshots cannot block
-    C(VDI.data_destroy) later.
+    C(VDI.data_destroy) later. Disks named in O(skip_disks) are left out (C(VM.snapshot)'s C(ignore_vdis)).
   - O(state=present) is not idempotent by nature; every run takes a new snapshot and reports a change. Check mode
-    reports which disks would be snapshotted without taking a snapshot.
+    reports which disks would be snapshotted without taking a snapshot. When O(skip_disks) leaves out every disk of
+    the VM, no snapshot is taken and nothing changes.
   - With O(state=metadata_only), runs C(VDI.data_destroy) on the snapshot O(vdi) after it was exported; its data is
     deleted and its CBT metadata kept (its type becomes C(cbt_metadata)), so it can serve as the base of the next
     incremental backup at almost no storage cost. A snapshot that is already C(cbt_metadata) is no change.
@@ -53,6 +54,15 @@ options:
       - Only with O(state=present).
       - Mutually exclusive with O(vdi).
     type: str
+  skip_disks:
+    description:
+      - With O(vm), disks of the VM to leave out of the snapshot, by VDI uuid or by VDI name (the disk's name, not
+        the VBD's device).
+      - Entries that name no disk of the VM are ignored, so one list can serve several VMs.
+      - Only with O(vm).
+    type: list
+    elements: str
+    default: []
   state:
     description:
       - V(present) takes a snapshot.
@@ -93,6 +103,15 @@ EXAMPLES = r'''
     username: backup
     password: "{{ vault_xenserver_password }}"
     vm: web01
+  register: snap
+
+- name: Snapshot a VM's disks except its scratch disk
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vm: web01
+    skip_disks:
+      - web01-scratch
   register: snap
 
 - name: Snapshot one disk, by uuid
@@ -167,6 +186,14 @@ vm:
   type: str
   returned: O(vm) is given
   sample: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f
+skipped_disks:
+  description:
+    - The uuids of the VM's disks that O(skip_disks) left out, in the VM's disk order (empty when none was).
+    - When it lists every disk of the VM, RV(snapshots) is empty and nothing changed.
+  type: list
+  elements: str
+  returned: O(vm) is given
+  sample: [2c9d7e1f-3b4a-4c5d-8e6f-7a8b9c0d1e2f]
 attempts:
   description: How many times C(VDI.data_destroy) was called (0 when there was nothing to do, or in check mode).
   type: int
@@ -188,6 +215,7 @@ def main():
             state=dict(type='str', choices=['present', 'metadata_only', 'absent'], default='present'),
             retries=dict(type='int', default=10),
             delay=dict(type='float', default=2),
+            skip_disks=dict(type='list', elements='str', default=[]),
         ),
         mutually_exclusive=[('vdi', 'vm')],
         required_one_of=[('vdi', 'vm')],
@@ -197,6 +225,8 @@ def main():
     params = module.params
     if params['retries'] < 0 or params['delay'] < 0:
         module.fail_json(msg='retries and delay must not be negative')
+    if params['skip_disks'] and not params['vm']:
+        module.fail_json(msg='skip_disks leaves disks out of a VM snapshot: it needs vm (with state=present)')
 
     def action(client):
         check_mode = module.check_mode
@@ -208,7 +238,8 @@ def main():
         if params['vdi']:
             return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
         try:
-            return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode)
+            return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode,
+                                             skip_disks=params['skip_disks'])
         except _snapshot_ops.PartialSnapshotError as exc:
             # fail_json exits here; the client is still logged out by _xenapi_module.run.
             _xenapi_module.fail(module, exc, changed=True, snapshots=exc.snapshots)
