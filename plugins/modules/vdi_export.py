@@ -108,6 +108,8 @@ options:
       - Without O(base) or O(changed_blocks) the point is a full backup; with them, an incremental on top of the
         newest point. With O(base), the repository's CBT anchor (the snapshot of its newest point) must be O(base),
         otherwise the export is refused and a full backup is needed.
+      - With O(snapshot), the manifest also records the disk the snapshot was taken of and the VM that uses it
+        (C(vm_uuid), C(vm_name), C(userdevice); null when no VM uses the disk).
       - See the repository format in C(docs/repository.md).
     type: path
 requirements:
@@ -212,6 +214,17 @@ point:
   returned: success with O(repository), not in check mode
   sample: {id: 20261125T140233Z-incr, type: incremental, file: 20261125T140233Z-incr.qcow2, parent: 20261124T140101Z-full,
            snapshot_uuid: 3f4e..., virtual_size: 268435456, blocks: 12, bytes: 786432, sha256: 9b1c..., blocks_digest: 77aa...}
+repository:
+  description: The absolute path of O(repository).
+  type: str
+  returned: with O(repository)
+  sample: /backups/8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f/5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10
+recovered:
+  description:
+    - An interrupted M(xenserver.cbt_backup.backup_prune) that this run finished or rolled back before exporting.
+  type: dict
+  returned: with O(repository), when there was such a prune to finish or roll back
+  sample: {action: finished, point: 20261125T140233Z-incr, deleted: [20261124T140101Z-full.qcow2]}
 point_type:
   description: C(full) or C(incremental).
   type: str
@@ -296,14 +309,14 @@ def check_params(module):
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.')
 
 
-def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None):
+def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None):
     params = module.params
     target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=module.check_mode)
     if params['repository']:
         result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
-                                      base_uuid=base_uuid, **options)
+                                      base_uuid=base_uuid, disk=disk, **options)
     else:
         result = _export.export_to_file(target, params['dest'], changed_blocks=changed_blocks, **options)
     result['nbd_address'] = '%s:%s' % (nbd['address'], nbd.get('port') or 10809)
@@ -342,11 +355,44 @@ def export_snapshot(module, client):
         'name': snap['name_label'],
         'time': _iso(snap.get('snapshot_time')),
     }
-    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base['uuid'] if base else None)
+    disk = disk_user(client, snap['snapshot_of']) if params['repository'] else None
+    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base['uuid'] if base else None,
+                    disk=disk)
     result['snapshot'] = snap['uuid']
     if base is not None:
         result['base'] = base['uuid']
     return result
+
+
+def disk_user(client, disk_ref):
+    """``vm_uuid``, ``vm_name`` and ``userdevice`` of the VM that uses the disk (null when none does).
+
+    Snapshot VMs, templates and control domains (which plug disks for NBD or backups) do not count; a VM
+    whose VBD is plugged wins over one whose VBD is not, then the lowest VM uuid.
+    """
+    found = []
+    gone = ('HANDLE_INVALID', 'UUID_INVALID')
+    try:
+        vbd_refs = client.call('VDI.get_VBDs', disk_ref) if disk_ref and disk_ref != 'OpaqueRef:NULL' else []
+    except XenApiError as exc:
+        if exc.code not in gone:  # the disk is gone
+            raise
+        vbd_refs = []
+    for vbd_ref in vbd_refs:
+        try:
+            vbd = client.call('VBD.get_record', vbd_ref)
+            vm = client.call('VM.get_record', vbd['VM']) if vbd.get('type') == 'Disk' else None
+        except XenApiError as exc:
+            if exc.code not in gone:  # unplugged and destroyed meanwhile
+                raise
+            continue
+        if vm is None or vm['is_a_snapshot'] or vm['is_a_template'] or vm['is_control_domain']:
+            continue
+        found.append((not vbd.get('currently_attached'), vm['uuid'], vm['name_label'], vbd.get('userdevice')))
+    if not found:
+        return {'vm_uuid': None, 'vm_name': None, 'userdevice': None}
+    dummy, vm_uuid, vm_name, userdevice = sorted(found)[0]
+    return {'vm_uuid': vm_uuid, 'vm_name': vm_name, 'userdevice': userdevice}
 
 
 def _iso(value):

@@ -11,6 +11,8 @@ piece arrived the image is finished, fsynced and renamed, and only then added to
 
 from __future__ import absolute_import, division, print_function
 
+import time
+
 from .. import _export
 from . import retention
 from .qcow2 import Qcow2Writer
@@ -24,7 +26,9 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
 
     ``snapshot``: dict with the exported snapshot's ``uuid``, ``snapshot_of`` (disk uuid), ``name`` and
     ``time``, recorded in the manifest (the snapshot uuid becomes the CBT anchor).  ``base_uuid``: the
-    snapshot the bitmap was computed against; it must be the repository's anchor.
+    snapshot the bitmap was computed against; it must be the repository's anchor.  ``disk``: more facts
+    about the source disk for the manifest's ``disk`` (``vm_uuid``, ``vm_name``, ``userdevice`` of the VM
+    that uses it); they default to null.
     """
     snapshot = snapshot or {}
     kind = 'full' if changed_blocks is None else 'incremental'
@@ -55,6 +59,7 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                                       'take a full backup' % (size, parent['virtual_size']))
 
         def write(reader, extents, size):
+            started = time.monotonic()
             when = utc_now()
             ident, out = repo.new_point_file(kind, when)
             writer = Qcow2Writer(out.fd, size, backing_file=parent['file'] if kind == 'incremental' else None)
@@ -82,9 +87,13 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 'bytes': written.bytes_stored,
                 'blocks_digest': written.digest,
                 'bytes_read': stats.bytes_read,
+                # the whole export: reading, writing, finishing, fsync and rename of the image
+                'seconds': round(time.monotonic() - started, 3),
             }
-            repo.add_point(point, disk=disk or {'vdi_uuid': snapshot.get('snapshot_of'), 'name': snapshot.get('name'),
-                                                'virtual_size': size})
+            disk_facts = {'vdi_uuid': snapshot.get('snapshot_of'), 'name': snapshot.get('name'), 'virtual_size': size,
+                          'vm_uuid': None, 'vm_name': None, 'userdevice': None}
+            disk_facts.update(disk or {})
+            repo.add_point(point, disk=disk_facts)
             return stats, written.bytes_stored, {'point': point}
 
         result = _export.run_export(target, changed_blocks, write, check=check, **options)
