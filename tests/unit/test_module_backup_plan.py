@@ -1,0 +1,81 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""backup_plan, vdi_snapshot skip_disks and vdi_export's manifest facts, run by Ansible itself against the lab."""
+
+from __future__ import absolute_import, division, print_function
+
+import json
+import os
+
+import pytest
+
+from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
+
+__metaclass__ = type
+
+
+@pytest.fixture
+def lab(tmp_path):
+    # Function scope: ansible-test runs every test in a forked process (see test_xenapi.py).
+    instance = start_lab(tmp_path / 'lab')
+    yield instance
+    xenlab('stop', '--dir', instance.dir)
+
+
+def connection(lab):
+    return {'hostname': lab.info['url'], 'username': lab.info['username'], 'password': lab.info['password'],
+            'ca_path': lab.info['ca_cert']}
+
+
+def run(lab, name, args, tmp_path, check=False):
+    result, output = run_module(name, dict(connection(lab), **args), tmp_path, check=check)
+    assert lab.info['password'] not in output
+    return result
+
+
+def test_plan_snapshot_export_plan_through_ansible(lab, tmp_path):
+    root = str(tmp_path / 'backups')
+    assert run(lab, 'nbd_network', {'network': 'backup-net', 'purpose': 'nbd'}, tmp_path)['changed']
+    assert run(lab, 'vdi_cbt', {'vm': 'demo-vm', 'enabled': True}, tmp_path)['changed']
+
+    plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root, 'skip_disks': ['demo-vm-disk1'],
+                                    'full_every': {'incrementals': 6}}, tmp_path, check=True)
+    assert plan['failed'] is False and plan['changed'] is False, plan
+    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 1, 'incremental': 0, 'skip': 1}
+    disk0, disk1 = plan['vms'][0]['disks']
+    assert (disk0['mode'], disk0['reason_code'], disk1['mode'], disk1['reason_code']) == \
+        ('full', 'FIRST_BACKUP', 'skip', 'SKIPPED')
+
+    snap = run(lab, 'vdi_snapshot', {'vm': 'demo-vm', 'skip_disks': ['demo-vm-disk1']}, tmp_path)
+    assert snap['changed'] and snap['skipped_disks'] == [disk1['vdi_uuid']]
+    assert [s['snapshot_of'] for s in snap['snapshots']] == [disk0['vdi_uuid']]
+    snapshot = snap['snapshots'][0]['uuid']
+
+    exported = run(lab, 'vdi_export', {'snapshot': snapshot, 'repository': disk0['repository']}, tmp_path)
+    assert exported['failed'] is False, exported
+    assert exported['repository'] == disk0['repository']
+    with open(os.path.join(disk0['repository'], 'manifest.json')) as handle:
+        manifest = json.load(handle)
+    assert manifest['disk'] == {'vdi_uuid': disk0['vdi_uuid'], 'name': 'demo-vm-disk0',
+                                'virtual_size': disk0['virtual_size'], 'vm_uuid': plan['vms'][0]['uuid'],
+                                'vm_name': 'demo-vm', 'userdevice': '0'}
+    point = manifest['points'][0]
+    assert isinstance(point['seconds'], float) and 0 < point['seconds'] < 60
+    assert point['seconds'] == round(point['seconds'], 3)
+    assert exported['point']['seconds'] == point['seconds']
+
+    plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root}, tmp_path)
+    disk0 = plan['vms'][0]['disks'][0]
+    assert (disk0['mode'], disk0['reason_code'], disk0['base']) == ('incremental', 'CHAIN_OK', snapshot)
+
+
+def test_bad_arguments(lab, tmp_path):
+    for name, args, words in [
+        ('backup_plan', {'repository_root': str(tmp_path)}, 'no VM selected'),
+        ('backup_plan', {'vms': ['demo-vm'], 'repository_root': str(tmp_path), 'full_every': {'days': -1}},
+         'full_every.days must be 0 or more'),
+        ('backup_plan', {'tags': ['nobody-has-this'], 'repository_root': str(tmp_path)}, 'no VM carries any of the tags'),
+        ('vdi_snapshot', {'vdi': 'demo-vm-disk0', 'skip_disks': ['demo-vm-disk1']}, 'skip_disks'),
+    ]:
+        result = run(lab, name, args, tmp_path)
+        assert result['failed'] is True and words in result['msg'], result
