@@ -203,7 +203,9 @@ report:
               type: str
               sample: /backup/8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f/5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10
             mode:
-              description: C(full), C(incremental) or C(skip), from the plan.
+              description:
+                - C(full), C(incremental) or C(skip), from the plan; C(full) when the plan said incremental but the
+                  export found the CBT chain broken and took a full backup (its point records C(fallback_reason)).
               type: str
               sample: incremental
             reason:
@@ -211,7 +213,7 @@ report:
               type: str
               sample: the newest restore point's snapshot is the disk's CBT anchor
             reason_code:
-              description: Why, as a code (C(CHAIN_OK), C(FIRST_BACKUP), ...), from the plan.
+              description: Why, as a code (C(CHAIN_OK), C(FIRST_BACKUP), ...), from the plan; C(CHAIN_BROKEN) for such a fallback.
               type: str
               sample: CHAIN_OK
             status:

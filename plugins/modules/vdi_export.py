@@ -112,6 +112,16 @@ options:
         (C(vm_uuid), C(vm_name), C(userdevice); null when no VM uses the disk).
       - See the repository format in C(docs/repository.md).
     type: path
+  on_broken_chain:
+    description:
+      - With O(base), what to do when the changed blocks cannot be listed because the CBT chain between O(base) and
+        O(snapshot) is broken (CBT was disabled and re-enabled, the base lost its CBT metadata or was destroyed, the
+        storage backend calls the two unrelated).
+      - V(fail) fails with the reason. V(full) exports the whole disk instead (a full restore point with O(repository)),
+        which starts a new chain, and returns the reason in RV(fallback_reason) and a warning.
+    type: str
+    choices: [fail, full]
+    default: fail
 requirements:
   - cryptography >= 42 (when O(tls=true))
 notes:
@@ -236,6 +246,11 @@ cleaned_up:
   elements: str
   returned: with O(repository)
   sample: [.20261125T140233Z-incr.qcow2.partial-x1y2z3]
+fallback_reason:
+  description: Why the changed blocks could not be listed, when O(on_broken_chain=full) turned the export into a full one.
+  type: str
+  returned: when the export fell back to a full one
+  sample: the snapshots are unrelated for the storage backend, CBT was disabled and re-enabled in between
 nbd_address:
   description: Address and port the data was read from.
   type: str
@@ -250,7 +265,9 @@ reconnects:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
+    _changed_blocks_ops, _export, _nbd_access, _objects, _xenapi_module,
+)
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt import BitmapError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
@@ -287,6 +304,7 @@ def argument_spec():
         tls_ca_path=dict(type='path'),
         timeout=dict(type='float', default=60),
         retries=dict(type='int', default=3),
+        on_broken_chain=dict(type='str', default='fail', choices=['fail', 'full']),
     )
     return spec
 
@@ -336,16 +354,27 @@ def check_purpose(info, tls):
                           'talks TLS: remove tls: false' % where, code='NBD_TLS_REQUIRED')
 
 
+def changed_blocks_or_fallback(module, client, snap_ref, snap):
+    """The bitmap against ``base``, the base's uuid and None; or, when the CBT chain is broken and
+    on_broken_chain is full, (None, None, the reason) so that a full export starts a new chain."""
+    params = module.params
+    if params['on_broken_chain'] != 'full':
+        base_ref, base = _objects.find_vdi(client, params['base'], snapshot=True)
+        # Before any NBD connection: an open one makes list_changed_blocks fail with VDI_IN_USE.
+        return client.call('VDI.list_changed_blocks', base_ref, snap_ref), base['uuid'], None
+    listed = _changed_blocks_ops.list_changed_blocks(client, params['base'], snap['uuid'], allow_broken_chain=True)
+    if listed['chain_broken']:
+        return None, None, listed['chain_broken_reason']
+    return listed['bitmap'], listed['base']['uuid'], None
+
+
 def export_snapshot(module, client):
     """The snapshot form: everything the export needs comes from the XenAPI in this one session."""
     params = module.params
     snap_ref, snap = _objects.find_vdi(client, params['snapshot'], snapshot=True)
-    changed_blocks = None
-    base = None
+    changed_blocks = base_uuid = fallback_reason = None
     if params['base']:
-        base_ref, base = _objects.find_vdi(client, params['base'], snapshot=True)
-        # Before any NBD connection: an open one makes list_changed_blocks fail with VDI_IN_USE.
-        changed_blocks = client.call('VDI.list_changed_blocks', base_ref, snap_ref)
+        changed_blocks, base_uuid, fallback_reason = changed_blocks_or_fallback(module, client, snap_ref, snap)
     info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
     check_purpose(info, params['tls'])
     nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
@@ -356,11 +385,16 @@ def export_snapshot(module, client):
         'time': _iso(snap.get('snapshot_time')),
     }
     disk = disk_user(client, snap['snapshot_of']) if params['repository'] else None
-    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base['uuid'] if base else None,
-                    disk=disk)
+    if fallback_reason:
+        snapshot['fallback_reason'] = fallback_reason
+    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base_uuid, disk=disk)
     result['snapshot'] = snap['uuid']
-    if base is not None:
-        result['base'] = base['uuid']
+    if base_uuid is not None:
+        result['base'] = base_uuid
+    if fallback_reason:
+        result['fallback_reason'] = fallback_reason
+        module.warn('the CBT chain from %s is broken (%s): a full backup was taken instead, which starts a new chain'
+                    % (params['base'], fallback_reason))
     return result
 
 

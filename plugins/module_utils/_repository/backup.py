@@ -90,6 +90,9 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 # the whole export: reading, writing, finishing, fsync and rename of the image
                 'seconds': round(time.monotonic() - started, 3),
             }
+            if snapshot.get('fallback_reason'):
+                # a full point taken because the CBT chain was broken: the report says why
+                point['fallback_reason'] = snapshot['fallback_reason']
             disk_facts = {'vdi_uuid': snapshot.get('snapshot_of'), 'name': snapshot.get('name'), 'virtual_size': size,
                           'vm_uuid': None, 'vm_name': None, 'userdevice': None}
             disk_facts.update(disk or {})

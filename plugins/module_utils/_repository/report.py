@@ -105,6 +105,9 @@ def _throughput(bytes_read, seconds):
     return round(bytes_read / seconds / MIB, 1)
 
 
+CHAIN_BROKEN = 'CHAIN_BROKEN'
+
+
 # -- building ----------------------------------------------------------------------------------------
 
 def _disk_report(vm_uuid, disk, snapshots_by_disk, failures, warnings, report_failures, report_warnings):
@@ -154,6 +157,12 @@ def _disk_report(vm_uuid, disk, snapshots_by_disk, failures, warnings, report_fa
         entry['bytes_stored'] = _number(point.get('bytes'))
         entry['seconds'] = _number(point.get('seconds'))
         entry['throughput_mib_s'] = _throughput(entry['bytes_read'], entry['seconds'])
+        if point.get('fallback_reason') and entry['mode'] == 'incremental':
+            # planned as an incremental, but vdi_export found the CBT chain broken and took a full backup
+            entry['mode'] = 'full'
+            entry['reason_code'] = CHAIN_BROKEN
+            entry['reason'] = ('the CBT chain was broken (%s); a full backup was taken instead and starts a new chain'
+                               % _text(point.get('fallback_reason')))
     elif snapshot_uuids:
         entry['snapshot_uuid'] = snapshot_uuids[0]
 

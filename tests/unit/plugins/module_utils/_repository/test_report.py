@@ -33,7 +33,8 @@ DISK_SIZE = 4 * MIB
 
 # -- real repositories without an NBD server ---------------------------------------------------------
 
-def write_point(repo_dir, snapshot_uuid, disk_uuid='disk-0', blocks=4, seconds=0.25, bytes_read=None, seed=1):
+def write_point(repo_dir, snapshot_uuid, disk_uuid='disk-0', blocks=4, seconds=0.25, bytes_read=None, seed=1,
+                fallback_reason=None):
     """Add a real qcow2 restore point (full on an empty repository, else incremental) the way vdi_export does.
 
     ``seconds=None`` leaves the field out, like points written before it was recorded.
@@ -61,6 +62,8 @@ def write_point(repo_dir, snapshot_uuid, disk_uuid='disk-0', blocks=4, seconds=0
         }
         if seconds is not None:
             point['seconds'] = seconds
+        if fallback_reason:
+            point['fallback_reason'] = fallback_reason
         repo.add_point(point, disk={'vdi_uuid': disk_uuid, 'name': disk_uuid, 'virtual_size': DISK_SIZE,
                                     'vm_uuid': VM, 'vm_name': 'demo-vm', 'userdevice': '0'})
     assert_qcow2_clean(os.path.join(repo_dir, point['file']))
@@ -303,6 +306,17 @@ def test_points_without_seconds(tmp_path):
     assert a['bytes_read'] == DISK_SIZE and a['bytes_stored'] == 4 * K64
     assert report.summary_lines(result)[0] == \
         'demo-vm/demo-vm-disk-a (xvda 0): full (FIRST_BACKUP) ok  4.0 MiB read, 256.0 KiB stored, 1 point'
+
+
+def test_an_incremental_that_fell_back_to_a_full_says_why(tmp_path):
+    root = tmp_path / 'repo'
+    write_point(str(root / VM / 'disk-a'), 'snap-a1', 'disk-a', fallback_reason='CBT was disabled and re-enabled')
+    result = build([plan_vm([plan_disk(root, 'disk-a')])], snapshots=[snap('snap-a1', 'disk-a')])
+    a = disk_of(result, 'disk-a')
+    assert (a['mode'], a['reason_code'], a['status'], a['point_type']) == ('full', 'CHAIN_BROKEN', 'ok', 'full')
+    assert 'CBT was disabled and re-enabled' in a['reason']
+    assert result['totals']['full'] == 1 and result['totals']['incremental'] == 0
+    assert report.summary_lines(result)[0].startswith('demo-vm/demo-vm-disk-a (xvda 0): full (CHAIN_BROKEN) ok')
 
 
 def test_a_damaged_manifest(tmp_path):
