@@ -9,6 +9,7 @@
 * ``server_kind``: parametrised over ``SERVER_KINDS``; override with
   ``@pytest.mark.parametrize('server_kind', [...])``.
 * ``nbd_server``: a server of ``server_kind`` serving ``nbd_image`` as export ``vdisk0``.
+* ``lab``: a XenServer lab (tests/lab) of its own for the test; ``client``: an open XenApiClient logged in to it.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -20,6 +21,8 @@ from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers imp
     ServerFactory,
     make_disk_image,
 )
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi
+from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.pki import make_pki
 
 __metaclass__ = type
@@ -61,3 +64,19 @@ def pytest_configure(config):
     # ansible-test runs pytest with its own ini file, so the markers are registered here too.
     config.addinivalue_line('markers', 'interop: talks to a real NBD server started by the test')
     config.addinivalue_line('markers', 'slow: takes more than a few seconds')
+
+
+@pytest.fixture
+def lab(tmp_path):
+    # Function scope: ansible-test runs every test in a forked process, where a module-scoped lab would be
+    # started again in each fork and stopped only in the last one.
+    instance = start_lab(tmp_path / 'lab')
+    yield instance
+    xenlab('stop', '--dir', instance.dir)
+
+
+@pytest.fixture
+def client(lab):
+    with _xenapi.XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
+                              ca_path=lab.info['ca_cert'], timeout=30) as opened:
+        yield opened

@@ -6,20 +6,10 @@ from __future__ import absolute_import, division, print_function
 import json
 import os
 
-import pytest
 
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 
 __metaclass__ = type
-
-
-@pytest.fixture
-def lab(tmp_path):
-    # Function scope: ansible-test runs every test in a forked process (see test_xenapi.py).
-    instance = start_lab(tmp_path / 'lab')
-    yield instance
-    xenlab('stop', '--dir', instance.dir)
 
 
 def connection(lab):

@@ -20,7 +20,6 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 
 __metaclass__ = type
 
@@ -28,19 +27,9 @@ K64 = 64 * 1024
 
 
 @pytest.fixture
-def lab(tmp_path):
-    # Function scope: ansible-test runs every test in a forked process (see test_xenapi.py).
-    instance = start_lab(tmp_path / 'lab')
-    yield instance
-    xenlab('stop', '--dir', instance.dir)
-
-
-@pytest.fixture
-def client(lab):
-    with _xenapi.XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
-                              ca_path=lab.info['ca_cert'], timeout=30) as opened:
-        _network_ops.ensure_purpose(opened, 'backup-net', 'nbd')
-        yield opened
+def client(client):  # the conftest's client, with an NBD network
+    _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
+    return client
 
 
 @pytest.fixture

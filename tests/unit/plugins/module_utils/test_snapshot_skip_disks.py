@@ -6,24 +6,8 @@ from __future__ import absolute_import, division, print_function
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _objects, _snapshot_ops, _xenapi
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 
 __metaclass__ = type
-
-
-@pytest.fixture
-def lab(tmp_path):
-    # Function scope: ansible-test runs every test in a forked process (see test_xenapi.py).
-    instance = start_lab(tmp_path / 'lab')
-    yield instance
-    xenlab('stop', '--dir', instance.dir)
-
-
-@pytest.fixture
-def client(lab):
-    with _xenapi.XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
-                              ca_path=lab.info['ca_cert'], timeout=30) as opened:
-        yield opened
 
 
 def disks_of(client, vm):

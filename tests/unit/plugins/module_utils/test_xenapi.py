@@ -8,18 +8,8 @@ import threading
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _nbd_access, _objects, _xenapi
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 
 __metaclass__ = type
-
-
-@pytest.fixture
-def lab(tmp_path):
-    # Function scope: ansible-test runs every test in a forked process, where a module-scoped lab would be
-    # started again in each fork and stopped only in the last one.
-    instance = start_lab(tmp_path / 'lab')
-    yield instance
-    xenlab('stop', '--dir', instance.dir)
 
 
 def client_for(lab, **overrides):
