@@ -245,8 +245,6 @@ def run_demo(lab):
     step('9. Run reports (JSON files in %s)' % os.path.join(lab.backups, 'reports'))
     for number, report in enumerate(lab.reports(), 1):
         print('-- run %d' % number)
-        for line in report.get('summary') or []:
-            print('   ' + line)
         for vm in report['vms']:
             for d in vm['disks']:
                 print('   %-14s %-11s %-24s read %9d B  stored %9d B  %6s s  %s points'
@@ -255,7 +253,7 @@ def run_demo(lab):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n', maxsplit=1)[0])
     parser.add_argument('--workdir', help='directory to work in (default: a new temporary one)')
     parser.add_argument('--keep', action='store_true', help='keep the work directory (repositories, logs)')
     args = parser.parse_args()

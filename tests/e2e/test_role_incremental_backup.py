@@ -11,7 +11,6 @@ point-in-time restore and a run with -vvv that must leak no secret.
 from __future__ import absolute_import, division, print_function
 
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -60,7 +59,7 @@ def task_output(out, title):
     """What every run of the tasks whose name contains title printed (a task runs once per wave)."""
     bodies = []
     for part in out.split('\nTASK [')[1:]:
-        header, _, body = part.partition('\n')
+        header, dummy, body = part.partition('\n')
         if title in header:
             bodies.append(body)
     return '\n'.join(bodies)
@@ -199,7 +198,7 @@ def test_point_in_time_restore(lab):
     before = set(lab.vdis())
     lab.playbook('restore', {'incremental_backup_restore_vm': 'lab-vm-03', 'incremental_backup_restore_sr': 'Local storage',
                              'incremental_backup_restore_point': lab.state['first_run']['time'].rstrip('Z')})
-    new = [u for u in set(lab.vdis()) - before]
+    new = list(set(lab.vdis()) - before)
     assert len(new) == 1
     restored = lab.vdi_file(new[0])
     assert sha256(restored) == lab.state['first_run']['hash'], 'the restore must give the disk as it was at the first run'
@@ -207,7 +206,7 @@ def test_point_in_time_restore(lab):
     before = set(lab.vdis())
     lab.playbook('restore', {'incremental_backup_restore_vm': 'lab-vm-03', 'incremental_backup_restore_sr': 'Local storage',
                              'incremental_backup_restore_name_suffix': ' (latest)'})
-    new = [u for u in set(lab.vdis()) - before]
+    new = list(set(lab.vdis()) - before)
     source = lab.vdi_file(disk_uuid(lab, 'lab-vm-03-disk0'))
     compare = subprocess.run(['qemu-img', 'compare', '-f', 'raw', '-F', 'raw', source, lab.vdi_file(new[0])],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
