@@ -134,6 +134,12 @@ repositories:
           description: The snapshot the point was exported from.
           type: str
           sample: 3f4e9a1c-7d0b-4c8e-9a55-0d6c1f3e2b7a
+        snapshot_time:
+          description:
+            - When that snapshot was taken, as the XenAPI reports it (null for points of the direct form of
+              M(xenserver.cbt_backup.vdi_export)). The disks of one VM snapshot share it.
+          type: str
+          sample: 20261125T14:02:30Z
         virtual_size:
           description: Size of the disk, in bytes.
           type: int

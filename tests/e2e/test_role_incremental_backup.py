@@ -185,13 +185,43 @@ def test_lost_anchor_and_damaged_repository(lab):
     assert [s['uuid'] for s in snapshots_of(lab, 'lab-vm-02-disk0')] == [anchor_02]
 
 
-def test_skipped_disks_are_not_snapshotted(lab):
-    lab.write_inventory({'incremental_backup_vms': ['demo-vm'], 'incremental_backup_skip_disks': ['demo-vm-disk1']})
+def restore(lab, extra):
+    """Run the restore playbook; {new VDI name: file holding its content}."""
+    before = set(lab.vdis())
+    lab.playbook('restore', dict({'incremental_backup_restore_sr': 'Local storage'}, **extra))
+    after = lab.vdis()
+    return dict((after[u]['name_label'], lab.vdi_file(u)) for u in set(after) - before)
+
+
+def test_skipped_disks_a_missing_vm_and_a_consistent_restore(lab):
+    disk0, disk1 = disk_uuid(lab, 'demo-vm-disk0'), disk_uuid(lab, 'demo-vm-disk1')
+    lab.guest_write(disk1, 0, 64 << 10, 11)
+    lab.write_inventory({'incremental_backup_vms': ['demo-vm']})
     lab.playbook('backup')
-    modes = disk_modes(lab.reports()[-1])
-    assert modes == {'demo-vm-disk0': ('full', 'FIRST_BACKUP', 'ok'), 'demo-vm-disk1': ('skip', 'SKIPPED', 'skipped')}
-    assert snapshots_of(lab, 'demo-vm-disk1') == []
-    assert len(snapshots_of(lab, 'demo-vm-disk0')) == 1
+    at_first = {'disk0': sha256(lab.vdi_file(disk0)), 'disk1': sha256(lab.vdi_file(disk1))}
+
+    # disk1 is skipped from now on; a VM that no longer exists stays in the list by mistake.
+    lab.guest_write(disk0, 2 << 20, 64 << 10, 12)
+    lab.write_inventory({'incremental_backup_vms': ['demo-vm', 'gone-vm'], 'incremental_backup_skip_disks': ['demo-vm-disk1']})
+    before = len(snapshots_of(lab, 'demo-vm-disk1'))
+    rc, out = lab.playbook('backup', check=False)
+    assert rc != 0 and 'gone-vm' in out, 'the missing VM fails the play, after the others were backed up'
+    report = lab.reports()[-1]
+    assert disk_modes(report) == {'demo-vm-disk0': ('incremental', 'CHAIN_OK', 'ok'),
+                                  'demo-vm-disk1': ('skip', 'SKIPPED', 'skipped')}
+    assert [f['step'] for f in report['failures']] == ['plan'] and 'gone-vm' in report['failures'][0]['msg']
+    assert len(snapshots_of(lab, 'demo-vm-disk1')) == before, 'a skipped disk is not snapshotted'
+
+    # The newest VM snapshot both disks have a point of is the first run's: the VM comes back as it was then.
+    restored = restore(lab, {'incremental_backup_restore_vm': 'demo-vm'})
+    assert sorted(restored) == ['demo-vm-disk0 (restored)', 'demo-vm-disk1 (restored)']
+    assert sha256(restored['demo-vm-disk0 (restored)']) == at_first['disk0']
+    assert sha256(restored['demo-vm-disk1 (restored)']) == at_first['disk1']
+    # One disk alone (by userdevice) comes from its own newest point.
+    restored = restore(lab, {'incremental_backup_restore_vm': 'demo-vm', 'incremental_backup_restore_disks': 0,
+                             'incremental_backup_restore_name_suffix': ' (alone)'})
+    assert list(restored) == ['demo-vm-disk0 (alone)']
+    assert sha256(restored['demo-vm-disk0 (alone)']) == sha256(lab.vdi_file(disk0))
 
 
 def test_point_in_time_restore(lab):
@@ -221,9 +251,12 @@ def test_restore_of_an_unknown_vm_says_so(lab):
 
 
 def test_verify_playbook_finds_the_damaged_repository(lab):
-    lab.write_inventory({'incremental_backup_vms': ['demo-vm']})
-    rc, out = lab.playbook('verify')
-    assert 'all 1 restore points of' in out
+    lab.write_inventory({'incremental_backup_verify_vms': ['lab-vm-03']})
+    rc, out = lab.playbook('verify', check=False)
+    verified = task_output(out, 'Verify each repository')
+    assert verified.count('ok: [lab-pool] => (item=') == 1, 'the repository of lab-vm-03'
+    assert verified.count('failed: [lab-pool] (item=') == 1, 'a repository whose manifest cannot be read is always verified'
+    assert rc != 0
     lab.write_inventory({})
     rc, out = lab.playbook('verify', check=False)
     assert rc != 0

@@ -115,6 +115,7 @@ def describe_repository(path, now=None):
                     'file': point['file'],
                     'file_present': present,
                     'snapshot_uuid': point.get('snapshot_uuid'),
+                    'snapshot_time': point.get('snapshot_time'),
                     'virtual_size': point.get('virtual_size'),
                     'blocks': point.get('blocks'),
                     'bytes': point.get('bytes'),
