@@ -29,6 +29,8 @@ REASON_CODES = ('SKIPPED', 'CBT_UNSUPPORTED', 'REPOSITORY_DAMAGED', 'FIRST_BACKU
                 'ANCHOR_MISSING', 'ANCHOR_MISMATCH', 'ANCHOR_NO_CBT', 'SIZE_CHANGED', 'FULL_EVERY_INCREMENTALS',
                 'FULL_EVERY_DAYS', 'CHAIN_OK')
 GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
+# An entry of vms that fails with one of these is left out of the plan (listed in unresolved), not fatal.
+UNRESOLVED_CODES = ('NOT_FOUND', 'AMBIGUOUS')
 # A schedule's start time wanders a little: a full "every 7 days" is still due when the last one is 7 days
 # old minus this much.
 DAYS_GRACE_SECONDS = 3600
@@ -42,10 +44,15 @@ def _is_guest(record):
 
 
 def select_vms(client, vms=(), tags=()):
-    """``[(ref, record)]``: the VMs named in ``vms`` (in that order), then every VM carrying one of ``tags``
-    (sorted by name), each VM once. Templates, snapshots and control domains are never selected by tag.
+    """``([(ref, record)], unresolved)``: the VMs named in ``vms`` (in that order), then every VM carrying one of
+    ``tags`` (sorted by name), each VM once. Templates, snapshots and control domains are never selected by tag.
+
+    An entry of ``vms`` that matches no VM (NOT_FOUND) or several (AMBIGUOUS) does not stop the selection: it is
+    listed in ``unresolved`` as ``{'name', 'error_code', 'msg'}`` (once per name, in the order of ``vms``). Only
+    when no VM at all is selected is that an error (NO_VM_SELECTED, naming the unresolved entries).
     """
     selected, seen = [], set()
+    unresolved, unresolved_names = [], set()
 
     def add(ref, record):
         if record['uuid'] not in seen:
@@ -53,7 +60,16 @@ def select_vms(client, vms=(), tags=()):
             selected.append((ref, record))
 
     for ident in vms or ():
-        add(*find_vm(client, ident))
+        try:
+            found = find_vm(client, ident)
+        except XenApiError as exc:
+            if exc.code not in UNRESOLVED_CODES:
+                raise
+            if ident not in unresolved_names:
+                unresolved_names.add(ident)
+                unresolved.append({'name': ident, 'error_code': exc.code, 'msg': exc.message})
+            continue
+        add(*found)
     if tags:
         wanted = set(tags)
         tagged = [(ref, record) for ref, record in client.call('VM.get_all_records').items()
@@ -65,10 +81,21 @@ def select_vms(client, vms=(), tags=()):
         if not vms and not tags:
             message = 'no VM selected: give vms (names or uuids) or tags'
         else:
-            message = ('no VM selected: no VM carries any of the tags %s (templates, snapshots and control domains '
-                       'are never selected)' % ', '.join(sorted(tags)))
+            reasons = []
+            if unresolved:
+                reasons.append('no entry of vms names exactly one VM (%s)' % '; '.join(
+                    '%s: %s' % (entry['error_code'], entry['msg']) for entry in unresolved))
+            if tags:
+                reasons.append('no VM carries any of the tags %s (templates, snapshots and control domains are never '
+                               'selected)' % ', '.join(sorted(tags)))
+            message = 'no VM selected: %s' % '; and '.join(reasons)
         raise XenApiError(message, code='NO_VM_SELECTED')
-    return selected
+    return selected, unresolved
+
+
+def unresolved_warning(entry):
+    """The warning for an entry of ``vms`` that was left out."""
+    return 'the VM "%s" of vms is left out of this run: %s' % (entry['name'], entry['msg'])
 
 
 # -- reading a repository ------------------------------------------------------------------------------
@@ -294,7 +321,8 @@ def previous_anchor(client, vdi_ref, state):
 # -- the plan ------------------------------------------------------------------------------------------
 
 def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=None, now=None):
-    """The plan of a backup run: ``{'vms': [...], 'summary': {...}, 'warnings': [...]}`` (backup_plan's RETURN)."""
+    """The plan of a backup run: ``{'vms': [...], 'summary': {...}, 'unresolved': [...], 'warnings': [...]}``
+    (backup_plan's RETURN)."""
     full_every = dict((k, v) for k, v in (full_every or {}).items() if v is not None)
     for key, value in full_every.items():
         if key not in ('incrementals', 'days') or not isinstance(value, int) or value < 0:
@@ -307,7 +335,8 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
     srs = {}
     summary = {'vms': 0, 'disks': 0, FULL: 0, INCREMENTAL: 0, SKIP: 0}
     result_vms = []
-    for vm_ref, vm in select_vms(client, vms, tags):
+    selected, unresolved = select_vms(client, vms, tags)
+    for vm_ref, vm in selected:
         disks = []
         for vdi_ref, vdi, vbd in vm_disks(client, vm_ref, vm):
             sr_ref = vdi['SR']
@@ -350,8 +379,8 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
             'tags': list(vm.get('tags') or []),
             'disks': disks,
         })
-    warnings = []
+    warnings = [unresolved_warning(entry) for entry in unresolved]
     unused = [entry for entry in skip_disks if entry not in used_skips]
     if unused:
         warnings.append('skip_disks names no disk of the selected VMs: %s' % ', '.join(unused))
-    return {'changed': False, 'vms': result_vms, 'summary': summary, 'warnings': warnings}
+    return {'changed': False, 'vms': result_vms, 'summary': summary, 'unresolved': unresolved, 'warnings': warnings}

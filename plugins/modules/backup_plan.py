@@ -46,6 +46,8 @@ options:
     description:
       - VMs to back up, by name or uuid, in this order. A name must name exactly one VM; templates, snapshots and
         control domains are not VMs here.
+      - An entry that matches no VM, or a name that several VMs share, does not fail the plan; it is listed in
+        RV(unresolved) with a warning, and the other VMs are planned.
     type: list
     elements: str
     default: []
@@ -53,7 +55,8 @@ options:
     description:
       - Also back up every VM that carries at least one of these tags (templates, snapshots and control domains
         excepted), after the VMs of O(vms), sorted by name. A VM selected twice is planned once.
-      - At least one VM must be selected by O(vms) or O(tags), otherwise the module fails.
+      - At least one VM must be selected by O(vms) or O(tags), otherwise the module fails (error code
+        C(NO_VM_SELECTED); the message also names the entries of RV(unresolved)).
     type: list
     elements: str
     default: []
@@ -125,6 +128,11 @@ EXAMPLES = r'''
   loop: "{{ plan.vms | subelements('disks') }}"
   loop_control:
     label: "{{ item.1.vdi_uuid }}"
+
+- name: Stop if an entry of vms named no VM, or a name several VMs share (the plan left it out with a warning)
+  ansible.builtin.assert:
+    that: plan.unresolved == []
+    fail_msg: "{{ plan.unresolved | map(attribute='msg') | join('; ') }}"
 
 - name: The disks that need CBT enabled before the snapshot
   ansible.builtin.set_fact:
@@ -238,6 +246,26 @@ vms:
           description: When the last point taken as a full backup was taken (ISO 8601), null if there is none.
           type: str
           sample: '2026-11-24T02:00:11+00:00'
+unresolved:
+  description:
+    - The entries of O(vms) that name no VM, or a name that several VMs share, in the order of O(vms) (each name
+      once). They are left out of the plan, each with a warning; empty when every entry was found.
+  type: list
+  elements: dict
+  returned: success
+  contains:
+    name:
+      description: The entry of O(vms), as given.
+      type: str
+      sample: web02
+    error_code:
+      description: C(NOT_FOUND) (no VM has this uuid or name) or C(AMBIGUOUS) (several VMs have this name).
+      type: str
+      sample: NOT_FOUND
+    msg:
+      description: Why, in a sentence.
+      type: str
+      sample: no VM has the uuid or name "web02"
 summary:
   description: Counts of the plan.
   type: dict

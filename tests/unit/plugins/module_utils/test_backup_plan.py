@@ -20,6 +20,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
+from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import xenlab
 
 __metaclass__ = type
 
@@ -482,12 +483,60 @@ def test_vms_by_name_uuid_and_tags(lab, client, root):
     with pytest.raises(_xenapi.XenApiError) as caught:
         _backup_plan.plan(client, root)
     assert caught.value.code == 'NO_VM_SELECTED'
+    assert plan['unresolved'] == [] and plan['warnings'] == []
+
+
+def test_unresolved_vms_are_left_out_and_the_others_planned(lab, client, root):
+    demo_ref, demo_vm = _objects.find_vm(client, 'demo-vm')
+    other_ref, other_vm = _objects.find_vm(client, 'other-vm')
+    client.call('VM.snapshot', demo_ref, 'a snapshot VM')
+    client.call('VM.add_tags', other_ref, 'nightly')
+    missing_uuid = '00000000-0000-4000-8000-0000000000ff'
+
+    plan = _backup_plan.plan(client, root, vms=['no-such-vm', 'demo-vm', 'a snapshot VM', missing_uuid, 'no-such-vm'])
+    assert [vm['name'] for vm in plan['vms']] == ['demo-vm']
+    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 2, 'incremental': 0, 'skip': 0}
+    # each unresolved name once, in the order of vms; a snapshot VM is no VM here
+    assert plan['unresolved'] == [
+        {'name': 'no-such-vm', 'error_code': 'NOT_FOUND', 'msg': 'no VM has the uuid or name "no-such-vm"'},
+        {'name': 'a snapshot VM', 'error_code': 'NOT_FOUND', 'msg': 'no VM has the uuid or name "a snapshot VM"'},
+        {'name': missing_uuid, 'error_code': 'NOT_FOUND', 'msg': 'no VM has the uuid or name "%s"' % missing_uuid},
+    ]
+    assert plan['warnings'] == ['the VM "%s" of vms is left out of this run: %s' % (entry['name'], entry['msg'])
+                                for entry in plan['unresolved']]
+
+    # two VMs share a name: that name is ambiguous, the VMs are still planned by uuid or tag
+    client.call('VM.set_name_label', other_ref, 'demo-vm')
+    plan = _backup_plan.plan(client, root, vms=['demo-vm', demo_vm['uuid']], tags=['nightly'],
+                             skip_disks=['no-such-disk'])
+    assert [vm['uuid'] for vm in plan['vms']] == [demo_vm['uuid'], other_vm['uuid']]
+    assert [entry['name'] for entry in plan['unresolved']] == ['demo-vm']
+    ambiguous = plan['unresolved'][0]
+    assert ambiguous['error_code'] == 'AMBIGUOUS'
+    assert 'ambiguous' in ambiguous['msg'] and demo_vm['uuid'] in ambiguous['msg'] and other_vm['uuid'] in ambiguous['msg']
+    assert plan['warnings'] == ['the VM "demo-vm" of vms is left out of this run: %s' % ambiguous['msg'],
+                                'skip_disks names no disk of the selected VMs: no-such-disk']
+
+    # nothing selected at all: the failure names what could not be resolved
     with pytest.raises(_xenapi.XenApiError) as caught:
-        _backup_plan.plan(client, root, vms=['no-such-vm'])
-    assert caught.value.code == 'NOT_FOUND'
+        _backup_plan.plan(client, root, vms=['demo-vm', 'no-such-vm'])
+    message = caught.value.message
+    assert caught.value.code == 'NO_VM_SELECTED'
+    assert 'AMBIGUOUS: the name "demo-vm" is ambiguous' in message
+    assert 'NOT_FOUND: no VM has the uuid or name "no-such-vm"' in message
     with pytest.raises(_xenapi.XenApiError) as caught:
-        _backup_plan.plan(client, root, vms=['a snapshot VM'])  # a snapshot VM is no VM here
-    assert caught.value.code == 'NOT_FOUND'
+        _backup_plan.plan(client, root, vms=['no-such-vm'], tags=['no-such-tag'])
+    message = caught.value.message
+    assert caught.value.code == 'NO_VM_SELECTED'
+    assert '"no-such-vm"' in message and 'no VM carries any of the tags no-such-tag' in message
+    assert not os.path.exists(root)
+
+
+def test_other_errors_of_a_vm_lookup_still_fail(lab, client, root):
+    xenlab('stop', '--dir', lab.dir)  # the host is gone: that is no unresolved name, the plan fails
+    with pytest.raises(_xenapi.XenApiError) as caught:
+        _backup_plan.plan(client, root, vms=['demo-vm', 'no-such-vm'])
+    assert caught.value.code is None and 'cannot reach the XenAPI' in caught.value.message
 
 
 def test_bad_full_every(lab, client, root):
