@@ -152,9 +152,12 @@ def _disk_report(vm_uuid, disk, snapshots_by_disk, failures, warnings, report_fa
     if point is not None:
         entry['snapshot_uuid'] = _text(point.get('snapshot_uuid'))
         entry['point'] = _text(point.get('id'))
-        entry['point_type'] = _text(point.get('type'))
+        # backup_prune may have merged older points into this one right after the export, rewriting its type
+        # and bytes; ``export`` keeps what the export itself stored, which is what this run did.
+        export = point.get('export') if isinstance(point.get('export'), dict) else point
+        entry['point_type'] = _text(export.get('type'))
         entry['bytes_read'] = _number(point.get('bytes_read'))
-        entry['bytes_stored'] = _number(point.get('bytes'))
+        entry['bytes_stored'] = _number(export.get('bytes'))
         entry['seconds'] = _number(point.get('seconds'))
         entry['throughput_mib_s'] = _throughput(entry['bytes_read'], entry['seconds'])
         if point.get('fallback_reason') and entry['mode'] == 'incremental':

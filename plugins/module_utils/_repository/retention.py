@@ -26,8 +26,9 @@ children name that file as their backing file and read the same content from it.
     2. journal: manifest['pending_merge'] = {point, temp_file, sha256, blocks, bytes, blocks_digest,
        file_size, merged, drops}, saved atomically (Repository.save);
     3. rename the temporary file over <file>, fsync the directory;
-    4. manifest: the point becomes a full (parent null, new sha256/blocks/bytes/blocks_digest/file_size),
-       the journal's drops leave the list, the journal is removed; saved atomically;
+    4. manifest: the point becomes a full (parent null, new sha256/blocks/bytes/blocks_digest/file_size;
+       ``export`` keeps the type/bytes/blocks its export stored, unless it has one already), the
+       journal's drops leave the list, the journal is removed; saved atomically;
     5. (after the last merge, or at once when nothing needs merging) delete the dropped files, fsync the directory.
 
 Only the last merge of a run carries the drops; a manifest saved between merges is consistent on
@@ -201,6 +202,9 @@ def _finish_merge(repo, journal):
     drops = set(journal.get('drops') or [])
     for point in repo.points:
         if point['id'] == journal['point']:
+            if 'export' not in point:
+                # what the export of this point stored, before the merge overwrites it (a run's report shows it)
+                point['export'] = {'type': point.get('type'), 'bytes': point.get('bytes'), 'blocks': point.get('blocks')}
             point.update({
                 'type': 'full',
                 'parent': None,

@@ -112,6 +112,8 @@ EXPECTED_RECOVERY = {
 def test_sigkill_at_each_step_keeps_every_point_and_the_next_run_finishes(pristine, tmp_path, kill_at):
     pristine_dir, expected = pristine
     repo_dir = copy_repo(pristine_dir, tmp_path, 'repo-' + kill_at)
+    with store.Repository(repo_dir) as repo:
+        exported = repo.points[-2]  # snap-3: the point the merge rewrites
     child = start_child(repo_dir, {'keep_last': 2}, kill_at=kill_at)
     out, err = child.communicate(timeout=120)
     assert child.returncode == -signal.SIGKILL, (out, err)
@@ -134,6 +136,9 @@ def test_sigkill_at_each_step_keeps_every_point_and_the_next_run_finishes(pristi
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
     with store.Repository(repo_dir) as repo:
         assert [p['type'] for p in repo.points] == ['full', 'incremental']
+        # however the merge was finished, the point keeps what its export stored
+        assert repo.points[0]['export'] == {'type': 'incremental', 'bytes': exported['bytes'],
+                                            'blocks': exported['blocks']}
 
 
 def test_second_prune_recovers_by_itself(pristine, tmp_path):

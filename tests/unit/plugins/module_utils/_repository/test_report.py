@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, report
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, report, retention
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image
@@ -317,6 +317,32 @@ def test_an_incremental_that_fell_back_to_a_full_says_why(tmp_path):
     assert 'CBT was disabled and re-enabled' in a['reason']
     assert result['totals']['full'] == 1 and result['totals']['incremental'] == 0
     assert report.summary_lines(result)[0].startswith('demo-vm/demo-vm-disk-a (xvda 0): full (CHAIN_BROKEN) ok')
+
+
+def test_a_point_merged_by_prune_right_after_its_export_reports_the_export(tmp_path):
+    root = tmp_path / 'repo'
+    repo_a = str(root / VM / 'disk-a')
+    write_point(repo_a, 'snap-a0', 'disk-a', blocks=8)
+    newest = write_point(repo_a, 'snap-a1', 'disk-a', blocks=3, bytes_read=3 * K64, seconds=0.5, seed=2)
+    # the role prunes after the export: keep_last=1 merges the full into this run's incremental
+    with Repository(repo_a, write=True) as repo:
+        pruned = retention.prune(repo, {'keep_last': 1})
+    assert list(pruned['merged']) == [newest['id']]
+    with Repository(repo_a) as repo:
+        merged = repo.point(newest['id'])
+    assert merged['type'] == 'full' and merged['bytes'] > newest['bytes']
+    assert merged['export'] == {'type': 'incremental', 'bytes': newest['bytes'], 'blocks': newest['blocks']}
+
+    result = build([plan_vm([plan_disk(root, 'disk-a')])], snapshots=[snap('snap-a1', 'disk-a')])
+    a = disk_of(result, 'disk-a')
+    assert (a['status'], a['point'], a['points_kept']) == ('ok', newest['id'], 1)
+    # what this run's export did, not what the merge made of the point
+    assert a['point_type'] == 'incremental' and a['bytes_stored'] == newest['bytes'] == 3 * K64
+    assert a['bytes_read'] == 3 * K64 and a['seconds'] == 0.5
+    assert (a['mode'], a['reason_code']) == ('incremental', 'CHAIN_OK')
+    assert result['totals']['bytes_stored'] == 3 * K64
+    assert report.summary_lines(result)[0] == ('demo-vm/demo-vm-disk-a (xvda 0): incremental (CHAIN_OK) ok  '
+                                               '192.0 KiB read, 192.0 KiB stored, 0.5 s, 0.4 MiB/s, 1 point')
 
 
 def test_a_damaged_manifest(tmp_path):

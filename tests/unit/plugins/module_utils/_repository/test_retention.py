@@ -179,6 +179,7 @@ def test_keep_last_merges_the_oldest_kept_point_into_a_full(nbd_server_factory, 
     with store.Repository(repo_dir) as repo:
         ids = [p['id'] for p in repo.points]
         files = dict((p['id'], p['file']) for p in repo.points)
+        exported = dict(repo.point(ids[2]))
     manifest_before = read(os.path.join(repo_dir, 'manifest.json'))
 
     preview = prune(repo_dir, keep_last=3, check_mode=True)
@@ -196,6 +197,11 @@ def test_keep_last_merges_the_oldest_kept_point_into_a_full(nbd_server_factory, 
         assert merged['type'] == 'full' and merged['parent'] is None and merged['file'] == files[ids[2]]
         assert [p['parent'] for p in repo.points] == [None, ids[2], ids[3]]
         total = sum(p['file_size'] for p in repo.points)
+        # what the export of the point stored is kept next to the merged facts
+        assert merged['export'] == {'type': 'incremental', 'bytes': exported['bytes'], 'blocks': exported['blocks']}
+        assert merged['bytes'] == result['merged'][ids[2]]['bytes'] > exported['bytes']
+        assert merged['blocks'] == result['merged'][ids[2]]['blocks'] > exported['blocks']
+        assert [('export' in p) for p in repo.points] == [True, False, False]
     assert result['bytes_freed'] > 0
 
     again = prune(repo_dir, keep_last=3)
@@ -203,11 +209,14 @@ def test_keep_last_merges_the_oldest_kept_point_into_a_full(nbd_server_factory, 
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-2', 'snap-3', 'snap-4']
     with store.Repository(repo_dir) as repo:
         assert sum(p['file_size'] for p in repo.points) == total
+        assert repo.point(ids[2])['export'] == merged['export']
 
 
 def test_daily_rule_merges_several_kept_points(nbd_server_factory, tmp_path):
     repo_dir, expected = build_chain(nbd_server_factory, tmp_path, incrementals=5, seed=61)
     set_times(repo_dir, [at(1, 10), at(2, 10), at(2, 20), at(3, 9), at(3, 10), at(3, 11)])
+    with store.Repository(repo_dir) as repo:
+        before = dict((p['snapshot_uuid'], p) for p in repo.points)
     result = prune(repo_dir, keep_daily=3, now=at(4))
     with store.Repository(repo_dir) as repo:
         ids = [p['id'] for p in repo.points]
@@ -216,6 +225,11 @@ def test_daily_rule_merges_several_kept_points(nbd_server_factory, tmp_path):
     assert sorted(result['merged']) == sorted(ids[1:])
     with store.Repository(repo_dir) as repo:
         assert [p['type'] for p in repo.points] == ['full', 'full', 'full']
+        # the full was taken as one and merged nothing: no export record; each merged point got its own
+        assert 'export' not in repo.points[0]
+        for point in repo.points[1:]:
+            old = before[point['snapshot_uuid']]
+            assert point['export'] == {'type': 'incremental', 'bytes': old['bytes'], 'blocks': old['blocks']}
 
 
 def test_only_whole_chains_dropped_needs_no_merge(nbd_server_factory, tmp_path):
