@@ -23,7 +23,11 @@ VM_SNAPSHOT_NAME = '%s (xenserver.cbt_backup, disks only)'
 
 
 class PartialSnapshotError(XenApiError):
-    """A VM snapshot was taken, but a later step failed; ``snapshots`` lists what now exists."""
+    """A VM snapshot was taken, but a later step failed.
+
+    ``snapshots``: every disk snapshot of the snapshot VM that could still be found (described as they were read,
+    then listed once more after the failure), so that the caller can destroy them.
+    """
 
     def __init__(self, exc, message, snapshots):
         super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params,
@@ -67,13 +71,13 @@ def _uuid_of(client, ref):
         raise
 
 
-def describe_snapshot(client, ref, record, time_override=None):
-    """What the module returns for one snapshot."""
+def describe_snapshot(client, ref, record, time_override=None, snapshot_of=None):
+    """What the module returns for one snapshot; ``snapshot_of``: its disk's uuid when the caller knows it."""
     return {
         'uuid': record['uuid'],
         'ref': ref,
         'name': record['name_label'],
-        'snapshot_of': _uuid_of(client, record.get('snapshot_of')),
+        'snapshot_of': snapshot_of or _uuid_of(client, record.get('snapshot_of')),
         'time': time_override or iso_time(record.get('snapshot_time')),
         'type': record['type'],
         'cbt_enabled': bool(record['cbt_enabled']),
@@ -146,32 +150,30 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
         return result
 
     disk_order = dict((ref, n) for n, (ref, dummy, dummy2) in enumerate(disks))
+    disk_uuids = dict((ref, record['uuid']) for ref, record, dummy in disks)
     name = VM_SNAPSHOT_NAME % vm_record['name_label']
     if skipped_refs:
         snap_vm = client.call('VM.snapshot', vm_ref, name, skipped_refs)
     else:
         snap_vm = client.call('VM.snapshot', vm_ref, name)
-    snapshots = []
+    found = {}  # snapshot VDI ref -> (disk order, description), filled as each one is read
     try:
         snap_vm_record = client.call('VM.get_record', snap_vm)
         when = iso_time(snap_vm_record.get('snapshot_time'))
-        found = []
-        for vbd_ref in snap_vm_record['VBDs']:
-            vbd = client.call('VBD.get_record', vbd_ref)
-            if vbd['type'] != 'Disk' or vbd.get('empty') or vbd['VDI'] == NULL_REF:
-                continue
-            record = client.call('VDI.get_record', vbd['VDI'])
-            if not record['is_a_snapshot'] or record['snapshot_of'] not in disk_order:
-                continue  # e.g. a disk of another kind that xapi snapshots along
-            found.append((disk_order[record['snapshot_of']], vbd['VDI'], record))
-        found.sort(key=lambda item: item[0])
-        snapshots = [describe_snapshot(client, ref, record, time_override=when) for dummy, ref, record in found]
+        _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found)
         client.call('VM.destroy', snap_vm)
     except XenApiError as exc:
+        try:  # best effort, once more: the failure may have been passing, or may have stopped the listing half-way
+            snap_vm_record = client.call('VM.get_record', snap_vm)
+            _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids,
+                                    iso_time(snap_vm_record.get('snapshot_time')), found, tolerant=True)
+        except XenApiError:
+            pass  # the snapshot VM itself cannot be read (any more): report what was found before
         raise PartialSnapshotError(
             exc, '%s. The VM snapshot %s of %s was taken but not cleaned up: destroy the snapshot VM (it keeps its '
             'disks) before reducing its disks to CBT metadata' % (exc.message, snap_vm, vm_record['name_label']),
-            snapshots)
+            _in_disk_order(found))
+    snapshots = _in_disk_order(found)
     missing = [record['uuid'] for ref, record, dummy in disks
                if record['uuid'] not in [s['snapshot_of'] for s in snapshots]]
     warnings = _no_cbt_warnings(snapshots)
@@ -179,6 +181,36 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
         warnings.append('VM.snapshot made no snapshot of the disk(s) %s' % ', '.join(missing))
     result.update(changed=True, snapshots=snapshots, warnings=warnings)
     return result
+
+
+def _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, tolerant=False):
+    """Add the disk snapshots of a snapshot VM to ``found`` (VDI ref -> (order, description)), one by one.
+
+    Each snapshot is recorded as soon as it is read, so a call that fails later leaves the earlier ones in
+    ``found``; snapshots already there are not read again. ``when`` overrides the snapshots' time.
+    ``tolerant``: a VBD or VDI that cannot be read is passed over instead of raising (the best-effort listing
+    after a failure).
+    """
+    for vbd_ref in snap_vm_record['VBDs']:
+        try:
+            vbd = client.call('VBD.get_record', vbd_ref)
+            vdi_ref = vbd['VDI']
+            if vbd['type'] != 'Disk' or vbd.get('empty') or vdi_ref == NULL_REF or vdi_ref in found:
+                continue
+            record = client.call('VDI.get_record', vdi_ref)
+        except XenApiError:
+            if not tolerant:
+                raise
+            continue
+        if not record['is_a_snapshot'] or record['snapshot_of'] not in disk_order:
+            continue  # e.g. a disk of another kind that xapi snapshots along
+        described = describe_snapshot(client, vdi_ref, record, time_override=when,
+                                      snapshot_of=disk_uuids[record['snapshot_of']])
+        found[vdi_ref] = (disk_order[record['snapshot_of']], described)
+
+
+def _in_disk_order(found):
+    return [described for dummy, described in sorted(found.values(), key=lambda item: item[0])]
 
 
 def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):
@@ -225,22 +257,34 @@ def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=t
     return {'changed': True, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': attempts}
 
 
-def destroy(client, ident, check_mode=False):
-    """Destroy a snapshot (with or without data); a snapshot that is already gone is no change."""
+def destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):
+    """Destroy a snapshot (with or without data), waiting out VDI_IN_USE; a snapshot already gone is no change.
+
+    Returns the result dict; ``attempts`` counts the VDI.destroy calls (0 when there was nothing to do, or in
+    check mode).
+    """
     found = find_snapshot_if_exists(client, ident)
     if found is None:
-        return {'changed': False, 'snapshots': []}
+        return {'changed': False, 'snapshots': [], 'attempts': 0}
     ref, record = found
     described = describe_snapshot(client, ref, record)
     if check_mode:
-        return {'changed': True, 'snapshots': [described]}
-    try:
-        client.call('VDI.destroy', ref)
-    except XenApiError as exc:
-        if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
-            return {'changed': False, 'snapshots': []}
-        if exc.code == 'VDI_IN_USE':
-            raise rewrap(exc, '%s. An NBD connection to the snapshot may still be open (xapi removes its VBD a few '
-                              'seconds after the client disconnects)' % exc.message)
-        raise
-    return {'changed': True, 'snapshots': [described]}
+        return {'changed': True, 'snapshots': [described], 'attempts': 0}
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            client.call('VDI.destroy', ref)
+            break
+        except XenApiError as exc:
+            if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
+                return {'changed': False, 'snapshots': [], 'attempts': attempts}
+            if exc.code != 'VDI_IN_USE':
+                raise
+            if attempts > retries:
+                raise rewrap(exc, '%s. The snapshot %s (%s) was still in use after %d attempt(s), %g s apart: an NBD '
+                                  'connection to the snapshot may still be open (xapi removes its VBD a few seconds '
+                                  'after the client disconnects). Close it and try again, or raise retries/delay'
+                             % (exc.message, record['uuid'], record['name_label'], attempts, delay))
+            sleep(delay)
+    return {'changed': True, 'snapshots': [described], 'attempts': attempts}

@@ -24,9 +24,9 @@ description:
   - With O(state=metadata_only), runs C(VDI.data_destroy) on the snapshot O(vdi) after it was exported; its data is
     deleted and its CBT metadata kept (its type becomes C(cbt_metadata)), so it can serve as the base of the next
     incremental backup at almost no storage cost. A snapshot that is already C(cbt_metadata) is no change.
-  - With O(state=absent), destroys the snapshot O(vdi) (with or without its data). A snapshot that no longer exists is
-    no change. Destroying a snapshot in the middle of a CBT chain keeps the chain intact (its changed blocks are merged
-    into the next snapshot's log).
+  - With O(state=absent), destroys the snapshot O(vdi) (with or without its data), retrying while it is in use
+    (O(retries), O(delay)). A snapshot that no longer exists is no change. Destroying a snapshot in the middle of a
+    CBT chain keeps the chain intact (its changed blocks are merged into the next snapshot's log).
   - A snapshot has the same name as its disk. For O(state=present), a name in O(vdi) therefore only matches disks
     that are not snapshots; for O(state=metadata_only) and O(state=absent), only snapshots. Name snapshots by uuid.
 author:
@@ -73,10 +73,13 @@ options:
     default: present
   retries:
     description:
-      - With O(state=metadata_only), how many times to retry C(VDI.data_destroy) while the host answers
-        C(VDI_IN_USE).
-      - The usual cause is the NBD connection of the export that just finished; XenServer removes its VBD a few
-        seconds after the client disconnects.
+      - With O(state=metadata_only) or O(state=absent), how many times to retry C(VDI.data_destroy) or
+        C(VDI.destroy) while the host answers C(VDI_IN_USE).
+      - The usual cause is the NBD connection of the export that just finished; XenServer removes its dom0 VBD a
+        few seconds after the client disconnects.
+      - After the last attempt the module fails with error code C(VDI_IN_USE) and a message that names the likely
+        cause.
+      - Ignored with O(state=present).
     type: int
     default: 10
   delay:
@@ -143,9 +146,12 @@ snapshots:
       (O(state=absent), empty when it was already gone), one per disk, in the VM's disk order.
     - In check mode with O(state=present), the disks that would be snapshotted; RV(snapshots[].uuid),
       RV(snapshots[].ref) and RV(snapshots[].time) are then null.
+    - When C(VM.snapshot) succeeded for O(vm) but a later step failed (reading the snapshot VM, its VBDs, or
+      destroying its record), the module fails and still returns here every disk snapshot it could find, so that
+      they can be destroyed (O(state=absent)).
   type: list
   elements: dict
-  returned: success
+  returned: success, and on failure after C(VM.snapshot) succeeded
   contains:
     uuid:
       description: The snapshot's uuid.
@@ -195,9 +201,11 @@ skipped_disks:
   returned: O(vm) is given
   sample: [2c9d7e1f-3b4a-4c5d-8e6f-7a8b9c0d1e2f]
 attempts:
-  description: How many times C(VDI.data_destroy) was called (0 when there was nothing to do, or in check mode).
+  description:
+    - How many times C(VDI.data_destroy) (O(state=metadata_only)) or C(VDI.destroy) (O(state=absent)) was called
+      (0 when there was nothing to do, or in check mode).
   type: int
-  returned: O(state=metadata_only)
+  returned: O(state=metadata_only) or O(state=absent)
   sample: 1
 '''
 
@@ -234,7 +242,8 @@ def main():
             return _snapshot_ops.data_destroy(client, params['vdi'], check_mode=check_mode,
                                               retries=params['retries'], delay=params['delay'])
         if params['state'] == 'absent':
-            return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode)
+            return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode,
+                                         retries=params['retries'], delay=params['delay'])
         if params['vdi']:
             return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
         try:

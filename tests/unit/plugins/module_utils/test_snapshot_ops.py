@@ -262,7 +262,7 @@ def test_destroy_twice():
     client = FakeClient()
     client.add_snapshot('OpaqueRef:d0', '20240101T00:00:00Z')
     assert ops.destroy(client, _uuid(101))['changed']
-    assert ops.destroy(client, _uuid(101)) == {'changed': False, 'snapshots': []}
+    assert ops.destroy(client, _uuid(101)) == {'changed': False, 'snapshots': [], 'attempts': 0}
 
 
 def test_destroy_race_with_someone_else_is_no_change():
