@@ -138,14 +138,14 @@ class LabPlaybooks:
         return proc.returncode, proc.stdout.decode(errors='replace')
 
     def playbook(self, name, extra_vars=None, options=(), check=True):
-        argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', name + '.yml'),
-                '-i', self.inventory] + list(options)
+        path = name if os.path.isabs(name) else os.path.join(ROOT, 'playbooks', name + '.yml')
+        argv = [os.path.join(BIN, 'ansible-playbook'), path, '-i', self.inventory] + list(options)
         if extra_vars:
             vars_file = os.path.join(self.workdir, 'extra-vars-%d.json' % (len(self.logs) + 1))
             with open(vars_file, 'w') as handle:
                 json.dump(extra_vars, handle)
             argv += ['-e', '@' + vars_file]
-        return self._run(argv, name, check)
+        return self._run(argv, os.path.basename(name).replace('.yml', ''), check)
 
     def module(self, module, args, check=True):
         argv = [os.path.join(BIN, 'ansible'), 'localhost', '-i', 'localhost,', '-c', 'local',

@@ -264,6 +264,15 @@ def test_verify_playbook_finds_the_damaged_repository(lab):
     assert 'manifest' in out
 
 
+def test_two_runs_in_one_play(lab):
+    lab.write_inventory({})
+    count = len(lab.reports())
+    lab.playbook(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'playbooks', 'two_runs.yml'))
+    reports = lab.reports()
+    assert len(reports) == count + 2
+    assert [[vm['name'] for vm in r['vms']] for r in reports[-2:]] == [['lab-vm-03'], ['lab-vm-05']]
+
+
 def test_no_secret_in_output_reports_or_repositories(lab):
     session = lab.xenapi()
     try:
