@@ -140,6 +140,13 @@ repositories:
               M(xenserver.cbt_backup.vdi_export)). The disks of one VM snapshot share it.
           type: str
           sample: 20261125T14:02:30Z
+        run:
+          description:
+            - The backup run that wrote the point (the O(xenserver.cbt_backup.vdi_export#module:run) it was given; the
+              role passes the UTC time its run started), else its RV(repositories[].points[].snapshot_time).
+            - The points of the disks of one VM snapshot share it.
+          type: str
+          sample: 20261125T14:02:00Z
         virtual_size:
           description: Size of the disk, in bytes.
           type: int

@@ -122,6 +122,13 @@ options:
     type: str
     choices: [fail, full]
     default: fail
+  run:
+    description:
+      - With O(repository), an identifier of the backup run, recorded in the new restore point as C(run).
+      - The disks of one VM are snapshotted together but their snapshot times can differ by seconds; the same
+        O(run) on all their exports lets a restore find the points that belong together (the role
+        M(xenserver.cbt_backup.incremental_backup) passes the UTC time its run started).
+    type: str
 requirements:
   - cryptography >= 42 (when O(tls=true))
 notes:
@@ -305,6 +312,7 @@ def argument_spec():
         timeout=dict(type='float', default=60),
         retries=dict(type='int', default=3),
         on_broken_chain=dict(type='str', default='fail', choices=['fail', 'full']),
+        run=dict(type='str'),
     )
     return spec
 
@@ -387,6 +395,8 @@ def export_snapshot(module, client):
     disk = disk_user(client, snap['snapshot_of']) if params['repository'] else None
     if fallback_reason:
         snapshot['fallback_reason'] = fallback_reason
+    if params['run']:
+        snapshot['run'] = params['run']
     result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base_uuid, disk=disk)
     result['snapshot'] = snap['uuid']
     if base_uuid is not None:

@@ -83,7 +83,7 @@ def test_check_mode_plans_and_changes_nothing(lab):
     rc, out = lab.playbook('backup', options=['--check'], check=False)
     # Check mode already finds out that other-vm's disk (on_boot=reset) cannot get CBT.
     assert rc != 0
-    assert 'other-vm-scratch (enable_cbt)' in out and 'on_boot=reset' in out
+    assert 'other-vm/other-vm-scratch at enable_cbt' in out and 'on_boot=reset' in out
     assert out.count('full (FIRST_BACKUP) planned') == EXTRA_VMS
     assert lab.vdis().keys() == before.keys()
     assert not any(r['cbt_enabled'] for r in lab.vdis().values())
@@ -94,7 +94,7 @@ def test_check_mode_plans_and_changes_nothing(lab):
 def test_first_run_backs_up_the_good_vms_and_reports_the_bad_one(lab):
     rc, out = lab.playbook('backup', check=False)
     assert rc != 0, 'other-vm cannot be snapshotted (on_boot=reset disk): the play must fail after the report'
-    assert 'other-vm-scratch (enable_cbt)' in out
+    assert 'other-vm/other-vm-scratch at enable_cbt' in out
     report = lab.reports()[-1]
     modes = disk_modes(report)
     for name in TAGGED:
@@ -126,7 +126,7 @@ def test_second_run_is_incremental_and_reads_only_the_changed_blocks(lab):
     lab.guest_write(disk, 1 << 20, 128 << 10, 7)
     rc, out = lab.playbook('backup')
     # The spot check re-read blocks of every new snapshot before it was reduced to CBT metadata.
-    spot = task_output(out, 'Compare random blocks')
+    spot = task_output(out, 'spot-check them against their snapshots')
     assert spot.count('ok: [lab-pool] => (item=') == EXTRA_VMS, spot
     report = lab.reports()[-1]
     modes = disk_modes(report)

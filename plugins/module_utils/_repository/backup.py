@@ -90,6 +90,8 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 # the whole export: reading, writing, finishing, fsync and rename of the image
                 'seconds': round(time.monotonic() - started, 3),
             }
+            if snapshot.get('run'):
+                point['run'] = snapshot['run']  # the backup run; the disks of one VM snapshot share it
             if snapshot.get('fallback_reason'):
                 # a full point taken because the CBT chain was broken: the report says why
                 point['fallback_reason'] = snapshot['fallback_reason']

@@ -116,6 +116,7 @@ def describe_repository(path, now=None):
                     'file_present': present,
                     'snapshot_uuid': point.get('snapshot_uuid'),
                     'snapshot_time': point.get('snapshot_time'),
+                    'run': point.get('run') or point.get('snapshot_time'),
                     'virtual_size': point.get('virtual_size'),
                     'blocks': point.get('blocks'),
                     'bytes': point.get('bytes'),

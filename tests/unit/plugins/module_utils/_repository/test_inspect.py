@@ -246,6 +246,7 @@ def test_backup_info_over_a_tree(chain, tmp_path):
         assert [p['chain_length'] for p in info['points']] == [1, 2, 3]
         assert [p['parent'] for p in info['points']] == [None] + ids(points[:2])
         assert [p['snapshot_time'] for p in info['points']] == [p['snapshot_time'] for p in points]
+        assert [p['run'] for p in info['points']] == [p['snapshot_time'] for p in points], 'no run: the snapshot time'
         for listed in info['points']:
             assert listed['file_size'] == os.path.getsize(os.path.join(path, listed['file']))
             assert 3600 - 120 <= listed['age_seconds'] <= 3600 + 5
