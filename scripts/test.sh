@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the collection: installs what is missing (scripts/bootstrap.sh), then
-#   1. pytest: unit tests and NBD interop tests against real servers (tests/unit), the lab's contract
-#      tests (tests/lab/tests), and the incremental_backup role end to end against the lab plus the
-#      README's demo (tests/e2e);
-#   2. ansible-test sanity and units from a real ansible_collections/xenserver/cbt_backup copy;
+#   1. pytest, two workers, one file per worker at a time: the lab's contract tests (tests/lab/tests), and the
+#      incremental_backup role end to end against the lab plus the README's demo (tests/e2e);
+#   2. ansible-test sanity and units from a real ansible_collections/xenserver/cbt_backup copy (units are
+#      tests/unit: unit tests and NBD interop tests against real servers, run once, there);
 #   3. ansible-lint (production profile), galaxy build, changelog lint;
 #   4. ansible-test integration: the modules in real playbooks against the XenServer lab.
 # With CI=true a missing tool fails the run instead of skipping tests.
@@ -24,10 +24,7 @@ run() {
     fi
 }
 
-pytest_paths=(tests/unit)
-[ -d tests/lab/tests ] && pytest_paths+=(tests/lab/tests)
-[ -d tests/e2e ] && pytest_paths+=(tests/e2e)
-run "$PY" -m pytest -q -p no:cacheprovider "${pytest_paths[@]}"
+run "$PY" -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests/lab/tests tests/e2e
 
 run bash scripts/ansible-checks.sh
 run bash scripts/integration.sh
