@@ -19,7 +19,7 @@ from ._objects import find_vm, vm_disks
 from ._repository.inspect import parse_time
 from ._repository.retention import JOURNAL
 from ._repository.store import MANIFEST, Repository, RepositoryError
-from ._snapshot_ops import skip_matches
+from ._snapshot_ops import SNAPSHOT_MARKER, iso_time, skip_matches
 from ._xenapi import UUID_RE, XenApiError
 
 __metaclass__ = type
@@ -318,6 +318,35 @@ def previous_anchor(client, vdi_ref, state):
     return None
 
 
+def leftover_snapshots(client, vdi, state):
+    """The snapshots of the disk ``vdi`` (its VDI.snapshots) that interrupted runs left behind:
+    ``[{'uuid', 'time', 'type'}]``, oldest first.
+
+    Such a snapshot carries vdi_snapshot's marker (other_config SNAPSHOT_MARKER), still holds data (its type is
+    not cbt_metadata), and is not the repository's CBT anchor. Snapshots made otherwise (without the marker), the
+    CBT metadata the backups keep, and the anchor are never listed. ``time`` is the snapshot's snapshot_time, else
+    the marker's value.
+    """
+    anchor = state.anchor
+    found = []
+    for ref in vdi.get('snapshots') or []:
+        try:
+            record = client.call('VDI.get_record', ref)
+        except XenApiError as exc:
+            if exc.code in GONE_CODES:  # destroyed in the meantime
+                continue
+            raise
+        other_config = record.get('other_config') or {}
+        if SNAPSHOT_MARKER not in other_config or not record['is_a_snapshot'] or record['type'] == 'cbt_metadata':
+            continue
+        if anchor is not None and record['uuid'] == anchor:
+            continue
+        when = iso_time(record.get('snapshot_time')) or other_config[SNAPSHOT_MARKER] or None
+        found.append({'uuid': record['uuid'], 'time': when, 'type': record['type']})
+    found.sort(key=lambda item: (item['time'] or '', item['uuid']))
+    return found
+
+
 # -- the plan ------------------------------------------------------------------------------------------
 
 def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=None, now=None):
@@ -333,7 +362,7 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
     skip_disks = list(skip_disks or [])
     used_skips = set()
     srs = {}
-    summary = {'vms': 0, 'disks': 0, FULL: 0, INCREMENTAL: 0, SKIP: 0}
+    summary = {'vms': 0, 'disks': 0, FULL: 0, INCREMENTAL: 0, SKIP: 0, 'leftover_snapshots': 0}
     result_vms = []
     selected, unresolved = select_vms(client, vms, tags)
     for vm_ref, vm in selected:
@@ -350,6 +379,8 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
             state = RepositoryState(path)
             mode, code, reason, base = decide(client, vdi_ref, vdi, cbt_supported, state, bool(matched), full_every, now)
             since, last_full, dummy = chain_facts(state.points)
+            leftovers = leftover_snapshots(client, vdi, state)
+            summary['leftover_snapshots'] += len(leftovers)
             disks.append({
                 'vdi_uuid': vdi['uuid'],
                 'vdi_name': vdi['name_label'],
@@ -368,6 +399,7 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
                 'points': len(state.points),
                 'incrementals_since_full': since,
                 'last_full_time': last_full.get('time') if last_full else None,
+                'leftover_snapshots': leftovers,
             })
             summary[mode] += 1
         summary['vms'] += 1

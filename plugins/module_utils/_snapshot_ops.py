@@ -20,19 +20,45 @@ __metaclass__ = type
 NULL_REF = 'OpaqueRef:NULL'
 GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
 VM_SNAPSHOT_NAME = '%s (xenserver.cbt_backup, disks only)'
+# The other_config key that marks a disk snapshot as taken by vdi_snapshot (state=present); its value is the UTC
+# time it was taken. A marked snapshot that still holds data after its run is a leftover of an interrupted run
+# (backup_plan lists them).
+SNAPSHOT_MARKER = 'xenserver.cbt_backup.snapshot'
 
 
 class PartialSnapshotError(XenApiError):
-    """A VM snapshot was taken, but a later step failed.
+    """A snapshot of a disk or a VM was taken, but a later step (marking it, reading it, ...) failed.
 
-    ``snapshots``: every disk snapshot of the snapshot VM that could still be found (described as they were read,
-    then listed once more after the failure), so that the caller can destroy them.
+    ``snapshots``: the disk snapshot, or every disk snapshot of the snapshot VM that could still be found (described
+    as they were read, then listed once more after the failure), so that the caller can destroy them.
     """
 
     def __init__(self, exc, message, snapshots):
         super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params,
                                                    from_host=getattr(exc, 'from_host', False))
         self.snapshots = snapshots
+
+
+def utc_now_text(now=None):
+    """The current UTC time (or ``now``, an aware datetime) as ISO 8601 text, e.g. ``2026-11-25T02:00:05Z``."""
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    return now.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def mark_snapshot(client, snap_ref, when):
+    """Mark a disk snapshot as taken by this collection at ``when``: ``other_config[SNAPSHOT_MARKER] = when``.
+
+    A snapshot inherits its disk's other_config (xapi copies it), so a disk that carries the marker (it was made
+    from a marked snapshot, e.g. with VDI.copy) hands it on: VDI.add_to_other_config then refuses the key
+    (MAP_DUPLICATE_KEY), and the inherited value is replaced by this snapshot's time.
+    """
+    try:
+        client.call('VDI.add_to_other_config', snap_ref, SNAPSHOT_MARKER, when)
+    except XenApiError as exc:
+        if exc.code != 'MAP_DUPLICATE_KEY':
+            raise
+        client.call('VDI.remove_from_other_config', snap_ref, SNAPSHOT_MARKER)
+        client.call('VDI.add_to_other_config', snap_ref, SNAPSHOT_MARKER, when)
 
 
 def rewrap(exc, message):
@@ -106,14 +132,37 @@ def _no_cbt_warnings(snapshots):
 
 
 def snapshot_vdi(client, ident, check_mode=False):
-    """Snapshot one disk (named by uuid, or by the name of a disk that is not a snapshot)."""
+    """Snapshot one disk (named by uuid, or by the name of a disk that is not a snapshot) and mark the snapshot.
+
+    A failure after VDI.snapshot (marking or reading the snapshot) raises PartialSnapshotError with the snapshot.
+    """
     ref, record = find_vdi(client, ident, snapshot=False)
     if check_mode:
         snapshots = [describe_planned(ref, record)]
-    else:
-        snap_ref = client.call('VDI.snapshot', ref, {})
-        snapshots = [describe_snapshot(client, snap_ref, client.call('VDI.get_record', snap_ref))]
+        return {'changed': True, 'snapshots': snapshots, 'warnings': _no_cbt_warnings(snapshots)}
+    snap_ref = client.call('VDI.snapshot', ref, {})
+    when = utc_now_text()
+    try:
+        mark_snapshot(client, snap_ref, when)
+        snapshots = [describe_snapshot(client, snap_ref, client.call('VDI.get_record', snap_ref),
+                                       snapshot_of=record['uuid'])]
+    except XenApiError as exc:
+        raise PartialSnapshotError(
+            exc, '%s. The snapshot %s of the disk %s (%s) was taken, but marking or reading it failed: destroy it '
+            '(state=absent)' % (exc.message, snap_ref, record['name_label'], record['uuid']),
+            [_describe_after_failure(client, snap_ref, record, when)])
     return {'changed': True, 'snapshots': snapshots, 'warnings': _no_cbt_warnings(snapshots)}
+
+
+def _describe_after_failure(client, snap_ref, disk, when):
+    """The snapshot ``snap_ref`` of ``disk`` as well as it can still be read; without its record, only its ref
+    and its disk's facts (uuid null)."""
+    try:
+        return describe_snapshot(client, snap_ref, client.call('VDI.get_record', snap_ref), snapshot_of=disk['uuid'])
+    except XenApiError:
+        described = describe_planned(snap_ref, disk)
+        described.update(ref=snap_ref, time=when)
+        return described
 
 
 def skip_matches(record, skip_disks):
@@ -156,17 +205,18 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
         snap_vm = client.call('VM.snapshot', vm_ref, name, skipped_refs)
     else:
         snap_vm = client.call('VM.snapshot', vm_ref, name)
+    marker = _Marker(client, utc_now_text())
     found = {}  # snapshot VDI ref -> (disk order, description), filled as each one is read
     try:
         snap_vm_record = client.call('VM.get_record', snap_vm)
         when = iso_time(snap_vm_record.get('snapshot_time'))
-        _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found)
+        _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, marker)
         client.call('VM.destroy', snap_vm)
     except XenApiError as exc:
         try:  # best effort, once more: the failure may have been passing, or may have stopped the listing half-way
             snap_vm_record = client.call('VM.get_record', snap_vm)
             _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids,
-                                    iso_time(snap_vm_record.get('snapshot_time')), found, tolerant=True)
+                                    iso_time(snap_vm_record.get('snapshot_time')), found, marker, tolerant=True)
         except XenApiError:
             pass  # the snapshot VM itself cannot be read (any more): report what was found before
         raise PartialSnapshotError(
@@ -183,19 +233,43 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
     return result
 
 
-def _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, tolerant=False):
-    """Add the disk snapshots of a snapshot VM to ``found`` (VDI ref -> (order, description)), one by one.
+class _Marker:
+    """Marks the disk snapshots of one VM snapshot (mark_snapshot), each once, all with the time ``when``."""
+
+    def __init__(self, client, when):
+        self.client = client
+        self.when = when
+        self.marked = set()
+
+    def __call__(self, snap_ref, tolerant=False):
+        if snap_ref in self.marked:
+            return
+        try:
+            mark_snapshot(self.client, snap_ref, self.when)
+        except XenApiError:
+            if not tolerant:
+                raise
+            return
+        self.marked.add(snap_ref)
+
+
+def _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, marker, tolerant=False):
+    """Add the disk snapshots of a snapshot VM to ``found`` (VDI ref -> (order, description)), one by one, and
+    mark each (``marker``) as soon as it is recorded.
 
     Each snapshot is recorded as soon as it is read, so a call that fails later leaves the earlier ones in
-    ``found``; snapshots already there are not read again. ``when`` overrides the snapshots' time.
-    ``tolerant``: a VBD or VDI that cannot be read is passed over instead of raising (the best-effort listing
-    after a failure).
+    ``found``; snapshots already there are not read again (only marked, if that failed before). ``when``
+    overrides the snapshots' time. ``tolerant``: a VBD or VDI that cannot be read, or a snapshot that cannot be
+    marked, is passed over instead of raising (the best-effort listing after a failure).
     """
     for vbd_ref in snap_vm_record['VBDs']:
         try:
             vbd = client.call('VBD.get_record', vbd_ref)
             vdi_ref = vbd['VDI']
-            if vbd['type'] != 'Disk' or vbd.get('empty') or vdi_ref == NULL_REF or vdi_ref in found:
+            if vdi_ref in found:
+                marker(vdi_ref, tolerant=tolerant)
+                continue
+            if vbd['type'] != 'Disk' or vbd.get('empty') or vdi_ref == NULL_REF:
                 continue
             record = client.call('VDI.get_record', vdi_ref)
         except XenApiError:
@@ -207,6 +281,7 @@ def _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when
         described = describe_snapshot(client, vdi_ref, record, time_override=when,
                                       snapshot_of=disk_uuids[record['snapshot_of']])
         found[vdi_ref] = (disk_order[record['snapshot_of']], described)
+        marker(vdi_ref, tolerant=tolerant)
 
 
 def _in_disk_order(found):

@@ -29,6 +29,8 @@ description:
     no CBT metadata (V(ANCHOR_NO_CBT)), a disk resized since the newest point (V(SIZE_CHANGED)), and a chain that
     reached O(full_every) (V(FULL_EVERY_INCREMENTALS), V(FULL_EVERY_DAYS)). Otherwise the backup is incremental
     against the CBT anchor (V(CHAIN_OK))."
+  - Also lists, per disk, the snapshots that backup runs interrupted before their cleanup left behind
+    (RV(vms[].disks[].leftover_snapshots)), so that the next run can destroy them.
   - Read only; it never changes the host or a repository.
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
@@ -246,6 +248,35 @@ vms:
           description: When the last point taken as a full backup was taken (ISO 8601), null if there is none.
           type: str
           sample: '2026-11-24T02:00:11+00:00'
+        leftover_snapshots:
+          description:
+            - The disk's snapshots that backup runs left behind, oldest first; empty when there are none. Listed for
+              every disk, also one with RV(vms[].disks[].mode=skip).
+            - "Such a snapshot carries the marker of M(xenserver.cbt_backup.vdi_snapshot) (C(other_config) key
+              C(xenserver.cbt_backup.snapshot)), still holds data (its type is not C(cbt_metadata)), and is not the
+              repository's CBT anchor. A run that finishes reduces its snapshots to CBT metadata or destroys them, so
+              these come from runs that were interrupted before their cleanup (a cancelled job, a controller that
+              died). They only cost storage; destroy them with M(xenserver.cbt_backup.vdi_snapshot)
+              O(xenserver.cbt_backup.vdi_snapshot#module:state=absent)."
+            - Snapshots made without M(xenserver.cbt_backup.vdi_snapshot) (no marker) and the CBT metadata the backups
+              keep are never listed. When the repository cannot be read, its anchor is unknown and is not left out.
+            - A backup run of the disk that is still going on (another job) also has such snapshots; destroy them
+              only when no other run is.
+          type: list
+          elements: dict
+          contains:
+            uuid:
+              description: The snapshot's uuid.
+              type: str
+              sample: 9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f
+            time:
+              description: When the snapshot was taken (its C(snapshot_time), ISO 8601 in UTC).
+              type: str
+              sample: '2026-11-25T02:00:05Z'
+            type:
+              description: The snapshot's VDI type (C(user) or C(system)).
+              type: str
+              sample: user
 unresolved:
   description:
     - The entries of O(vms) that name no VM, or a name that several VMs share, in the order of O(vms) (each name
@@ -291,6 +322,10 @@ summary:
       description: Disks skipped.
       type: int
       sample: 1
+    leftover_snapshots:
+      description: Snapshots of interrupted runs listed in RV(vms[].disks[].leftover_snapshots), of all disks.
+      type: int
+      sample: 0
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -29,6 +29,9 @@ description:
     CBT chain keeps the chain intact (its changed blocks are merged into the next snapshot's log).
   - A snapshot has the same name as its disk. For O(state=present), a name in O(vdi) therefore only matches disks
     that are not snapshots; for O(state=metadata_only) and O(state=absent), only snapshots. Name snapshots by uuid.
+  - O(state=present) marks every disk snapshot it takes (see the notes), so that the snapshots of a run that was
+    interrupted before its cleanup can be found later
+    (RV(xenserver.cbt_backup.backup_plan#module:vms[].disks[].leftover_snapshots)).
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
@@ -91,6 +94,15 @@ requirements:
 notes:
   - Enable CBT on the disks (M(xenserver.cbt_backup.vdi_cbt)) before the first snapshot of a backup chain; a
     snapshot taken without CBT carries a warning, cannot be reduced to CBT metadata, and cannot serve as a base.
+  - "Every disk snapshot taken with O(state=present) (O(vdi) and O(vm)) is marked in its C(other_config): the key
+    C(xenserver.cbt_backup.snapshot) holds the UTC time it was taken, for example C(2026-11-25T02:00:05Z), by the
+    clock of the machine that runs the module. It is set with C(VDI.add_to_other_config) right after the
+    snapshot; for O(vm), as soon as each disk snapshot is found, before the snapshot VM record is destroyed. The
+    disk itself is never marked. A snapshot inherits its disk's C(other_config); a marker inherited that way (from a disk
+    copied from a marked snapshot) is replaced by the new snapshot's time. The marker stays when the snapshot is
+    reduced to CBT metadata."
+  - If marking or reading a new snapshot fails, the module fails and still returns the snapshot in RV(snapshots),
+    so that it can be destroyed (O(state=absent)).
 seealso:
   - module: xenserver.cbt_backup.vdi_cbt
   - module: xenserver.cbt_backup.vdi_changed_blocks
@@ -146,12 +158,14 @@ snapshots:
       (O(state=absent), empty when it was already gone), one per disk, in the VM's disk order.
     - In check mode with O(state=present), the disks that would be snapshotted; RV(snapshots[].uuid),
       RV(snapshots[].ref) and RV(snapshots[].time) are then null.
-    - When C(VM.snapshot) succeeded for O(vm) but a later step failed (reading the snapshot VM, its VBDs, or
-      destroying its record), the module fails and still returns here every disk snapshot it could find, so that
-      they can be destroyed (O(state=absent)).
+    - When C(VM.snapshot) succeeded for O(vm) but a later step failed (reading the snapshot VM, its VBDs or its
+      disk snapshots, marking them, or destroying its record), the module fails and still returns here every disk
+      snapshot it could find, so that they can be destroyed (O(state=absent)).
+    - Likewise for O(vdi) when C(VDI.snapshot) succeeded but marking or reading the snapshot failed. If it cannot be
+      read at all, only its RV(snapshots[].ref) and its disk's facts are known (RV(snapshots[].uuid) is null).
   type: list
   elements: dict
-  returned: success, and on failure after C(VM.snapshot) succeeded
+  returned: success, and on failure after C(VDI.snapshot) or C(VM.snapshot) succeeded
   contains:
     uuid:
       description: The snapshot's uuid.
@@ -244,9 +258,9 @@ def main():
         if params['state'] == 'absent':
             return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode,
                                          retries=params['retries'], delay=params['delay'])
-        if params['vdi']:
-            return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
         try:
+            if params['vdi']:
+                return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
             return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode,
                                              skip_disks=params['skip_disks'])
         except _snapshot_ops.PartialSnapshotError as exc:

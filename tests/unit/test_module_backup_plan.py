@@ -31,7 +31,7 @@ def test_plan_snapshot_export_plan_through_ansible(lab, tmp_path):
     plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root, 'skip_disks': ['demo-vm-disk1'],
                                     'full_every': {'incrementals': 6}}, tmp_path, check=True)
     assert plan['failed'] is False and plan['changed'] is False, plan
-    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 1, 'incremental': 0, 'skip': 1}
+    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 1, 'incremental': 0, 'skip': 1, 'leftover_snapshots': 0}
     disk0, disk1 = plan['vms'][0]['disks']
     assert (disk0['mode'], disk0['reason_code'], disk1['mode'], disk1['reason_code']) == \
         ('full', 'FIRST_BACKUP', 'skip', 'SKIPPED')
@@ -57,6 +57,14 @@ def test_plan_snapshot_export_plan_through_ansible(lab, tmp_path):
     plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root}, tmp_path)
     disk0 = plan['vms'][0]['disks'][0]
     assert (disk0['mode'], disk0['reason_code'], disk0['base']) == ('incremental', 'CHAIN_OK', snapshot)
+    assert disk0['leftover_snapshots'] == []  # the anchor still holds its data (not reduced), but is no leftover
+
+    # a snapshot of a run that stopped before its cleanup: the next plan lists it
+    left = run(lab, 'vdi_snapshot', {'vdi': 'demo-vm-disk0'}, tmp_path)['snapshots'][0]
+    plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root}, tmp_path)
+    leftover = {'uuid': left['uuid'], 'time': left['time'], 'type': 'user'}
+    assert plan['vms'][0]['disks'][0]['leftover_snapshots'] == [leftover]
+    assert plan['summary']['leftover_snapshots'] == 1
 
 
 def test_bad_arguments(lab, tmp_path):

@@ -112,7 +112,7 @@ def test_first_backup_then_incremental(demo):
     demo.cbt(1, True)
     plan = demo.plan()
     assert plan['changed'] is False and plan['warnings'] == []
-    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 2, 'incremental': 0, 'skip': 0}
+    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 2, 'incremental': 0, 'skip': 0, 'leftover_snapshots': 0}
     vm = plan['vms'][0]
     assert (vm['uuid'], vm['name'], vm['power_state'], vm['tags']) == (demo.vm['uuid'], 'demo-vm', 'Running', [])
     first = vm['disks']
@@ -127,6 +127,7 @@ def test_first_backup_then_incremental(demo):
         assert disk['cbt_enabled'] is True and disk['cbt_supported'] is True
         assert disk['base'] is None and disk['previous_anchor'] is None
         assert (disk['points'], disk['incrementals_since_full'], disk['last_full_time']) == (0, 0, None)
+        assert disk['leftover_snapshots'] == []
     assert first[0]['virtual_size'] == 8 * 1024 * 1024 and first[1]['virtual_size'] == 2 * 1024 * 1024
     assert not os.path.exists(demo.root)  # nothing created
 
@@ -148,7 +149,10 @@ def test_first_backup_then_incremental(demo):
     assert decision(disk0) == ('incremental', 'CHAIN_OK')
     assert disk0['base'] == snaps2[0] and disk0['previous_anchor'] == snaps2[0]
     assert (disk0['points'], disk0['incrementals_since_full'], disk0['last_full_time']) == (2, 1, points[0]['time'])
-    assert third['summary'] == {'vms': 1, 'disks': 2, 'full': 0, 'incremental': 2, 'skip': 0}
+    assert third['summary'] == {'vms': 1, 'disks': 2, 'full': 0, 'incremental': 2, 'skip': 0, 'leftover_snapshots': 1}
+    # disk1's snapshot of the second run was neither exported nor reduced: a leftover, as after an interrupted run
+    assert disk0['leftover_snapshots'] == []
+    assert [s['uuid'] for s in third['vms'][0]['disks'][1]['leftover_snapshots']] == [snaps2[1]]
 
 
 def test_the_plan_takes_no_lock(demo):
@@ -384,6 +388,75 @@ def test_a_resized_disk(demo):
     assert disk['previous_anchor'] == snap
 
 
+# ----- snapshots that interrupted runs left behind ----------------------------------------------------------
+
+def marked_time(client, uuid):
+    return client.call('VDI.get_other_config', client.call('VDI.get_by_uuid', uuid))[_snapshot_ops.SNAPSHOT_MARKER]
+
+
+def snapshot_time(client, uuid):
+    return _snapshot_ops.iso_time(client.call('VDI.get_snapshot_time', client.call('VDI.get_by_uuid', uuid)))
+
+
+def test_leftover_snapshots(demo):
+    """Listed: vdi_snapshot's (marked) snapshots that still hold data. Not listed: the repository's anchor (here
+    with its data), CBT metadata, and snapshots someone else took with plain XenAPI (no marker)."""
+    demo.cbt(0, True)
+    demo.cbt(1, True)
+    snaps = demo.snapshot()
+    demo.export(0, snaps[0], metadata_only=False)  # the anchor keeps its data
+    demo.export(1, snaps[1])  # reduced to CBT metadata, the anchor of disk1
+    reduced = demo.snap(1)  # marked, and reduced to CBT metadata, but no anchor
+    _snapshot_ops.data_destroy(demo.client, reduced)
+    session = demo.lab.session()
+    try:
+        api = session.xenapi
+        plain = [api.VDI.get_uuid(api.VDI.snapshot(api.VDI.get_by_uuid(uuid), {})) for uuid in demo.uuids]
+    finally:
+        session.xenapi.session.logout()
+    for uuid in snaps + [reduced]:
+        assert marked_time(demo.client, uuid)
+    plan = demo.plan()
+    assert [d['leftover_snapshots'] for d in plan['vms'][0]['disks']] == [[], []]
+    assert plan['summary']['leftover_snapshots'] == 0
+
+    interrupted = demo.snapshot()  # a run that stopped after its snapshot, before its cleanup
+    plan = demo.plan()
+    disks = plan['vms'][0]['disks']
+    for n, disk in enumerate(disks):
+        assert disk['leftover_snapshots'] == [
+            {'uuid': interrupted[n], 'time': snapshot_time(demo.client, interrupted[n]), 'type': 'user'}]
+        assert decision(disk) == ('incremental', 'CHAIN_OK')  # the plan itself does not change
+    assert plan['summary']['leftover_snapshots'] == 2
+    # listed for a skipped disk too
+    assert demo.disks(skip_disks=['demo-vm-disk1'])[1]['leftover_snapshots'] == disks[1]['leftover_snapshots']
+
+    # once disk0's repository is gone, its former anchor is a leftover like any marked snapshot with data
+    shutil.rmtree(demo.repo(0))
+    disk0 = demo.disks()[0]
+    assert decision(disk0) == ('full', 'FIRST_BACKUP')
+    assert sorted(s['uuid'] for s in disk0['leftover_snapshots']) == sorted([snaps[0], interrupted[0]])
+
+    # the next run destroys them (vdi_snapshot state=absent); what others made stays
+    for disk in demo.plan()['vms'][0]['disks']:
+        for leftover in disk['leftover_snapshots']:
+            assert _snapshot_ops.destroy(demo.client, leftover['uuid'])['changed'] is True
+    plan = demo.plan()
+    assert plan['summary']['leftover_snapshots'] == 0
+    for uuid in plain + [snaps[1], reduced]:
+        assert demo.client.call('VDI.get_by_uuid', uuid)
+
+
+def test_a_leftover_snapshot_reports_its_snapshot_time_not_the_marker_value(demo):
+    snap = demo.snap(0)
+    ref = demo.client.call('VDI.get_by_uuid', snap)
+    demo.client.call('VDI.remove_from_other_config', ref, _snapshot_ops.SNAPSHOT_MARKER)
+    demo.client.call('VDI.add_to_other_config', ref, _snapshot_ops.SNAPSHOT_MARKER, '2020-01-01T00:00:00Z')
+    leftovers = demo.disks()[0]['leftover_snapshots']
+    assert leftovers == [{'uuid': snap, 'time': snapshot_time(demo.client, snap), 'type': 'user'}]
+    assert leftovers[0]['time'] != '2020-01-01T00:00:00Z'
+
+
 # ----- full_every --------------------------------------------------------------------------------------------
 
 @pytest.fixture
@@ -470,7 +543,8 @@ def test_vms_by_name_uuid_and_tags(lab, client, root):
     plan = _backup_plan.plan(client, root, tags=['nightly', 'backup'])
     assert [vm['name'] for vm in plan['vms']] == ['demo-vm', 'other-vm']  # sorted by name
     assert plan['vms'][0]['tags'] == ['backup'] and plan['vms'][1]['tags'] == ['nightly']
-    assert plan['summary'] == {'vms': 2, 'disks': 3, 'full': 3, 'incremental': 0, 'skip': 0}
+    # the snapshot VM's disk snapshots were made with plain XenAPI: no leftovers of a backup run
+    assert plan['summary'] == {'vms': 2, 'disks': 3, 'full': 3, 'incremental': 0, 'skip': 0, 'leftover_snapshots': 0}
     # other-vm's disk: CBT off, no repository yet
     assert decision(plan['vms'][1]['disks'][0]) == ('full', 'FIRST_BACKUP')
 
@@ -495,7 +569,7 @@ def test_unresolved_vms_are_left_out_and_the_others_planned(lab, client, root):
 
     plan = _backup_plan.plan(client, root, vms=['no-such-vm', 'demo-vm', 'a snapshot VM', missing_uuid, 'no-such-vm'])
     assert [vm['name'] for vm in plan['vms']] == ['demo-vm']
-    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 2, 'incremental': 0, 'skip': 0}
+    assert plan['summary'] == {'vms': 1, 'disks': 2, 'full': 2, 'incremental': 0, 'skip': 0, 'leftover_snapshots': 0}
     # each unresolved name once, in the order of vms; a snapshot VM is no VM here
     assert plan['unresolved'] == [
         {'name': 'no-such-vm', 'error_code': 'NOT_FOUND', 'msg': 'no VM has the uuid or name "no-such-vm"'},

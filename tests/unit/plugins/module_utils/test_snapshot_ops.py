@@ -23,7 +23,7 @@ def _uuid(n):
 def _vdi(n, name, **fields):
     record = {'uuid': _uuid(n), 'name_label': name, 'type': 'user', 'is_a_snapshot': False, 'snapshot_of': NULL,
               'snapshot_time': xmlrpc.client.DateTime('19700101T00:00:00Z'), 'cbt_enabled': True,
-              'virtual_size': str(4 * K64 + 512), 'managed': True, 'VBDs': []}
+              'virtual_size': str(4 * K64 + 512), 'managed': True, 'VBDs': [], 'other_config': {}}
     record.update(fields)
     return record
 
@@ -60,6 +60,7 @@ class FakeClient:
         self.counter += 1
         ref = 'OpaqueRef:s%d' % self.counter
         base = self.objects['VDI'][of]
+        fields.setdefault('other_config', dict(base['other_config']))  # xapi copies it from the disk
         self.objects['VDI'][ref] = _vdi(self.counter, base['name_label'], is_a_snapshot=True, snapshot_of=of,
                                         snapshot_time=xmlrpc.client.DateTime(when),
                                         cbt_enabled=base['cbt_enabled'], **fields)
@@ -108,6 +109,17 @@ class FakeClient:
     def _VM_destroy(self, vm):
         for vbd in self.objects['VM'].pop(vm)['VBDs']:
             del self.objects['VBD'][vbd]
+        return ''
+
+    def _VDI_add_to_other_config(self, vdi, key, value):
+        other_config = self.objects['VDI'][vdi]['other_config']
+        if key in other_config:
+            raise host_error('MAP_DUPLICATE_KEY', 'VDI', 'other_config', vdi, key)
+        other_config[key] = value
+        return ''
+
+    def _VDI_remove_from_other_config(self, vdi, key):
+        self.objects['VDI'][vdi]['other_config'].pop(key, None)
         return ''
 
     def _VDI_data_destroy(self, vdi):

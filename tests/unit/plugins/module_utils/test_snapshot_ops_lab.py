@@ -1,11 +1,11 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vdi_snapshot against the lab, over real HTTPS XML-RPC: a VM snapshot whose later steps fail, and destroying a
-snapshot an NBD connection still holds.
+"""vdi_snapshot against the lab, over real HTTPS XML-RPC: a VM or disk snapshot whose later steps (reading, marking)
+fail, and destroying a snapshot an NBD connection still holds.
 
 Failures are real: the lab answers them because another session changed something at the wrong moment (it destroyed
-the snapshot VM or one of its VBDs), or because the host did not answer in time (the simulator is stopped with
-SIGSTOP for one call). ``Interposed`` only decides *when* that happens: it is the real client, and before its n-th
-call of a method made after ``VM.snapshot`` it runs the given action.
+the snapshot VM, one of its VBDs or the snapshot), or because the host did not answer in time (the simulator is
+stopped with SIGSTOP for one call). ``Interposed`` only decides *when* that happens: it is the real client, and
+before its n-th call of a method made after ``VM.snapshot`` (or ``VDI.snapshot``) it runs the given action.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -25,7 +25,7 @@ __metaclass__ = type
 
 class Interposed(_xenapi.XenApiClient):
     """A real client of the lab; ``at[(method, n)] = action(real_call, *args)`` runs instead of the n-th call of
-    ``method`` after VM.snapshot (``real_call()`` makes the call)."""
+    ``method`` after VM.snapshot or VDI.snapshot (``real_call()`` makes the call)."""
 
     def __init__(self, lab, timeout=30):
         super(Interposed, self).__init__(lab.info['url'], username=lab.info['username'],
@@ -33,6 +33,7 @@ class Interposed(_xenapi.XenApiClient):
         self.at = {}
         self.counts = None
         self.snap_vm = None
+        self.snap_vdi = None
         self.calls = []
 
     def call(self, method, *args):
@@ -46,6 +47,8 @@ class Interposed(_xenapi.XenApiClient):
         result = real(method, *args)
         if method == 'VM.snapshot':
             self.counts, self.snap_vm = {}, result
+        if method == 'VDI.snapshot':
+            self.counts, self.snap_vdi = {}, result
         return result
 
 
@@ -183,9 +186,86 @@ def test_vm_destroy_fails(lab, client, interposed):
 def test_without_a_failure_the_calls_are_as_before(lab, client, interposed):
     result = _snapshot_ops.snapshot_vm(interposed, 'demo-vm')
     assert len(result['snapshots']) == 2 and snapshot_vms(client) == []
-    # read once each: the VM, its three VBDs (two disks, the CD), the two disk snapshots; no uuid lookups
-    expected = ['VM.get_record'] + ['VBD.get_record', 'VDI.get_record'] * 2 + ['VBD.get_record', 'VM.destroy']
+    # read once each: the VM, its three VBDs (two disks, the CD), the two disk snapshots, each marked as soon as it
+    # was read; no uuid lookups
+    expected = (['VM.get_record'] + ['VBD.get_record', 'VDI.get_record', 'VDI.add_to_other_config'] * 2
+                + ['VBD.get_record', 'VM.destroy'])
     assert interposed.calls == expected
+
+
+# ----- marking a new snapshot fails ---------------------------------------------------------------------------
+
+MARKER = _snapshot_ops.SNAPSHOT_MARKER
+
+
+def stall_host(lab):
+    """An action that stops the simulator for one call, so that the client times out."""
+    simulator = lab.info['pids'][0]
+
+    def host_stalls(real, *args):
+        os.kill(simulator, signal.SIGSTOP)
+        try:
+            return real()
+        finally:
+            os.kill(simulator, signal.SIGCONT)
+    return host_stalls
+
+
+def test_marking_a_disk_snapshot_fails_it_is_still_returned(lab, client):
+    """The host does not answer VDI.add_to_other_config: the snapshot is reported (read once it answers again), so
+    that the caller can destroy it."""
+    disk0, disk1 = disks_of(client)
+    with Interposed(lab, timeout=3) as stalled:
+        stalled.at[('VDI.add_to_other_config', 1)] = stall_host(lab)
+        with pytest.raises(_snapshot_ops.PartialSnapshotError) as caught:
+            _snapshot_ops.snapshot_vdi(stalled, disk0['uuid'])
+        snap_ref = stalled.snap_vdi
+    error = caught.value
+    assert error.code is None and 'did not answer within 3' in error.message
+    assert 'was taken, but marking or reading it failed: destroy it' in error.message and snap_ref in error.message
+    assert [s['uuid'] for s in error.snapshots] == snapshot_uuids(client, disk0)
+    assert error.snapshots[0]['ref'] == snap_ref and error.snapshots[0]['snapshot_of'] == disk0['uuid']
+    destroy_reported(client, error.snapshots)
+    assert snapshot_uuids(client, disk0) == []
+
+
+def test_the_snapshot_destroyed_before_it_is_marked(lab, client, interposed):
+    """Another session destroys the new disk snapshot before it is marked: it cannot be read any more, so only its
+    ref and its disk's facts are reported (nothing is left to destroy)."""
+    disk0, disk1 = disks_of(client)
+
+    def destroyed_by_someone_else(real, vdi, key, value):
+        client.call('VDI.destroy', vdi)
+        return real()
+    interposed.at[('VDI.add_to_other_config', 1)] = destroyed_by_someone_else
+    with pytest.raises(_snapshot_ops.PartialSnapshotError) as caught:
+        _snapshot_ops.snapshot_vdi(interposed, 'demo-vm-disk0')
+    error = caught.value
+    assert error.code == 'HANDLE_INVALID' and error.from_host
+    reported, = error.snapshots
+    assert reported['uuid'] is None and reported['ref'] == interposed.snap_vdi
+    assert (reported['snapshot_of'], reported['name']) == (disk0['uuid'], 'demo-vm-disk0')
+    assert reported['time'] and snapshot_uuids(client, disk0) == []
+
+
+def test_marking_a_disk_snapshot_of_a_vm_snapshot_fails(lab, client):
+    """The host does not answer when the first disk snapshot is marked: the listing once more finds both disk
+    snapshots and marks them (the snapshot VM is left, as after any failure), and both are reported."""
+    disk0, disk1 = disks_of(client)
+    with Interposed(lab, timeout=3) as stalled:
+        stalled.at[('VDI.add_to_other_config', 1)] = stall_host(lab)
+        with pytest.raises(_snapshot_ops.PartialSnapshotError) as caught:
+            _snapshot_ops.snapshot_vm(stalled, 'demo-vm')
+        snap_vm = stalled.snap_vm
+    error = caught.value
+    assert error.code is None and 'did not answer within 3' in error.message
+    assert [s['snapshot_of'] for s in error.snapshots] == [disk0['uuid'], disk1['uuid']]
+    assert [[s['uuid']] for s in error.snapshots] == [snapshot_uuids(client, disk0), snapshot_uuids(client, disk1)]
+    marks = [client.call('VDI.get_other_config', s['ref']).get(MARKER) for s in error.snapshots]
+    assert marks[0] and marks[0] == marks[1]
+    assert snapshot_vms(client) == [snap_vm]
+    destroy_reported(client, error.snapshots)
+    assert snapshot_uuids(client, disk0) == snapshot_uuids(client, disk1) == []
 
 
 # ----- destroy while an NBD connection holds the snapshot --------------------------------------------------------
