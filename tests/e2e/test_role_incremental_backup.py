@@ -264,6 +264,24 @@ def test_verify_playbook_finds_the_damaged_repository(lab):
     assert 'manifest' in out
 
 
+def test_the_leftover_of_an_interrupted_run_is_destroyed_by_the_next_run(lab):
+    # A run that died between its snapshot and its cleanup (a cancelled job) left a marked snapshot with data.
+    lab.module('vdi_snapshot', {'hostname': lab.lab['url'], 'ca_path': lab.lab['ca_cert'],
+                                'username': lab.lab['username'], 'vm': 'lab-vm-05'})
+    assert data_bearing_snapshots(lab) == ['lab-vm-05-disk0']
+    # Someone else's snapshot (no marker) is not the role's business.
+    session = lab.xenapi()
+    try:
+        foreign = session.xenapi.VDI.snapshot(session.xenapi.VDI.get_by_uuid(disk_uuid(lab, 'lab-vm-05-disk0')), {})
+        foreign_uuid = session.xenapi.VDI.get_uuid(foreign)
+    finally:
+        session.xenapi.session.logout()
+    lab.write_inventory({'incremental_backup_vms': ['lab-vm-05']})
+    rc, out = lab.playbook('backup')
+    assert 'Destroy the snapshots that interrupted runs left behind' in out
+    assert [r['uuid'] for r in lab.vdis().values() if r['is_a_snapshot'] and r['type'] != 'cbt_metadata'] == [foreign_uuid]
+
+
 def test_two_runs_in_one_play(lab):
     lab.write_inventory({})
     count = len(lab.reports())
