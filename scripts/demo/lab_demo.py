@@ -105,6 +105,7 @@ class LabPlaybooks:
             'incremental_backup_repository': self.backups,
             'incremental_backup_nbd_network': 'backup-net',
             'incremental_backup_configure_nbd_network': True,
+            'incremental_backup_nbd_settle_seconds': 1,
             'incremental_backup_poll_interval': 1,
         }
         pool.update(host_vars)
