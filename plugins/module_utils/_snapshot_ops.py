@@ -288,6 +288,28 @@ def _in_disk_order(found):
     return [described for dummy, described in sorted(found.values(), key=lambda item: item[0])]
 
 
+def _call_while_in_use(client, method, ref, retries, delay, sleep, explain):
+    """``method(ref)``, called again while the host answers VDI_IN_USE (at most ``retries`` more times,
+    ``delay`` seconds apart); returns the number of calls.
+
+    ``explain(exc, attempts)`` turns the final VDI_IN_USE, and a VDI_NO_CBT_METADATA, into the error to raise;
+    other errors propagate with ``attempts`` set on them.
+    """
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            client.call(method, ref)
+            return attempts
+        except XenApiError as exc:
+            exc.attempts = attempts
+            if exc.code == 'VDI_NO_CBT_METADATA' or (exc.code == 'VDI_IN_USE' and attempts > retries):
+                raise explain(exc, attempts)
+            if exc.code != 'VDI_IN_USE':
+                raise
+            sleep(delay)
+
+
 def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.sleep):
     """Reduce a snapshot to its CBT metadata (VDI.data_destroy), waiting out VDI_IN_USE.
 
@@ -309,25 +331,17 @@ def data_destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=t
         planned = describe_snapshot(client, ref, record)
         planned['type'] = 'cbt_metadata'
         return {'changed': True, 'snapshots': [planned], 'attempts': 0}
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            client.call('VDI.data_destroy', ref)
-            break
-        except XenApiError as exc:
-            if exc.code == 'VDI_NO_CBT_METADATA':
-                raise rewrap(exc, '%s. It cannot serve as the base of an incremental backup; destroy the snapshot '
-                             '(state=absent) instead' % exc.message)
-            if exc.code != 'VDI_IN_USE':
-                raise
-            if attempts > retries:
-                raise rewrap(exc, 'VDI.data_destroy failed %d times: the snapshot %s (%s) is still in use. Usually an '
-                             'NBD connection to it is still open (xapi removes its VBD a few seconds after the client '
-                             'disconnects), or the snapshot still belongs to a snapshot VM (destroy that VM record '
-                             'first; its disks are kept). Close the NBD connection and try again, or raise '
-                             'retries/delay' % (attempts, record['uuid'], record['name_label']))
-            sleep(delay)
+
+    def explain(exc, attempts):
+        if exc.code == 'VDI_NO_CBT_METADATA':
+            return rewrap(exc, '%s. It cannot serve as the base of an incremental backup; destroy the snapshot '
+                               '(state=absent) instead' % exc.message)
+        return rewrap(exc, 'VDI.data_destroy failed %d times: the snapshot %s (%s) is still in use. Usually an NBD '
+                           'connection to it is still open (xapi removes its VBD a few seconds after the client '
+                           'disconnects), or the snapshot still belongs to a snapshot VM (destroy that VM record '
+                           'first; its disks are kept). Close the NBD connection and try again, or raise '
+                           'retries/delay' % (attempts, record['uuid'], record['name_label']))
+    attempts = _call_while_in_use(client, 'VDI.data_destroy', ref, retries, delay, sleep, explain)
     record = client.call('VDI.get_record', ref)
     return {'changed': True, 'snapshots': [describe_snapshot(client, ref, record)], 'attempts': attempts}
 
@@ -345,21 +359,16 @@ def destroy(client, ident, check_mode=False, retries=10, delay=2.0, sleep=time.s
     described = describe_snapshot(client, ref, record)
     if check_mode:
         return {'changed': True, 'snapshots': [described], 'attempts': 0}
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            client.call('VDI.destroy', ref)
-            break
-        except XenApiError as exc:
-            if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
-                return {'changed': False, 'snapshots': [], 'attempts': attempts}
-            if exc.code != 'VDI_IN_USE':
-                raise
-            if attempts > retries:
-                raise rewrap(exc, '%s. The snapshot %s (%s) was still in use after %d attempt(s), %g s apart: an NBD '
-                                  'connection to the snapshot may still be open (xapi removes its VBD a few seconds '
-                                  'after the client disconnects). Close it and try again, or raise retries/delay'
-                             % (exc.message, record['uuid'], record['name_label'], attempts, delay))
-            sleep(delay)
+
+    def explain(exc, attempts):
+        return rewrap(exc, '%s. The snapshot %s (%s) was still in use after %d attempt(s), %g s apart: an NBD '
+                           'connection to the snapshot may still be open (xapi removes its VBD a few seconds after '
+                           'the client disconnects). Close it and try again, or raise retries/delay'
+                      % (exc.message, record['uuid'], record['name_label'], attempts, delay))
+    try:
+        attempts = _call_while_in_use(client, 'VDI.destroy', ref, retries, delay, sleep, explain)
+    except XenApiError as exc:
+        if exc.code in GONE_CODES:  # destroyed by someone else in the meantime
+            return {'changed': False, 'snapshots': [], 'attempts': getattr(exc, 'attempts', 1)}
+        raise
     return {'changed': True, 'snapshots': [described], 'attempts': attempts}
