@@ -13,7 +13,6 @@ from __future__ import absolute_import, division, print_function
 
 import argparse
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -24,16 +23,15 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 XENLAB = os.path.join(ROOT, 'tests', 'lab', 'xenlab')
 BIN = os.path.dirname(os.path.abspath(sys.executable))
+sys.path.insert(0, ROOT)
+import conftest  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
+
+# The repository's own file hash: the demo checks restored disks the way backup_verify checks points.
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import (  # noqa: E402 pylint: disable=wrong-import-position
+    file_sha256 as sha256,
+)
 
 __metaclass__ = type
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class LabPlaybooks:

@@ -16,6 +16,7 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, store
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     assert_qcow2_clean, assert_same_as_raw,
@@ -43,13 +44,6 @@ backup.export_to_repository(target, args['repo'], changed_blocks=args['bitmap'],
                             base_uuid=args['base'], connections=2, requests_in_flight=2)
 print('done')
 '''
-
-
-def collections_root():
-    path = os.path.abspath(_cbt.__file__)
-    while os.path.basename(path) != 'ansible_collections':
-        path = os.path.dirname(path)
-    return os.path.dirname(path)
 
 
 def read(path):
@@ -84,7 +78,7 @@ def test_sigkill_at_random_moments_never_loses_or_fakes_a_point(nbd_server_facto
         expected[snapshot] = read(image.path)
         args = {'nbd': server.nbd_info(), 'repo': repo_dir, 'bitmap': _cbt.encode(changed, image.size),
                 'snapshot': {'uuid': snapshot}, 'base': anchor}
-        child = subprocess.Popen([sys.executable, '-c', CHILD, collections_root(), json.dumps(args)],
+        child = subprocess.Popen([sys.executable, '-c', CHILD, collections_path(), json.dumps(args)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(rnd.uniform(0.4, 2.0))
         child.send_signal(signal.SIGKILL)

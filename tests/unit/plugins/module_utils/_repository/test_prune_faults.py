@@ -15,8 +15,8 @@ import time
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention, store
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     assert_same_as_raw,
 )
@@ -60,19 +60,12 @@ print('done')
 '''
 
 
-def collections_root():
-    path = os.path.abspath(_cbt.__file__)
-    while os.path.basename(path) != 'ansible_collections':
-        path = os.path.dirname(path)
-    return os.path.dirname(path)
-
-
 def start_child(repo_dir, rules, kill_at=None, delay=0.0):
     env = dict(os.environ)
     env.pop(retention.KILL_ENV, None)
     if kill_at:
         env[retention.KILL_ENV] = kill_at
-    return subprocess.Popen([sys.executable, '-c', CHILD, collections_root(), repo_dir, json.dumps(rules), str(delay)],
+    return subprocess.Popen([sys.executable, '-c', CHILD, collections_path(), repo_dir, json.dumps(rules), str(delay)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
 
 
