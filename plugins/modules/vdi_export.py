@@ -471,10 +471,11 @@ def main():
     except XenApiError as exc:
         _xenapi_module.fail(module, exc)
     except (NbdError, BitmapError, _export.ExportError, RepositoryError, Qcow2Error) as exc:
-        module.fail_json(msg=str(exc), error_type=type(exc).__name__)
+        # every domain error names its condition in ``code`` (NBD_TIMEOUT, REPOSITORY_DAMAGED, ...)
+        module.fail_json(msg=str(exc), error_type=type(exc).__name__, error_code=getattr(exc, 'code', None) or 'EXPORT_FAILED')
     except (IOError, OSError) as exc:
         where = params['dest'] or params['repository']
-        module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where))
+        module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where), error_code='WRITE_FAILED')
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)
