@@ -115,17 +115,12 @@ class RepositoryState:
             self.error = '%s exists but is not a directory' % self.path
             return
         try:
-            with Repository(self.path, missing_ok=True) as repo:
+            # load() validates the manifest's shape; a damaged one is an error here as it is for the export
+            with Repository(self.path, missing_ok=True, allow_previous=False) as repo:
                 self.exists = repo.exists and os.path.exists(os.path.join(self.path, MANIFEST))
-                manifest = repo.manifest
+                self.manifest = repo.manifest
         except (RepositoryError, OSError) as exc:
             self.error = str(exc)
-            return
-        problem = _manifest_problem(manifest)
-        if problem:
-            self.error = 'the manifest %s is damaged (%s)' % (os.path.join(self.path, MANIFEST), problem)
-            return
-        self.manifest = manifest
 
     @property
     def points(self):
@@ -138,23 +133,6 @@ class RepositoryState:
     @property
     def anchor(self):
         return self.manifest.get('cbt_anchor') if self.manifest else None
-
-
-def _manifest_problem(manifest):
-    """Why a loaded manifest cannot be used, or None."""
-    if not isinstance(manifest, dict):
-        return 'it is not a JSON object'
-    points = manifest.get('points')
-    if not isinstance(points, list):
-        return 'it has no list of points'
-    for point in points:
-        if not isinstance(point, dict) or not isinstance(point.get('id'), str) or not isinstance(point.get('file'), str):
-            return 'a point has no id or file'
-    if points and not isinstance(points[-1].get('virtual_size'), int):
-        return 'the newest point has no virtual_size'
-    if not isinstance(manifest.get('disk') or {}, dict):
-        return 'its disk is not a JSON object'
-    return None
 
 
 def chain_facts(points):

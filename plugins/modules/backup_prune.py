@@ -126,10 +126,19 @@ bytes_freed:
 recovered:
   description:
     - What was done about an interrupted earlier run before pruning. C(action) is C(none), C(finished) (the merge of
-      C(point) was completed) or C(rolled_back); C(deleted) lists leftover files that were deleted.
+      C(point) was completed) or C(rolled_back); C(deleted) lists the files of interrupted runs that were deleted
+      (only files the repository's journal says this collection wrote).
   type: dict
   returned: success
   sample: {action: none, point: null, deleted: []}
+unknown_files:
+  description:
+    - Files in the repository directory that this collection did not write (not listed, not in its journal). They are
+      never deleted; a warning names them.
+  type: list
+  elements: str
+  returned: success
+  sample: [notes.txt]
 recovery_pending:
   description: In check mode, whether an interrupted earlier run would be finished or rolled back first.
   type: bool
@@ -142,7 +151,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import (
+    SPACE_ERRNOS, Repository, RepositoryError)
 
 
 def main():
@@ -163,16 +173,21 @@ def main():
     path = params['repository']
     try:
         retention.validate_rules(rules)
-        with Repository(path, write=not module.check_mode) as repo:
+        with Repository(path, write=not module.check_mode, allow_previous=False) as repo:
             before = [p['id'] for p in repo.points]
             result = retention.prune(repo, rules, check_mode=module.check_mode)
             result['repository'] = repo.path
+            result['unknown_files'] = repo.unknown_files()
+            notices = repo.notices()
     except (RepositoryError, Qcow2Error) as exc:
-        module.fail_json(msg=str(exc), repository=path, error_type=type(exc).__name__)
+        module.fail_json(msg=str(exc), repository=path, error_type=type(exc).__name__,
+                         error_code=getattr(exc, 'code', None) or 'REPOSITORY_DAMAGED')
     except (IOError, OSError) as exc:
         module.fail_json(msg='pruning the repository %s failed: %s. Every restore point listed in its manifest is still '
                              'restorable; the next run finishes or rolls back what was interrupted.' % (path, exc),
-                         repository=path)
+                         repository=path, error_code='NO_SPACE' if exc.errno in SPACE_ERRNOS else 'PRUNE_FAILED')
+    for warning in notices:
+        module.warn(warning)
     if module._diff:
         result['diff'] = {'before': '\n'.join(before) + '\n' if before else '',
                           'after': '\n'.join(result['kept']) + '\n' if result['kept'] else ''}

@@ -20,6 +20,8 @@ from .store import Repository, RepositoryError, utc_now
 
 __metaclass__ = type
 
+SECTOR = 512
+
 
 def export_to_repository(target, repository, changed_blocks=None, snapshot=None, base_uuid=None, disk=None, **options):
     """Add a restore point to the repository directory ``repository``; return the export result.
@@ -33,30 +35,38 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
     snapshot = snapshot or {}
     kind = 'full' if changed_blocks is None else 'incremental'
     check_mode = options.get('check_mode', False)
-    with Repository(repository, write=not check_mode, create=not check_mode, missing_ok=check_mode) as repo:
+    with Repository(repository, write=not check_mode, create=not check_mode, missing_ok=check_mode,
+                    allow_previous=False) as repo:
         recovered = None
         cleaned = []
         if not check_mode:
-            # Finish (or roll back) a prune that was interrupted, before its files could look like leftovers.
+            # Finish (or roll back) a prune that was interrupted, then delete what the repository's journal
+            # says interrupted runs of this collection left (never a file it does not name).
             recovered = retention.recover(repo)
-            cleaned = sorted(set(recovered.get('deleted') or []) | set(repo.remove_leftovers()))
+            cleaned = recovered['deleted']
         parent = repo.newest()
 
         def check(size):
+            if size % SECTOR:
+                # qcow2 sizes are whole sectors: qemu-img would read such a point shorter than it was exported
+                raise RepositoryError(
+                    'the export has %d bytes, not a multiple of %d: a qcow2 restore point cannot hold it exactly, so '
+                    'nothing was written to %s. Export it to a raw file with dest: instead.' % (size, SECTOR, repo.path),
+                    code='EXPORT_SIZE_UNALIGNED')
             if kind == 'full':
                 return
             if parent is None:
                 raise RepositoryError('the repository %s has no restore point for the changed blocks to build on; '
-                                      'take a full backup first' % repo.path)
+                                      'take a full backup first' % repo.path, code='NO_BASE_POINT')
             anchor = repo.manifest.get('cbt_anchor')
             if base_uuid and anchor != base_uuid:
                 raise RepositoryError(
                     'the newest restore point of %s was taken from snapshot %s, but the changed blocks were listed '
                     'against %s: they would not apply to it. Take a full backup (or pass the matching base).'
-                    % (repo.path, anchor, base_uuid))
+                    % (repo.path, anchor, base_uuid), code='BASE_MISMATCH')
             if parent['virtual_size'] != size:
                 raise RepositoryError('the disk has %d bytes now but %d in the newest restore point (it was resized): '
-                                      'take a full backup' % (size, parent['virtual_size']))
+                                      'take a full backup' % (size, parent['virtual_size']), code='DISK_RESIZED')
 
         def write(reader, extents, size):
             started = time.monotonic()
@@ -70,6 +80,7 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
             except BaseException:
                 writer.abort()
                 out.discard()
+                repo.abandon_pending([ident + '.qcow2'])
                 raise
             point = {
                 'id': ident,
@@ -104,6 +115,7 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
         result = _export.run_export(target, changed_blocks, write, check=check, **options)
         result['repository'] = repo.path
         result['cleaned_up'] = cleaned
+        result.setdefault('warnings', []).extend(repo.notices())
         if recovered and recovered.get('action') not in (None, 'none'):
             result['recovered'] = recovered
         if check_mode:

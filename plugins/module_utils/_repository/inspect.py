@@ -16,9 +16,9 @@ import datetime
 import os
 import random
 
-from . import qcow2
+from . import qcow2, retention
 from .qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
-from .store import MANIFEST, Repository, RepositoryError, file_sha256
+from .store import MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
 
 __metaclass__ = type
 
@@ -42,7 +42,7 @@ def find_repositories(root, max_depth=DEFAULT_MAX_DEPTH):
     base_depth = root.rstrip(os.sep).count(os.sep)
     for current, dirs, files in os.walk(root, onerror=None, followlinks=False):
         depth = current.rstrip(os.sep).count(os.sep) - base_depth
-        if MANIFEST in files:
+        if MANIFEST in files or MARKER in files or MANIFEST_PREV in files:  # a lost manifest shows as damaged
             found.append(current)
             dirs[:] = []
             continue
@@ -91,11 +91,8 @@ def describe_repository(path, now=None):
     result = {'path': os.path.abspath(path)}
     try:
         with Repository(path) as repo:
-            manifest = repo.manifest
+            manifest = repo.manifest  # validated by load(): every point has its fields with their types
             points = repo.points
-            if not isinstance(points, list) or not all(isinstance(p, dict) and 'id' in p and 'file' in p for p in points):
-                raise RepositoryError('the manifest %s does not list its points as expected'
-                                      % os.path.join(repo.path, MANIFEST))
             by_id = dict((p['id'], p) for p in points)
             listed = []
             total = 0
@@ -131,10 +128,12 @@ def describe_repository(path, now=None):
                 'newest': listed[-1]['id'] if listed else None,
                 'total_bytes': total,
                 'leftovers': repo.leftovers(),
+                'unknown_files': repo.unknown_files(),
+                'warnings': list(repo.warnings),
             })
-    except (RepositoryError, OSError, KeyError, TypeError, AttributeError) as exc:
-        result['error'] = str(exc) if isinstance(exc, (RepositoryError, OSError)) else \
-            'the manifest %s is damaged (%s: %s)' % (os.path.join(result['path'], MANIFEST), type(exc).__name__, exc)
+    except (RepositoryError, OSError) as exc:
+        result['error'] = str(exc)
+        result['error_code'] = getattr(exc, 'code', None) or 'REPOSITORY_UNREADABLE'
     return result
 
 
@@ -210,17 +209,33 @@ def _check_point(repo, point, by_id, position):
     return problems
 
 
+def _settled(repo, point):
+    """The point as verify must check it: a prune interrupted between renaming a merged file over the point's
+    and recording it left a ``pending_merge`` journal that vouches for the new file (restore honours it too);
+    the point is then checked as the standalone full the journal describes."""
+    journal = repo.manifest.get(retention.JOURNAL)
+    if not journal or journal.get('point') != point['id']:
+        return point
+    try:
+        if file_sha256(repo.file_path(point)) != journal['sha256']:
+            return point  # the rename did not happen: the old file is still the point's
+    except OSError:
+        return point
+    return retention.merged_view(point, journal)
+
+
 def verify_repository(path, point=None):
     """Verify a repository's points (or the chain of ``point``), oldest first; return the report.
 
     ``{'repository', 'points': [{id, ok, problems}], 'first_bad', 'affected', 'ok', 'leftovers', 'message'}``;
     ``affected`` lists the bad points and every point that depends on them, in manifest order.
     """
-    if not os.path.isfile(os.path.join(path, MANIFEST)) and os.path.isdir(path):
-        raise RepositoryError('%s holds no %s: it is not a backup repository, or no backup into it has finished yet '
-                              '(backup_info lists the repositories below a directory)' % (os.path.abspath(path), MANIFEST))
     with Repository(path) as repo:
-        by_id = dict((p['id'], p) for p in repo.points)
+        if not repo.points and not os.path.isfile(os.path.join(repo.path, MANIFEST)):
+            raise RepositoryError('%s holds no %s: it is not a backup repository, or no backup into it has finished '
+                                  'yet (backup_info lists the repositories below a directory)' % (repo.path, MANIFEST),
+                                  code='REPOSITORY_NOT_FOUND')
+        by_id = dict((p['id'], _settled(repo, p)) for p in repo.points)
         position = dict((p['id'], index) for index, p in enumerate(repo.points))
         if point is None:
             selected = list(repo.points)
@@ -236,7 +251,7 @@ def verify_repository(path, point=None):
         report = []
         bad = []
         for entry in selected:
-            problems = _check_point(repo, entry, by_id, position)
+            problems = _check_point(repo, by_id[entry['id']], by_id, position)
             report.append({'id': entry['id'], 'ok': not problems, 'problems': problems})
             if problems:
                 bad.append(entry['id'])
@@ -249,8 +264,12 @@ def verify_repository(path, point=None):
             'points': report,
             'first_bad': bad[0] if bad else None,
             'affected': affected,
-            'ok': not bad,
+            # a manifest read from manifest.json.prev because manifest.json is damaged is no verified repository
+            'ok': not bad and not repo.from_previous,
+            'manifest_damaged': repo.from_previous,
             'leftovers': repo.leftovers(),
+            'unknown_files': repo.unknown_files(),
+            'warnings': list(repo.warnings),
             'newest': repo.newest()['id'] if repo.points else None,
         }
         if point is not None:
@@ -260,6 +279,10 @@ def verify_repository(path, point=None):
 
 
 def verify_message(result):
+    if result.get('manifest_damaged'):
+        return ('%s Restore points it lists: %d, of which these verified: %s.'
+                % (' '.join(result['warnings']), len(result['points']),
+                   ', '.join(p['id'] for p in result['points'] if p['ok']) or 'none'))
     if not result['points']:
         return 'the repository %s has no restore point to verify' % result['repository']
     if result['ok']:

@@ -83,7 +83,7 @@ def _read_points(repository):
     if not repository:
         return None, 'the plan names no repository for this disk'
     try:
-        return Repository(repository, missing_ok=True).load()['points'], None
+        return Repository(repository, missing_ok=True, allow_previous=False).load()['points'], None
     except RepositoryError as exc:
         return None, str(exc)
     except (IOError, OSError) as exc:

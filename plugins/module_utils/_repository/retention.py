@@ -22,6 +22,7 @@ content is read through its chain and written as a standalone full image (only n
 to a temporary file, which then replaces the point's file under the same name; the point's
 children name that file as their backing file and read the same content from it.  Step by step::
 
+    0. journal the point's file in ``pending_files`` (so its temporary file is known to be ours);
     1. write the merged image to .<file>.partial-XXXX, fsync it and the directory, hash it;
     2. journal: manifest['pending_merge'] = {point, temp_file, sha256, blocks, bytes, blocks_digest,
        file_size, merged, drops}, saved atomically (Repository.save);
@@ -34,8 +35,9 @@ children name that file as their backing file and read the same content from it.
 Only the last merge of a run carries the drops; a manifest saved between merges is consistent on
 its own.  :func:`recover` finishes or rolls back an interrupted run: if the point's file already
 has the journal's sha256 it finishes step 4; elif the temporary file exists with that sha256 it
-renames it (step 3) and finishes; else it drops the journal (the old files are intact).  Then every
-point file the manifest does not list, and every temporary file, is deleted.  At any moment every
+renames it (step 3) and finishes; else it drops the journal (the old files are intact).  Then the files
+the repository's ``pending_files`` journal names and no listed point uses are deleted (the dropped points,
+journaled in the save that unlists them; temporary files of journaled names); nothing else is touched.  At any moment every
 point of the manifest is restorable: before step 3 the old files are untouched, after it the
 point's file holds the same disk content as before.
 
@@ -47,13 +49,12 @@ costs one dictionary lookup per step otherwise).
 from __future__ import absolute_import, division, print_function
 
 import datetime
-import errno
 import os
 import signal
 
 from .qcow2 import Qcow2Chain, Qcow2Writer
 from .raw_file import AtomicFile, fsync_directory
-from .store import PARTIAL_MARK, RepositoryError, file_sha256, utc_now
+from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256, utc_now
 
 __metaclass__ = type
 
@@ -68,7 +69,7 @@ class PruneError(RepositoryError):
     """Pruning failed; ``errno`` is set when an OS error caused it (ENOSPC...)."""
 
     def __init__(self, message, errno_=None):
-        super(PruneError, self).__init__(message)
+        super(PruneError, self).__init__(message, code='NO_SPACE' if errno_ in SPACE_ERRNOS else 'PRUNE_FAILED')
         self.errno = errno_
 
 
@@ -107,10 +108,10 @@ def validate_rules(rules):
     """The given rules (name -> int) without the unset ones; RepositoryError if none is set or one is negative."""
     given = dict((name, rules.get(name)) for name in RULES if rules.get(name) is not None)
     if not given:
-        raise RepositoryError('give at least one retention rule (%s)' % ', '.join(RULES))
+        raise RepositoryError('give at least one retention rule (%s)' % ', '.join(RULES), code='INVALID_OPTION')
     for name, value in given.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise RepositoryError('%s must be a whole number of at least 0, not %r' % (name, value))
+            raise RepositoryError('%s must be a whole number of at least 0, not %r' % (name, value), code='INVALID_OPTION')
     return given
 
 
@@ -187,52 +188,50 @@ def plan(points, keep_ids):
 
 # -- recovery ---------------------------------------------------------------------------------------
 
-def _unlink(path):
-    try:
-        os.unlink(path)
-        return True
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-        return False
+def merged_view(point, journal):
+    """``point`` as it reads once the merge that ``journal`` (a ``pending_merge``) describes is recorded."""
+    view = dict(point)
+    if 'export' not in view:
+        # what the export of this point stored, before the merge overwrites it (a run's report shows it)
+        view['export'] = {'type': point.get('type'), 'bytes': point.get('bytes'), 'blocks': point.get('blocks')}
+    view.update({
+        'type': 'full',
+        'parent': None,
+        'base_snapshot_uuid': None,
+        'sha256': journal['sha256'],
+        'blocks': journal['blocks'],
+        'bytes': journal['bytes'],
+        'blocks_digest': journal['blocks_digest'],
+        'file_size': journal['file_size'],
+        'merged': journal.get('merged') or [],
+    })
+    return view
 
 
 def _finish_merge(repo, journal):
-    """Step 4: record the merged point and the drops in the manifest (atomically)."""
+    """Step 4: record the merged point and the drops in the manifest (atomically).
+
+    The dropped points' files enter the ``pending_files`` journal in the same save that unlists them,
+    so that the clean-up (step 5) deletes only files this collection recorded.
+    """
     drops = set(journal.get('drops') or [])
+    points = []
     for point in repo.points:
         if point['id'] == journal['point']:
-            if 'export' not in point:
-                # what the export of this point stored, before the merge overwrites it (a run's report shows it)
-                point['export'] = {'type': point.get('type'), 'bytes': point.get('bytes'), 'blocks': point.get('blocks')}
-            point.update({
-                'type': 'full',
-                'parent': None,
-                'base_snapshot_uuid': None,
-                'sha256': journal['sha256'],
-                'blocks': journal['blocks'],
-                'bytes': journal['bytes'],
-                'blocks_digest': journal['blocks_digest'],
-                'file_size': journal['file_size'],
-                'merged': journal.get('merged') or [],
-            })
-    repo.manifest['points'] = [p for p in repo.points if p['id'] not in drops]
+            point = merged_view(point, journal)
+        points.append(point)
+    repo.record_pending(p['file'] for p in points if p['id'] in drops)
+    repo.manifest['points'] = [p for p in points if p['id'] not in drops]
     repo.manifest.pop(JOURNAL, None)
     repo.save()
 
 
-def _delete_unlisted(repo):
-    """Step 5 (and clean-up): delete point files the manifest does not list, and temporary files."""
-    listed = set(p['file'] for p in repo.points)
-    removed = []
-    for name in sorted(os.listdir(repo.path)):
-        if (name.endswith('.qcow2') and name not in listed) or (PARTIAL_MARK in name):
-            _fault_point('deleting')
-            if _unlink(os.path.join(repo.path, name)):
-                removed.append(name)
-    if removed:
-        fsync_directory(repo.path)
-    return removed
+def _delete_leftovers(repo):
+    """Step 5 (and clean-up): delete the files the repository's journal says this collection wrote and no
+    listed point uses (dropped points, interrupted exports and merges). Nothing else is ever deleted."""
+    if repo.leftovers():
+        _fault_point('deleting')
+    return repo.remove_leftovers()
 
 
 def recover(repo):
@@ -261,10 +260,12 @@ def recover(repo):
             _finish_merge(repo, journal)
             action = 'finished'
         else:
+            if journal.get('temp_file'):  # written by the interrupted merge: the clean-up below removes it
+                repo.record_pending([os.path.basename(journal['temp_file'])])
             repo.manifest.pop(JOURNAL, None)
             repo.save()
             action = 'rolled_back'
-    deleted = _delete_unlisted(repo)
+    deleted = _delete_leftovers(repo)
     return {'action': action, 'point': ident, 'deleted': deleted}
 
 
@@ -300,7 +301,7 @@ def write_merged(chain_path, out_fd, progress=None):
 
 
 def _space_error(exc, what, repo):
-    if getattr(exc, 'errno', None) in (errno.ENOSPC, errno.EDQUOT):
+    if getattr(exc, 'errno', None) in SPACE_ERRNOS:
         return PruneError('not enough space in %s to write %s (%s); the repository was left as it was and every '
                           'restore point is intact. Free some space (or prune with a smaller retention from a place '
                           'with room) and run again.' % (repo.path, what, os.strerror(exc.errno)), exc.errno)
@@ -311,6 +312,8 @@ def merge_point(repo, ident, chain_ids, drops=None):
     """Merge point ``ident`` forward into a standalone full under its own file name (steps 1-4)."""
     point = repo.point(ident)
     path = repo.file_path(point)
+    repo.record_pending([point['file']])  # its temporary file .<file>.partial-* is then ours to clean up
+    repo.save()
     out = AtomicFile(path, prefix=PARTIAL_MARK)
     journal = None
     try:
@@ -341,6 +344,7 @@ def merge_point(repo, ident, chain_ids, drops=None):
         out.discard()
         if journal is not None:
             repo.manifest.pop(JOURNAL, None)
+        repo.abandon_pending([point['file']])
         if isinstance(exc, (IOError, OSError)):
             error = _space_error(exc, 'the merged restore point %s' % ident, repo)
             if error is not None:
@@ -391,9 +395,10 @@ def prune(repo, rules, now=None, check_mode=False):
         after += journal['file_size']
     if drops and not merges:
         drop_set = set(drops)
+        repo.record_pending(p['file'] for p in repo.points if p['id'] in drop_set)
         repo.manifest['points'] = [p for p in repo.points if p['id'] not in drop_set]
         repo.save()
         _fault_point('manifest-saved')
-    result['deleted_files'] = _delete_unlisted(repo) if drops else []
+    result['deleted_files'] = _delete_leftovers(repo) if drops else []
     result['bytes_freed'] = before - after
     return result

@@ -205,9 +205,11 @@ def test_a_repository_that_cannot_be_read(demo):
         good = handle.read()
     damages = [
         ('{"format": "xenserver.cbt_backup repository", "points": [', 'damaged'),
-        (good.replace('xenserver.cbt_backup repository', 'something else'), 'not a version 1 manifest'),
-        (json.dumps(dict(json.loads(good), points={'not': 'a list'})), 'no list of points'),
-        (json.dumps(dict(json.loads(good), points=[{'id': 'x'}])), 'a point has no id or file'),
+        (good.replace('xenserver.cbt_backup repository', 'something else'), "format: 'something else'"),
+        (json.dumps(dict(json.loads(good), points={'not': 'a list'})), 'points: an object, expected a list'),
+        (json.dumps(dict(json.loads(good), points=[{'id': 'x'}])), 'points[0].file: missing'),
+        ('[]', 'the top level is a list'),
+        ('null', 'the top level is null'),
     ]
     for text, words in damages:
         with open(path, 'w') as handle:
@@ -279,7 +281,9 @@ def test_a_prune_interrupted_after_replacing_the_newest_file_is_no_mismatch(demo
     with open(path, 'ab') as handle:
         handle.write(b'\0' * 512)
     # the journal of backup_prune names the new size: the next export finishes the merge
-    edit_manifest(demo.repo(0), lambda m: m.update(pending_merge={'point': point['id'], 'file_size': os.path.getsize(path)}))
+    journal = {'point': point['id'], 'file_size': os.path.getsize(path), 'sha256': 'f' * 64, 'blocks': 1, 'bytes': 1,
+               'blocks_digest': 'f' * 64}
+    edit_manifest(demo.repo(0), lambda m: m.update(pending_merge=journal))
     assert decision(demo.disks()[0]) == ('incremental', 'CHAIN_OK')
 
 

@@ -78,7 +78,7 @@ def test_full_then_incrementals_are_a_qcow2_chain(served, tmp_path):
         assert store.file_sha256(path) == point['sha256']
         with Qcow2Image(path) as qcow:
             assert qcow.digest() == point['blocks_digest']
-    assert sorted(os.listdir(repo_dir)) == sorted([p['file'] for p in points] + ['manifest.json', '.lock'])
+    assert sorted(os.listdir(repo_dir)) == sorted([p['file'] for p in points] + ['manifest.json', 'manifest.json.prev', '.xenserver-cbt-backup', '.lock'])
 
 
 def test_incremental_needs_the_matching_anchor(served, tmp_path):
@@ -107,10 +107,10 @@ def test_interrupted_export_is_never_a_restore_point(served, tmp_path, monkeypat
     server, image = served
     repo_dir = str(tmp_path / 'repo')
     backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(1))
-    manifest_before = read(os.path.join(repo_dir, 'manifest.json'))
-    # A leftover of a run that died without cleaning up (kill -9 during data).
-    leftover = os.path.join(repo_dir, '.20261125T000000Z-incr.qcow2.partial-abc123')
-    with open(leftover, 'wb') as handle:
+    points_before = json.loads(read(os.path.join(repo_dir, 'manifest.json')))['points']
+    # A file that looks like a leftover of a run, but that no run journaled (made by hand, or by another tool).
+    stranger = os.path.join(repo_dir, '.20261125T000000Z-incr.qcow2.partial-abc123')
+    with open(stranger, 'wb') as handle:
         handle.write(b'half a point')
 
     real_read = _export.ExtentReader.read
@@ -123,13 +123,17 @@ def test_interrupted_export_is_never_a_restore_point(served, tmp_path, monkeypat
         backup.export_to_repository(target(server), repo_dir, changed_blocks=_cbt.encode([0, 5], image.size),
                                     snapshot=snapshot_info(2), base_uuid='snap-1')
     monkeypatch.undo()
-    # The failed run recorded nothing, left nothing of its own, and removed the older leftover first.
-    assert read(os.path.join(repo_dir, 'manifest.json')) == manifest_before
-    assert not [name for name in os.listdir(repo_dir) if store.PARTIAL_MARK in name]
-    # The next run works.
+    # The failed run recorded no point and removed its own temporary file; the stranger is kept.
+    manifest = json.loads(read(os.path.join(repo_dir, 'manifest.json')))
+    assert manifest['points'] == points_before and manifest['cbt_anchor'] == 'snap-1'
+    assert [name for name in os.listdir(repo_dir) if store.PARTIAL_MARK in name] == [os.path.basename(stranger)]
+    # The next run works, clears the failed run's journal entry, and reports (never deletes) the stranger.
     result = backup.export_to_repository(target(server), repo_dir, changed_blocks=_cbt.encode([0], image.size),
                                          snapshot=snapshot_info(2), base_uuid='snap-1')
     assert result['cleaned_up'] == [] and result['point']['parent'] is not None
+    assert any(os.path.basename(stranger) in text for text in result['warnings'])
+    assert read(stranger) == b'half a point'
+    assert not json.loads(read(os.path.join(repo_dir, 'manifest.json'))).get('pending_files')
 
 
 def test_a_second_writer_is_refused(served, tmp_path):
@@ -141,18 +145,18 @@ def test_a_second_writer_is_refused(served, tmp_path):
 
 
 def test_a_manifest_write_killed_midway_is_a_leftover(served, tmp_path):
-    # The manifest is written to a temporary name and renamed: a kill during the write leaves the old manifest
-    # in place and a partial file that the next run removes.
+    # The manifest is written to .manifest.json.partial and renamed: a kill during the write leaves the old
+    # manifest in place and a partial file that the next save overwrites and renames.
     server, dummy = served
     repo_dir = str(tmp_path / 'repo')
     backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(1))
     manifest = read(os.path.join(repo_dir, 'manifest.json'))
-    partial = os.path.join(repo_dir, '.manifest.json.partial-k1ll3d')
+    partial = os.path.join(repo_dir, store.MANIFEST_TEMP)
     with open(partial, 'wb') as handle:
         handle.write(manifest[:len(manifest) // 2])
     with store.Repository(repo_dir) as repo:
         assert [p['snapshot_uuid'] for p in repo.points] == ['snap-1']
-        assert repo.leftovers() == [os.path.basename(partial)]
+        assert repo.leftovers() == [] and repo.unknown_files() == []
     result = backup.export_to_repository(target(server), repo_dir, snapshot=snapshot_info(2))
-    assert result['cleaned_up'] == [os.path.basename(partial)]
+    assert result['cleaned_up'] == [] and not result['warnings']
     assert not os.path.exists(partial)

@@ -85,8 +85,9 @@ def test_verify_needs_no_lock_and_ignores_a_run_in_progress(chain):
         result = inspect.verify_repository(repo_dir)
         info = inspect.list_repositories(repo_dir)
     assert result['ok'] is True
-    assert result['leftovers'] == [os.path.basename(partial)]
-    assert info['repositories'][0]['leftovers'] == [os.path.basename(partial)]
+    # made by hand, not journaled by a run: reported as unknown, never a leftover to delete
+    assert result['unknown_files'] == [os.path.basename(partial)] and result['leftovers'] == []
+    assert info['repositories'][0]['unknown_files'] == [os.path.basename(partial)]
     assert os.path.exists(partial)
 
 
@@ -144,7 +145,8 @@ def test_a_parent_missing_from_the_manifest(chain):
     assert result['first_bad'] == points[2]['id']
     assert result['affected'] == [points[2]['id']]
     assert any('parent %s is not listed' % points[1]['id'] in text for text in result['points'][1]['problems'])
-    assert result['leftovers'] == [points[1]['file']]  # the unlisted file is not a restore point
+    # the unlisted file is not a restore point, and nobody journaled it: reported, never cleaned up
+    assert result['leftovers'] == [] and result['unknown_files'] == [points[1]['file']]
     info = inspect.list_repositories(repo_dir)['repositories'][0]
     assert [p['chain_length'] for p in info['points']] == [1, None]
 
@@ -198,10 +200,12 @@ def test_verify_one_point_checks_its_chain(chain):
 
 def test_verify_a_damaged_manifest_or_missing_repository(chain, tmp_path):
     repo_dir, dummy, dummy2, dummy3 = chain
-    with open(manifest_path(repo_dir), 'w') as handle:
-        handle.write('{"points": [')
-    with pytest.raises(store.RepositoryError, match='damaged'):
+    for name in ('manifest.json', 'manifest.json.prev'):
+        with open(os.path.join(repo_dir, name), 'w') as handle:
+            handle.write('{"points": [')
+    with pytest.raises(store.RepositoryError, match='damaged') as raised:
         inspect.verify_repository(repo_dir)
+    assert raised.value.code == 'REPOSITORY_DAMAGED' and 'rebuild_manifest' in str(raised.value)
     with pytest.raises(store.RepositoryError, match='no such directory'):
         inspect.verify_repository(str(tmp_path / 'nowhere'))
     with pytest.raises(store.RepositoryError, match='not a backup repository'):
@@ -215,8 +219,15 @@ def test_a_file_name_outside_the_repository(chain):
         manifest['points'][0]['file'] = '../' + manifest['points'][0]['file']
     edit_manifest(repo_dir, update)
     result = inspect.verify_repository(repo_dir)
-    assert result['first_bad'] == points[0]['id'] and result['affected'] == ids(points)
-    assert 'not a plain name' in result['points'][0]['problems'][0]
+    # load() refuses the damaged manifest and reads manifest.json.prev (the chain without its newest point)
+    assert result['ok'] is False and result['manifest_damaged'] is True
+    assert 'points[0].file' in result['message'] and 'not a plain file name' in result['message']
+    assert 'manifest.json.prev' in result['message'] and 'rebuild_manifest' in result['message']
+    assert ids(result['points']) == ids(points[:2]) and all(p['ok'] for p in result['points'])
+    os.unlink(os.path.join(repo_dir, 'manifest.json.prev'))
+    with pytest.raises(store.RepositoryError, match='not a plain file name') as raised:
+        inspect.verify_repository(repo_dir)
+    assert raised.value.code == 'REPOSITORY_DAMAGED'
 
 
 def test_backup_info_over_a_tree(chain, tmp_path):

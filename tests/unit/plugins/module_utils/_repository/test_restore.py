@@ -442,9 +442,11 @@ def test_a_point_merged_forward_before_the_manifest_says_so(repository, tmp_path
         writer = Qcow2Writer(out.fd, len(expected[ids[1]]))
         data = expected[ids[1]]
         writer(0, memoryview(bytes(data)))
-        writer.finish()
+        written = writer.finish()
         out.commit()
-        repo.manifest['pending_merge'] = {'point': ids[1], 'sha256': store.file_sha256(path)}
+        repo.manifest['pending_merge'] = {'point': ids[1], 'sha256': store.file_sha256(path), 'blocks_digest': written.digest,
+                                          'blocks': written.clusters_stored, 'bytes': written.bytes_stored,
+                                          'file_size': written.file_size}
         repo.save()
     for point in ids[1:]:
         dest = str(tmp_path / ('merged-%s.raw' % point))

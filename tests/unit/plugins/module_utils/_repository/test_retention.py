@@ -163,7 +163,8 @@ def check_repository(repo_dir, expected, tmp_path):
                     assert qcow.bytes_stored() == point['bytes']
         assert repo.manifest['cbt_anchor'] == repo.points[-1]['snapshot_uuid']
         files = sorted(os.listdir(repo_dir))
-        assert files == sorted([p['file'] for p in repo.points] + ['manifest.json', '.lock'])
+        assert files == sorted([p['file'] for p in repo.points] + ['manifest.json', 'manifest.json.prev', '.lock',
+                                                                   '.xenserver-cbt-backup'])
         return [p['snapshot_uuid'] for p in repo.points]
 
 
