@@ -18,7 +18,7 @@ import os
 
 from . import _cbt
 from ._extents import CBT_BLOCK_SIZE, total_length
-from ._nbd.connection import DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
+from ._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
 from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUEST_SIZE, DEFAULT_REQUESTS_IN_FLIGHT, DEFAULT_RETRIES, ExtentReader
 from ._nbd.tls import TlsSettings
 from ._repository.raw_file import AtomicFile, FileWriter, copy_extents
@@ -32,14 +32,19 @@ class ExportError(Exception):
     """An export that cannot be done as asked (bad destination, bitmap that does not fit...)."""
 
 
-def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, client_cert=None, client_key=None):
-    """Build a ConnectionTarget from one element of ``VDI.get_nbd_info``."""
+def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, client_cert=None, client_key=None,
+                min_rate_mib_s=DEFAULT_MIN_RATE_MIB_S):
+    """Build a ConnectionTarget from one element of ``VDI.get_nbd_info``.
+
+    Raises NbdOptionError (code INVALID_OPTION) for a port, timeout or min_rate_mib_s out of range.
+    """
     settings = None
     if tls:
         settings = TlsSettings(pinned_cert_pem=nbd_info.get('cert'), subject=nbd_info.get('subject'),
                                ca_path=ca_path, client_cert=client_cert, client_key=client_key)
-    return ConnectionTarget(nbd_info['address'], nbd_info.get('port') or 10809, nbd_info['exportname'],
-                            tls=settings, timeout=timeout)
+    port = nbd_info.get('port')
+    return ConnectionTarget(nbd_info['address'], 10809 if port is None or port == '' else port, nbd_info['exportname'],
+                            tls=settings, timeout=timeout, min_rate_mib_s=min_rate_mib_s)
 
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
@@ -80,6 +85,7 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
         elif first.tls_legacy_cipher:
             result['warnings'].append('the NBD server only offers a TLS suite without forward secrecy (%s); '
                                       'consider updating the host' % first.tls_description)
+        result['warnings'].extend(first.tls_warnings)  # an expired pinned certificate
         if changed_blocks is None:
             extents = [(0, size)] if size else []
             result['blocks_changed'] = _cbt.block_count(size)

@@ -80,6 +80,11 @@ repositories:
       type: str
       returned: when the manifest is damaged
       sample: the manifest /backups/vm1/disk0/manifest.json is damaged (Expecting value...)
+    error_code:
+      description: The condition behind RV(repositories[].error), e.g. C(REPOSITORY_DAMAGED) or C(REPOSITORY_FOREIGN).
+      type: str
+      returned: when the manifest is damaged
+      sample: REPOSITORY_DAMAGED
     disk:
       description: The disk the repository backs up (C(vdi_uuid), C(name), ...), as recorded in the manifest.
       type: dict
@@ -97,10 +102,22 @@ repositories:
       type: int
       sample: 4294967296
     leftovers:
-      description: Files of interrupted or running backups in the directory (never restore points).
+      description:
+        - Files of interrupted or running backups in the directory (never restore points), which the next backup or
+          prune deletes (only files the repository's journal says this collection wrote).
       type: list
       elements: str
       sample: [.20261125T140233Z-incr.qcow2.partial-x1y2z3]
+    unknown_files:
+      description: Files in the directory that this collection did not write; never deleted.
+      type: list
+      elements: str
+      sample: []
+    warnings:
+      description: What a reader should know, e.g. that C(manifest.json) was damaged and C(manifest.json.prev) was read.
+      type: list
+      elements: str
+      sample: []
     points:
       description: The restore points, oldest first.
       type: list
@@ -191,13 +208,16 @@ def main():
         supports_check_mode=True,
     )
     if module.params['max_depth'] < 0:
-        module.fail_json(msg='max_depth must be 0 or more')
+        module.fail_json(msg='max_depth must be 0 or more', error_code='INVALID_OPTION')
     try:
         result = list_repositories(module.params['path'], max_depth=module.params['max_depth'])
     except RepositoryError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), error_code=exc.code)
     except OSError as exc:
-        module.fail_json(msg='reading %s failed: %s' % (module.params['path'], exc))
+        module.fail_json(msg='reading %s failed: %s' % (module.params['path'], exc), error_code='READ_FAILED')
+    for repository in result['repositories']:
+        for warning in repository.get('warnings') or []:
+            module.warn(warning)
     module.exit_json(changed=False, **result)
 
 

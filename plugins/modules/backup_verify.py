@@ -24,15 +24,18 @@ description:
     NBD, and compares them with the content of the point. This needs the XenAPI connection options and a snapshot
     that still holds data; after a normal backup run the snapshot has been reduced to C(cbt_metadata), and the spot
     check is then reported as skipped, not failed.
-  - Read only. It takes no lock, so it can run while a backup writes the repository; files of that run are not
-    restore points and are ignored.
+  - Read only (unless O(rebuild_manifest)). It takes no lock, so it can run while a backup writes the repository;
+    files of that run are not restore points and are ignored.
+  - When C(manifest.json) is damaged, the points of C(manifest.json.prev) are verified and the module fails with
+    RV(manifest_damaged) set, because the previous manifest may lack the newest point. Rebuild the manifest with
+    O(rebuild_manifest).
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
   - xenserver.cbt_backup._xenapi
 attributes:
   check_mode:
-    description: Runs normally (it only reads).
+    description: Runs normally (it only reads); with O(rebuild_manifest), reports what would be rebuilt.
     support: full
   diff_mode:
     description: Not supported.
@@ -48,6 +51,18 @@ options:
       - Verify only this restore point (its id, or V(latest)) and the points it builds on.
       - By default every point of the repository is verified.
     type: str
+  rebuild_manifest:
+    description:
+      - When C(manifest.json) is missing or damaged, rebuild it from the restore point files (their qcow2 headers,
+        backing files and stored blocks), then verify the result. What only the old manifest knew (the snapshot of
+        each point, the disk's facts) is taken from C(manifest.json.prev) where a file is unchanged.
+      - Point files that cannot be read, or whose backing file is missing, are left out of the manifest (RV(rebuilt.unrestorable))
+        and kept. Nothing is deleted; the damaged manifest is kept as C(manifest.json.damaged).
+      - Unless the newest point is the one the previous manifest ended with, the CBT anchor is unknown and the next
+        backup of the disk is a full one.
+      - A sound manifest is left alone (C(changed=false)). Takes the repository's lock.
+    type: bool
+    default: false
   spot_check:
     description:
       - Number of random 64 KiB blocks of the newest verified point to re-read from its snapshot over NBD and compare
@@ -142,11 +157,59 @@ affected:
   returned: always
   sample: [20261125T140233Z-incr, 20261126T140112Z-incr]
 leftovers:
-  description: Files of interrupted or running backups in the directory, which were not verified (never restore points).
+  description:
+    - Files of interrupted or running backups in the directory, which were not verified (never restore points); the next
+      backup or prune deletes them (only files the repository's journal says this collection wrote).
   type: list
   elements: str
   returned: always
   sample: []
+unknown_files:
+  description: Files in the directory that this collection did not write; never verified, never deleted.
+  type: list
+  elements: str
+  returned: always
+  sample: []
+manifest_damaged:
+  description:
+    - Whether C(manifest.json) was missing or damaged and the points of C(manifest.json.prev) were verified instead (the
+      module then fails; rebuild the manifest with O(rebuild_manifest)).
+  type: bool
+  returned: always
+  sample: false
+rebuilt:
+  description: What O(rebuild_manifest) did.
+  type: dict
+  returned: when O(rebuild_manifest=true)
+  contains:
+    damage:
+      description: What was wrong with the manifest (null when it was sound and was left alone).
+      type: str
+      sample: the manifest /backup/vm1/disk0/manifest.json is missing
+    points:
+      description: Ids of the points the rebuilt manifest lists, oldest first.
+      type: list
+      elements: str
+      sample: [20261125T020000Z-full, 20261126T020000Z-incr]
+    unrestorable:
+      description: Point files left out because they cannot be restored (C(file), C(problem)); their files are kept.
+      type: list
+      elements: dict
+      sample: []
+    carried:
+      description: Points whose snapshot facts were taken from C(manifest.json.prev) (their file is unchanged).
+      type: list
+      elements: str
+      sample: [20261125T020000Z-full]
+    cbt_anchor:
+      description: The CBT anchor of the rebuilt manifest; null means the next backup is a full one.
+      type: str
+      sample: null
+    message:
+      description: What was rebuilt, in one sentence.
+      type: str
+      sample: "the manifest /backup/vm1/disk0/manifest.json is missing: the manifest of /backup/vm1/disk0 was rebuilt
+        from 2 restore point file(s); the next backup is a full one (the CBT anchor is not known)"
 repository:
   description: The repository directory (absolute).
   type: str
@@ -196,12 +259,12 @@ spot_check:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection, validate_options
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError, NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect, rebuild
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
@@ -249,6 +312,7 @@ def main():
         argument_spec=_xenapi_module.argument_spec(
             repository=dict(type='path', required=True),
             point=dict(type='str'),
+            rebuild_manifest=dict(type='bool', default=False),
             spot_check=dict(type='int', default=0),
             nbd_network=dict(type='str'),
             tls=dict(type='bool', default=True),
@@ -258,36 +322,54 @@ def main():
         supports_check_mode=True,
     )
     params = module.params
-    if params['spot_check'] < 0 or params['timeout'] <= 0:
-        module.fail_json(msg='spot_check must be 0 or more and timeout positive')
+    if params['spot_check'] < 0:
+        module.fail_json(msg='spot_check must be 0 or more, not %d' % params['spot_check'], error_code='INVALID_OPTION')
+    try:
+        validate_options(timeout=params['timeout'])
+    except NbdOptionError as exc:
+        module.fail_json(msg=str(exc), error_code=exc.code)
     if params['spot_check']:
         if not params['hostname']:
             module.fail_json(msg='spot_check needs the XenAPI connection to find the snapshot: set hostname (or '
                                  'XENSERVER_HOST), or spot_check: 0')
         if params['tls'] and not HAS_CRYPTOGRAPHY:
             module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+    rebuilt = None
     try:
+        if params['rebuild_manifest']:
+            rebuilt = rebuild.rebuild_manifest(params['repository'], check_mode=module.check_mode)
+            if rebuilt['changed'] and module.check_mode:
+                module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
         result = inspect.verify_repository(params['repository'], point=params['point'])
-    except RepositoryError as exc:
-        module.fail_json(msg=str(exc), ok=False)
+    except (RepositoryError, Qcow2Error) as exc:
+        module.fail_json(msg=str(exc), ok=False, error_code=getattr(exc, 'code', None) or 'REPOSITORY_DAMAGED',
+                         changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
     except OSError as exc:
-        module.fail_json(msg='reading the repository %s failed: %s' % (params['repository'], exc), ok=False)
+        module.fail_json(msg='reading the repository %s failed: %s' % (params['repository'], exc), ok=False,
+                         error_code='READ_FAILED', changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
+    changed = bool(rebuilt and rebuilt['changed'])
+    if rebuilt is not None:
+        result['rebuilt'] = rebuilt
+        if changed:
+            module.warn(rebuilt['message'])
 
     if params['spot_check'] and result['points']:
         try:
             result['spot_check'] = run_spot_check(module, result)
         except XenApiError as exc:
-            _xenapi_module.fail(module, exc, **result)
+            _xenapi_module.fail(module, exc, changed=changed, **result)
         except (NbdError, Qcow2Error, RepositoryError, OSError) as exc:
-            module.fail_json(msg='the spot check of %s failed: %s' % (result['repository'], exc), **result)
+            module.fail_json(msg='the spot check of %s failed: %s' % (result['repository'], exc), changed=changed,
+                             error_code=getattr(exc, 'code', None) or 'SPOT_CHECK_FAILED', **result)
         if result['spot_check'].get('ok') is False:
             result['ok'] = False
             result['first_bad'] = result['spot_check']['point']
             result['affected'] = [result['spot_check']['point']]
             result['message'] = result['spot_check']['message']
     if not result['ok']:
-        module.fail_json(msg=result['message'], changed=False, **result)
-    module.exit_json(changed=False, **result)
+        module.fail_json(msg=result['message'], changed=changed,
+                         error_code='MANIFEST_DAMAGED' if result['manifest_damaged'] else 'VERIFY_FAILED', **result)
+    module.exit_json(changed=changed, **result)
 
 
 if __name__ == '__main__':

@@ -122,6 +122,21 @@ options:
     type: str
     choices: [fail, full]
     default: fail
+  min_rate_mib_s:
+    description:
+      - The slowest a read reply may arrive, in MiB/s, so that a server that trickles data (a few bytes now and
+        then, never silent for O(timeout)) cannot hang the export.
+      - Each reply must be complete within O(timeout) plus its size at this rate (for a 1 MiB read and the defaults,
+        60 + 1 seconds), counted from the moment the client starts waiting for it. A slower reply fails with
+        C(error_code=NBD_TIMEOUT); like a broken connection, it is retried on a new connection up to O(retries) times.
+      - V(0) turns this bound off, leaving only O(timeout), which trips when the server sends nothing at all.
+      - Independently of this option, the NBD handshake (greeting, TLS, export name) must end within twice
+        O(timeout).
+      - O(timeout) must be a finite number of seconds above 0 (at most 86400), this option a finite number of 0 or
+        more, and O(nbd.port) between 1 and 65535; other values fail with C(error_code=INVALID_OPTION) before
+        anything is connected to or written.
+    type: float
+    default: 1.0
   run:
     description:
       - With O(repository), an identifier of the backup run, recorded in the new restore point as C(run).
@@ -276,7 +291,8 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
     _changed_blocks_ops, _export, _nbd_access, _objects, _xenapi_module,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt import BitmapError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError, NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
@@ -310,6 +326,7 @@ def argument_spec():
         tls=dict(type='bool', default=True),
         tls_ca_path=dict(type='path'),
         timeout=dict(type='float', default=60),
+        min_rate_mib_s=dict(type='float', default=1.0),
         retries=dict(type='int', default=3),
         on_broken_chain=dict(type='str', default='fail', choices=['fail', 'full']),
         run=dict(type='str'),
@@ -324,8 +341,13 @@ def check_params(module):
     if not 1 <= params['connections'] <= MAX_CONNECTIONS:
         module.fail_json(msg='connections must be between 1 and %d (a XenServer host accepts at most %d NBD '
                              'connections in total)' % (MAX_CONNECTIONS, MAX_CONNECTIONS))
-    if params['requests_in_flight'] < 1 or params['retries'] < 0 or params['timeout'] <= 0:
-        module.fail_json(msg='requests_in_flight must be at least 1, retries at least 0 and timeout positive')
+    if params['requests_in_flight'] < 1 or params['retries'] < 0:
+        module.fail_json(msg='requests_in_flight must be at least 1 and retries at least 0')
+    try:
+        validate_options(port=(params['nbd'] or {}).get('port'), timeout=params['timeout'],
+                         min_rate_mib_s=params['min_rate_mib_s'])
+    except NbdOptionError as exc:
+        module.fail_json(msg=str(exc), error_type=type(exc).__name__, error_code=exc.code)
     if params['snapshot'] and not params['hostname']:
         module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)')
     nbd = params['nbd']
@@ -337,7 +359,8 @@ def check_params(module):
 
 def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None):
     params = module.params
-    target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
+    target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
+                                 min_rate_mib_s=params['min_rate_mib_s'])
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=module.check_mode)
     if params['repository']:

@@ -217,9 +217,10 @@ def main():
     try:
         source = RestoreSource(params['repository'], params['point'])
     except RestoreError as exc:
-        module.fail_json(msg=str(exc), error_type='RestoreError')
+        module.fail_json(msg=str(exc), error_type='RestoreError', error_code=exc.code)
     except (Qcow2Error, IOError, OSError) as exc:
-        module.fail_json(msg='cannot read the repository %s: %s' % (params['repository'], exc), error_type=type(exc).__name__)
+        module.fail_json(msg='cannot read the repository %s: %s' % (params['repository'], exc), error_type=type(exc).__name__,
+                         error_code='REPOSITORY_DAMAGED' if isinstance(exc, Qcow2Error) else 'READ_FAILED')
     try:
         with source:
             if params['dest']:
@@ -227,16 +228,18 @@ def main():
             else:
                 result = restore_to_vdi(module, source)
     except RestoreError as exc:
-        module.fail_json(msg=str(exc), error_type='RestoreError')
+        module.fail_json(msg=str(exc), error_type='RestoreError', error_code=exc.code)
     except XenApiError as exc:
         _xenapi_module.fail(module, exc)
     except (Qcow2Error, VhdError) as exc:
         module.fail_json(msg='reading restore point %s failed: %s. Run xenserver.cbt_backup.backup_verify on %s'
-                         % (source.point['id'], exc, params['repository']), error_type=type(exc).__name__)
+                         % (source.point['id'], exc, params['repository']), error_type=type(exc).__name__,
+                         error_code='POINT_DAMAGED')
     except (IOError, OSError) as exc:
         where = params['dest'] or params['repository']
-        module.fail_json(msg='restoring to %s failed: %s' % (where, exc), error_type=type(exc).__name__)
-    for warning in result.pop('warnings', []):
+        module.fail_json(msg='restoring to %s failed: %s' % (where, exc), error_type=type(exc).__name__,
+                         error_code='WRITE_FAILED')
+    for warning in source.warnings + result.pop('warnings', []):
         module.warn(warning)
     module.exit_json(**result)
 

@@ -8,34 +8,95 @@ Note that this module util is **PRIVATE** to the collection. It can have breakin
 The export is selected with NBD_OPT_EXPORT_NAME because that is the only option XenServer's
 server (xapi-nbd) accepts for it; it answers GO/INFO/STRUCTURED_REPLY with NBD_REP_ERR_UNSUP.
 Transmission uses simple replies only, so a READ reply is a 16-byte header followed by the data.
+
+Two bounds keep a server that trickles data (a few bytes now and then, never silent for ``timeout``) from
+hanging a run: every reply must be complete within ``timeout`` plus its size at ``min_rate_mib_s``, counted
+from the moment the client starts waiting for it; and the handshake after the TCP connect (greeting, TLS,
+export name) must end within ``HANDSHAKE_TIMEOUTS`` times ``timeout``.
 """
 
 from __future__ import absolute_import, division, print_function
 
+import math
 import socket
 import ssl
+import time
 
 from . import protocol as p
 from .errors import (
-    NbdConnectError, NbdConnectionLost, NbdExportRefused, NbdHandshakeInterrupted,
-    NbdProtocolError, NbdServerError, NbdTimeout, NbdTlsError,
+    NbdConnectError, NbdConnectionLost, NbdExportRefused, NbdHandshakeInterrupted, NbdHandshakeTimeout,
+    NbdOptionError, NbdProtocolError, NbdServerError, NbdTimeout, NbdTlsError,
 )
 from .tls import describe_session, is_legacy_cipher
 
 __metaclass__ = type
 
 DEFAULT_TIMEOUT = 60.0
+MAX_TIMEOUT = 86400.0
+# A reply must arrive within timeout + its size at this rate; 0 leaves only the per-recv timeout.
+DEFAULT_MIN_RATE_MIB_S = 1.0
+# The handshake after the TCP connect must end within this many timeouts.
+HANDSHAKE_TIMEOUTS = 2
+MIB = 1024 * 1024
+
+
+def validate_options(port=None, timeout=None, min_rate_mib_s=None):
+    """Check the connection options a user gave; raise NbdOptionError (code INVALID_OPTION) otherwise.
+
+    ``port``: an integer (or a string of digits, as XenServer returns it) from 1 to 65535. ``timeout``:
+    seconds, finite, above 0 and at most MAX_TIMEOUT. ``min_rate_mib_s``: MiB/s, finite, 0 or more (0 turns
+    the rate bound off). Options given as None are not checked. The message names the option, the accepted
+    range and the value given.
+    """
+    if port is not None:
+        number = None
+        if not isinstance(port, (bool, float)) and str(port).strip().isdigit():
+            number = int(str(port).strip())
+        if number is None or not 1 <= number <= 65535:
+            raise NbdOptionError('port must be an integer from 1 to 65535, not %s' % _shown(port))
+    if timeout is not None:
+        value = _number(timeout)
+        if value is None or not 0 < value <= MAX_TIMEOUT:
+            raise NbdOptionError('timeout must be a finite number of seconds above 0 and at most %d, not %s'
+                                 % (MAX_TIMEOUT, _shown(timeout)))
+    if min_rate_mib_s is not None:
+        value = _number(min_rate_mib_s)
+        if value is None or value < 0:
+            raise NbdOptionError('min_rate_mib_s must be a finite number of MiB/s, 0 or more (0 turns the minimum '
+                                 'rate off), not %s' % _shown(min_rate_mib_s))
+
+
+def _number(value):
+    """``value`` as a finite float, or None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _shown(value):
+    text = str(value)
+    return text if len(text) <= 40 else text[:40] + '...'
 
 
 class ConnectionTarget:
-    """Where and how to connect: address, port, export name and TLS settings (None: plain)."""
+    """Where and how to connect: address, port, export name, TLS settings (None: plain) and time bounds.
 
-    def __init__(self, address, port, exportname, tls=None, timeout=DEFAULT_TIMEOUT):
+    Raises NbdOptionError when ``port``, ``timeout`` or ``min_rate_mib_s`` is out of range (validate_options).
+    """
+
+    def __init__(self, address, port, exportname, tls=None, timeout=DEFAULT_TIMEOUT,
+                 min_rate_mib_s=DEFAULT_MIN_RATE_MIB_S):
+        validate_options(port=port, timeout=timeout, min_rate_mib_s=min_rate_mib_s)
         self.address = address
-        self.port = int(port)
+        self.port = int(str(port).strip())
         self._exportname = exportname.encode('utf-8') if not isinstance(exportname, bytes) else exportname
         self.tls = tls
         self.timeout = timeout
+        self.min_rate_mib_s = float(min_rate_mib_s or 0)
 
     @property
     def exportname(self):
@@ -61,8 +122,11 @@ class NbdConnection:
         self.tls_description = None
         self.tls_legacy_cipher = False
         self.tls_verified_by = None
+        self.tls_warnings = []
         self._sock = None
         self._header = bytearray(p.SIMPLE_REPLY.size)
+        self._handshake_deadline = None
+        self._reply_started = None  # when the client started waiting for the current reply
 
     @classmethod
     def open(cls, target):
@@ -91,6 +155,7 @@ class NbdConnection:
 
     def _negotiate(self):
         where = self.target.where
+        self._handshake_deadline = time.monotonic() + HANDSHAKE_TIMEOUTS * self.target.timeout
         greeting = self._recv_handshake(p.GREETING.size, 'the greeting')
         magic, newstyle, handshake_flags = p.GREETING.unpack(greeting)
         if magic != p.NBDMAGIC:
@@ -112,9 +177,11 @@ class NbdConnection:
         self._send(p.OPTION_REQUEST.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME, len(name)) + name)
         reply_size = p.EXPORT_INFO.size + (0 if no_zeroes else p.EXPORT_INFO_ZEROES)
         try:
-            reply = self._recv_exact_bytes(reply_size)
+            reply = self._recv_exact_bytes(reply_size, self._handshake_deadline,
+                                           self._handshake_too_slow('the reply to the export name'))
         except NbdConnectionLost as exc:
             raise NbdExportRefused(self._export_refused_message(exc))
+        self._handshake_deadline = None
         self.export_size, self.transmission_flags = p.EXPORT_INFO.unpack_from(reply)
         if self.export_size > p.MAX_EXPORT_SIZE:
             raise NbdProtocolError('%s announced an export of %d bytes, more than the %d this client accepts'
@@ -145,11 +212,18 @@ class NbdConnection:
             raise NbdTlsError('%s refused STARTTLS (%s); with tls: true the client does not fall back to clear text'
                               % (where, p.option_reply_name(reply_type)))
         settings = self.target.tls
+        remaining = self._handshake_deadline - time.monotonic()
+        if remaining <= 0:
+            raise self._handshake_too_slow('the TLS handshake')(0)
         try:
             context = settings.make_context()
+            # wrap_socket bounds the whole TLS handshake by the socket's timeout.
+            self._sock.settimeout(min(self.target.timeout, remaining))
             self._sock = context.wrap_socket(self._sock, server_hostname=settings.server_hostname())
+            self._sock.settimeout(self.target.timeout)
         except socket.timeout:
-            raise NbdTlsError('TLS handshake with %s timed out' % where)
+            raise NbdTlsError('TLS handshake with %s timed out (the handshake must end within %s s, %d times '
+                              'timeout)' % (where, HANDSHAKE_TIMEOUTS * self.target.timeout, HANDSHAKE_TIMEOUTS))
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
             raise NbdHandshakeInterrupted(
                 '%s closed the connection during the TLS handshake (%s): it is restarting, or it accepts none of the '
@@ -162,6 +236,7 @@ class NbdConnection:
             raise NbdHandshakeInterrupted('TLS handshake with %s failed: the connection broke (%s). A server that '
                                           'demands a TLS client certificate also closes here.' % (where, exc))
         self.tls_verified_by = settings.verify(self._sock, where)
+        self.tls_warnings = settings.warnings(self._sock, where, self.tls_verified_by)
         self.tls_description = describe_session(self._sock)
         self.tls_legacy_cipher = is_legacy_cipher(self._sock)
 
@@ -180,13 +255,25 @@ class NbdConnection:
 
     def _recv_handshake(self, size, what):
         try:
-            return self._recv_exact_bytes(size)
+            return self._recv_exact_bytes(size, self._handshake_deadline, self._handshake_too_slow(what))
         except NbdTimeout:
             raise NbdHandshakeInterrupted('%s sent nothing for %s s during the handshake, while %s was expected'
                                           % (self.target.where, self.target.timeout, what))
         except NbdConnectionLost as exc:
             raise NbdHandshakeInterrupted('%s closed the connection during the handshake, while sending %s (%s)'
                                           % (self.target.where, what, exc))
+
+    def _handshake_too_slow(self, what):
+        """A factory for the error of a handshake that passed its deadline while ``what`` was expected."""
+        target = self.target
+
+        def too_slow(received):
+            return NbdHandshakeTimeout(
+                '%s did not complete the NBD handshake within %s s (%d times timeout): it was still sending %s '
+                '(%d bytes of it had arrived). The server is overloaded or the link is far too slow; raise timeout '
+                'if the link is known to be this slow.'
+                % (target.where, HANDSHAKE_TIMEOUTS * target.timeout, HANDSHAKE_TIMEOUTS, what, received))
+        return too_slow
 
     # -- transmission ----------------------------------------------------------------------------
 
@@ -195,8 +282,13 @@ class NbdConnection:
         self._send(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_READ, cookie, offset, length))
 
     def recv_reply_header(self):
-        """Receive one simple reply header; return ``(error, cookie)``."""
-        self.recv_into(memoryview(self._header))
+        """Receive one simple reply header; return ``(error, cookie)``.
+
+        Starts the clock of the reply: header and data together must arrive within ``reply_deadline``.
+        """
+        self._reply_started = time.monotonic()
+        size = len(self._header)
+        self._recv(memoryview(self._header), self.reply_deadline(size), self._reply_too_slow(None, 0))
         magic, error, cookie = p.SIMPLE_REPLY.unpack(self._header)
         if magic != p.SIMPLE_REPLY_MAGIC:
             if magic == p.STRUCTURED_REPLY_MAGIC:
@@ -217,24 +309,84 @@ class NbdConnection:
         return bytes(buf)
 
     def recv_into(self, view):
-        """Fill ``view`` completely from the socket."""
+        """Fill ``view`` completely with the data of the reply whose header ``recv_reply_header`` returned.
+
+        Raises NbdTimeout when the server is silent for ``timeout``, or when the reply (header and data) is not
+        complete by ``reply_deadline``.
+        """
+        header = len(self._header)
+        if self._reply_started is None:  # no header was received (not the way replies are read)
+            self._recv(view)
+            return
+        self._recv(view, self.reply_deadline(header + len(view)), self._reply_too_slow(len(view), header))
+
+    def reply_deadline(self, size):
+        """The monotonic time by which a reply of ``size`` bytes (header included) must be complete, or None.
+
+        ``timeout`` plus the time ``size`` takes at ``min_rate_mib_s``, from the moment the client started to
+        wait for the reply; None when ``min_rate_mib_s`` is 0 (only the per-recv timeout applies then).
+        """
+        rate = self.target.min_rate_mib_s
+        if not rate or self._reply_started is None:
+            return None
+        return self._reply_started + self.target.timeout + size / (rate * MIB)
+
+    def _reply_too_slow(self, data_length, already):
+        """A factory for the error of a reply that passed its deadline: ``data_length`` bytes of data (None while
+        the header is read), ``already`` bytes of it received before."""
+        target = self.target
+        started = self._reply_started
+
+        def too_slow(received):
+            what = ('the reply to a read of %d bytes' % data_length if data_length is not None
+                    else 'the header of a read reply')
+            return NbdTimeout(
+                '%s sent data too slowly (if the link is this slow, lower min_rate_mib_s, 0 turns this bound off, or '
+                'raise timeout): %s was not complete after %.1f s with %d bytes arrived, and a reply must arrive '
+                'within timeout (%s s) plus its size at min_rate_mib_s (%g MiB/s)'
+                % (target.where, what, time.monotonic() - started, already + received, target.timeout,
+                   target.min_rate_mib_s))
+        return too_slow
+
+    def _recv(self, view, deadline=None, too_slow=None):
+        """Fill ``view`` from the socket; past the monotonic ``deadline``, raise ``too_slow(bytes received)``."""
         sock = self._sock
+        timeout = self.target.timeout
+        bounded = False  # the socket timeout was lowered to end at the deadline
+        received_total = 0
         try:
-            while len(view):
-                received = sock.recv_into(view)
-                if not received:
-                    raise NbdConnectionLost('%s closed the connection' % self.target.where)
-                view = view[received:]
+            try:
+                while len(view):
+                    if deadline is not None:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise too_slow(received_total)
+                        if remaining < timeout:
+                            sock.settimeout(remaining)
+                            bounded = True
+                    received = sock.recv_into(view)
+                    if not received:
+                        raise NbdConnectionLost('%s closed the connection' % self.target.where)
+                    received_total += received
+                    view = view[received:]
+            finally:
+                if bounded:
+                    try:
+                        sock.settimeout(timeout)
+                    except OSError:
+                        pass
         except socket.timeout:
+            if bounded:  # the lowered timeout ended at the deadline
+                raise too_slow(received_total)
             raise NbdTimeout('%s sent nothing for %s s' % (self.target.where, self.target.timeout))
         except ssl.SSLError as exc:
             raise NbdConnectionLost('TLS error on the connection to %s: %s' % (self.target.where, exc.reason or exc))
         except OSError as exc:
             raise NbdConnectionLost('connection to %s broke: %s' % (self.target.where, exc.strerror or exc))
 
-    def _recv_exact_bytes(self, size):
+    def _recv_exact_bytes(self, size, deadline=None, too_slow=None):
         buf = bytearray(size)
-        self.recv_into(memoryview(buf))
+        self._recv(memoryview(buf), deadline, too_slow)
         return bytes(buf)
 
     def _send(self, data):

@@ -11,7 +11,9 @@ Accepted, in this order:
   1. the server certificate is exactly the one ``VDI.get_nbd_info`` returned (``cert``);
   2. its public key (SubjectPublicKeyInfo) is that certificate's (a re-issued host certificate);
   3. if the user names a CA bundle: it chains to that bundle and names ``subject`` in its SAN.
-Pinning deliberately ignores expiry and CA flags: XenServer hosts serve self-signed certificates.
+Pinning deliberately ignores expiry and CA flags: XenServer hosts serve self-signed certificates. A pinned
+certificate (or one with the pinned public key) that has expired is still accepted, with a warning
+(``TlsSettings.warnings``) that gives its expiry date so that the admin renews the host certificate.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -108,6 +110,16 @@ class TlsSettings:
             'called (call it again) or this is not the host you expect. Refusing to send the export name.'
             % (where, _fingerprint(peer_der), _fingerprint(self.pinned_der)))
 
+    def warnings(self, tls_socket, where, verified_by, now=None):
+        """Warnings about a certificate ``verify`` accepted: an expired pinned certificate is named, with its date.
+
+        ``now`` (an aware datetime) is for tests. Returns a list of messages (empty when all is well).
+        """
+        if verified_by not in ('certificate', 'public_key'):
+            return []  # a CA-verified certificate was checked for expiry by the chain verification
+        message = expiry_warning(tls_socket.getpeercert(binary_form=True), where, now=now)
+        return [message] if message else []
+
     def _verify_chain(self, peer_der, tls_socket, where):
         if not HAS_CRYPTOGRAPHY:
             raise NbdTlsError('verifying %s against a CA bundle needs the Python "cryptography" library' % where)
@@ -139,6 +151,86 @@ class TlsSettings:
             raise NbdTlsError(
                 '%s presented a TLS certificate (sha256 %s) that is neither the one from VDI.get_nbd_info nor '
                 'valid for "%s" under the CA bundle %s: %s' % (where, _fingerprint(peer_der), self.subject, self.ca_path, exc))
+
+
+def expiry_warning(der, where, now=None):
+    """The warning for a pinned certificate (DER) that has expired by ``now`` (default: the current time), or None."""
+    not_after = certificate_not_after(der)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
+    if not_after is None or not_after > now:
+        return None
+    return ('%s presented a TLS certificate that expired on %s (sha256 %s). It was accepted because it is the '
+            'pinned certificate from VDI.get_nbd_info (or has its public key), but renew the host certificate '
+            '(for example with xe host-refresh-server-certificate) before clients that check expiry refuse it.'
+            % (where, rfc3339(not_after), _fingerprint(der)))
+
+
+def rfc3339(when):
+    """An aware datetime as RFC 3339 UTC with a Z: ``2026-01-31T12:00:00Z``."""
+    return when.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def certificate_not_after(der):
+    """The end of validity (notAfter) of a DER certificate as an aware UTC datetime; None if it cannot be read.
+
+    With ``cryptography`` when it is installed, otherwise from the DER itself.
+    """
+    if HAS_CRYPTOGRAPHY:
+        try:
+            cert = x509.load_der_x509_certificate(der)
+            value = getattr(cert, 'not_valid_after_utc', None)  # cryptography >= 42
+            if value is None:
+                value = cert.not_valid_after.replace(tzinfo=datetime.timezone.utc)
+            return value
+        except ValueError:
+            return None
+    return der_not_after(der)
+
+
+def _der_item(data, pos):
+    """Tag, start and end of the content of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise ValueError('truncated DER')
+    tag, length = data[pos], data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7f
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise ValueError('bad DER length')
+        length = int.from_bytes(data[pos:pos + count], 'big')
+        pos += count
+    if pos + length > len(data):
+        raise ValueError('truncated DER')
+    return tag, pos, pos + length
+
+
+def der_not_after(der):
+    """notAfter of a DER X.509 certificate, parsed without ``cryptography``; None if it cannot be read."""
+    try:
+        _tag, tbs, _end = _der_item(der, 0)        # Certificate ::= SEQUENCE
+        _tag, pos, _end = _der_item(der, tbs)      # tbsCertificate ::= SEQUENCE
+        tag, _start, end = _der_item(der, pos)
+        if tag == 0xa0:                            # [0] version
+            pos = end
+        for expected in (0x02, 0x30, 0x30):        # serialNumber, signature, issuer
+            tag, _start, pos = _der_item(der, pos)
+            if tag != expected:
+                return None
+        tag, validity, _end = _der_item(der, pos)  # Validity ::= SEQUENCE { notBefore, notAfter }
+        if tag != 0x30:
+            return None
+        _tag, _start, pos = _der_item(der, validity)
+        tag, start, end = _der_item(der, pos)
+        text = bytes(der[start:end]).decode('ascii')
+        if tag == 0x17:                            # UTCTime YYMMDDHHMMSSZ, RFC 5280: YY >= 50 is 19YY
+            year = int(text[:2])
+            text = '%d%s' % (1900 + year if year >= 50 else 2000 + year, text[2:])
+        elif tag != 0x18:                          # GeneralizedTime YYYYMMDDHHMMSSZ
+            return None
+        when = datetime.datetime.strptime(text, '%Y%m%d%H%M%SZ')
+    except (ValueError, IndexError, UnicodeDecodeError):
+        return None
+    return when.replace(tzinfo=datetime.timezone.utc)
 
 
 def _fingerprint(der):

@@ -37,8 +37,10 @@ _NONE = -1   # unallocated everywhere: zeros
 _ZERO = -2   # zero flag: zeros
 
 
-class RestoreError(Exception):
-    """A point cannot be restored (missing, damaged chain, target refused)."""
+class RestoreError(RepositoryError):
+    """A point cannot be restored (missing, damaged chain, target refused); ``code`` names the condition."""
+
+    code = 'RESTORE_FAILED'
 
 
 class ChainReader:
@@ -284,10 +286,13 @@ class RestoreSource:
                 self.disk = dict(repo.manifest.get('disk') or {})
                 self.journal = repo.manifest.get('pending_merge') or {}
                 self.path = repo.path
+                self.warnings = list(repo.warnings)  # e.g. read from manifest.json.prev
                 self.virtual_size = int(self.point['virtual_size'])
                 return repo.manifest
+        except RestoreError:
+            raise
         except RepositoryError as exc:
-            raise RestoreError(str(exc))
+            raise RestoreError(str(exc), code=exc.code)
 
     def _manifest_changed(self, manifest):
         try:

@@ -271,8 +271,11 @@ class Repository:
         write_file_atomically(os.path.join(self.path, MARKER), data)
 
     def _check_ownership(self):
-        """Refuse a directory that holds files but neither the marker nor a manifest (never ours to write)."""
-        if not self.exists or self._has(MARKER) or self._has(MANIFEST) or self._has(MANIFEST_PREV):
+        """Refuse a directory that holds files but neither the marker nor a manifest (never ours to write).
+
+        A repair (rebuilding a lost manifest) is asked for by the user for this very directory: it only
+        reads files named like points and writes the manifest, so it is let in."""
+        if not self.exists or self.repair or self._has(MARKER) or self._has(MANIFEST) or self._has(MANIFEST_PREV):
             return
         others = sorted(name for name in os.listdir(self.path) if name != LOCK)
         if not others:

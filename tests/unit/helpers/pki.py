@@ -280,3 +280,41 @@ def spki_sha256(pem_text):
     digest = hashes.Hash(hashes.SHA256())
     digest.update(spki)
     return digest.finalize().hex()
+
+
+class ExpiredHostCert:
+    """A self-signed host certificate whose validity ended in the past (see ``make_expired_host_cert``)."""
+
+    def __init__(self, directory, host_name, cert_pem, key_pem, not_after):
+        self.directory = directory      # nbdkit --tls-certificates dir: server-cert.pem, server-key.pem, ca-cert.pem
+        self.host_name = host_name
+        self.cert_pem = cert_pem
+        self.key_pem = key_pem
+        self.not_after = not_after      # aware UTC datetime, whole seconds
+
+    @property
+    def cert_path(self):
+        return os.path.join(self.directory, 'server-cert.pem')
+
+    @property
+    def not_after_rfc3339(self):
+        return self.not_after.strftime('%Y-%m-%dT%H:%M:%SZ')
+
+
+def make_expired_host_cert(directory, host_name=DEFAULT_HOST_NAME, expired_days_ago=30, valid_days=365):
+    """Write a self-signed host leaf that expired ``expired_days_ago`` days ago under ``directory``.
+
+    Laid out like ``host/`` of ``make_pki`` (server-cert.pem, server-key.pem, ca-cert.pem = the leaf) so that it
+    can be given to nbdkit ``--tls-certificates``. Returns an ``ExpiredHostCert``.
+    """
+    directory = os.path.abspath(str(directory))
+    not_after = _now() - datetime.timedelta(days=expired_days_ago)
+    not_before = not_after - datetime.timedelta(days=valid_days)
+    key = new_key()
+    cert = build_cert(host_name, key, san_dns=[host_name], san_ips=['127.0.0.1'], server=True,
+                      not_before=not_before, days=valid_days)
+    bundle = ExpiredHostCert(directory, host_name, cert_pem(cert), key_pem(key), not_after)
+    _write(os.path.join(directory, 'server-cert.pem'), bundle.cert_pem)
+    _write(os.path.join(directory, 'server-key.pem'), bundle.key_pem, 0o600)
+    _write(os.path.join(directory, 'ca-cert.pem'), bundle.cert_pem)
+    return bundle

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention, store
-from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path, run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     assert_same_as_raw,
 )
@@ -85,6 +85,11 @@ def pristine(nbd_server_factory, tmp_path_factory):
     return repo_dir, expected
 
 
+def listed_ids(repo_dir):
+    with store.Repository(repo_dir) as repo:
+        return [p['id'] for p in repo.points]
+
+
 def copy_repo(pristine_dir, tmp_path, name):
     dest = str(tmp_path / name)
     shutil.copytree(pristine_dir, dest)
@@ -114,6 +119,10 @@ def test_sigkill_at_each_step_keeps_every_point_and_the_next_run_finishes(pristi
     listed, journal = assert_listed_points_restorable(repo_dir, expected, tmp_path)
     assert listed[-2:] == ['snap-3', 'snap-4']
     assert (journal is not None) == (kill_at in ('journal-saved', 'renamed'))
+    # backup_verify right after the crash honours the merge journal as restore does: no false alarm
+    verified, output = run_module('backup_verify', {'repository': repo_dir}, tmp_path)
+    assert verified['failed'] is False and verified['ok'] is True, verified
+    assert [p['id'] for p in verified['points']] == listed_ids(repo_dir) and 'Traceback' not in output
     if kill_at in ('merge-write', 'merge-written', 'journal-saved'):
         assert any(store.PARTIAL_MARK in name for name in os.listdir(repo_dir))
 
