@@ -41,16 +41,25 @@ def check_libraries(module):
         module.fail_json(msg=missing_required_lib('XenAPI'), exception=str(XENAPI_IMPORT_ERROR))
 
 
+def check_api_timeout(module):
+    """api_timeout must be finite and above 0 (nan, inf and negatives gave tracebacks deep in the socket layer)."""
+    value = module.params.get('api_timeout')
+    if value is not None and not 0 < value < float('inf'):  # false for nan too
+        module.fail_json(msg='api_timeout must be a finite number of seconds above 0, not %s' % value,
+                         error_code='INVALID_OPTION')
+
+
 def make_client(module):
     """A not yet opened XenApiClient from the module's connection options (fails the module on bad options)."""
     check_libraries(module)
+    check_api_timeout(module)
     params = module.params
     try:
         return XenApiClient(params['hostname'], username=params['username'], password=params['password'],
                             session_id=params['session_id'], validate_certs=params['validate_certs'],
                             ca_path=params['ca_path'], timeout=params['api_timeout'])
     except XenApiError as exc:
-        module.fail_json(msg=exc.message)
+        module.fail_json(msg=exc.message, error_code=exc.code or 'INVALID_OPTION')
 
 
 def fail(module, exc, **result):
@@ -66,10 +75,12 @@ def fail(module, exc, **result):
     module.fail_json(msg=exc.message, **result)
 
 
-def run(module, action):
+def run(module, action, on_success=None):
     """Open a client, call ``action(client)`` -> result dict, close (log out) and exit; failures end in fail_json.
 
     A session this module logged in itself is logged out before the module exits, also on failure.
+    ``on_success`` is called right before a successful exit (never before a failure), e.g. to let a result
+    carry a value that is masked as no_log until then.
     """
     client = make_client(module)
     try:
@@ -83,4 +94,6 @@ def run(module, action):
     warnings = result.pop('warnings', [])
     for warning in warnings:
         module.warn(warning)
+    if on_success is not None:
+        on_success()
     module.exit_json(**result)

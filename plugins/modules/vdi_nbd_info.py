@@ -130,11 +130,14 @@ def main():
                                                    nbd_network=dict(type='str')),
         supports_check_mode=True,
     )
-    # Export names contain the session reference. Ansible would mask that no_log value inside them and
-    # return unusable names; the action plugin censors this module's whole result instead.
-    if module.params['session_id']:
+    def unmask_session():
+        # Export names contain the session reference. Ansible would mask that no_log value inside them and
+        # return unusable names; the action plugin censors this module's whole successful result instead.
+        # Only on success: a failure (whose output is shown) keeps the session ref masked.
         module.no_log_values.discard(module.params['session_id'])
-    _xenapi_module.run(module, lambda client: gather(module, client))
+
+    _xenapi_module.run(module, lambda client: gather(module, client),
+                       on_success=unmask_session if module.params['session_id'] else None)
 
 
 if __name__ == '__main__':
