@@ -13,6 +13,9 @@ cd "$(bash scripts/collection-copy.sh "$COPY_BASE")"
 
 status=0
 echo "--- ansible-test sanity (python $PYVER)"
+if ! command -v shellcheck >/dev/null && [ "${CI:-}" = true ]; then
+    echo "shellcheck is missing (scripts/bootstrap.sh installs it): the shell scripts would go unchecked"; status=1
+fi
 ansible-test sanity --local --python "$PYVER" --color no || status=1
 echo "--- compile: modules and module_utils on every target Python of tests/config.yml (3.8 - 3.13)"
 for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
@@ -21,12 +24,16 @@ for v in 3.8 3.9 3.10 3.11 3.12 3.13; do
         [ -x "$candidate" ] && { py=$candidate; break; }
     done
     if [ -n "$py" ]; then
-        find plugins -name '*.py' -print0 | xargs -0 "$py" -c '
+        if find plugins -name '*.py' -print0 | xargs -0 "$py" -c '
 import sys
 for path in sys.argv[1:]:
     with open(path, "rb") as handle:
         compile(handle.read(), path, "exec")
-' && echo "python$v: ok" || { echo "python$v: compile FAILED"; status=1; }
+'; then
+            echo "python$v: ok"
+        else
+            echo "python$v: compile FAILED"; status=1
+        fi
     elif [ "${CI:-}" = true ]; then
         echo "python$v is missing: cannot prove the modules compile on it"; status=1
     else

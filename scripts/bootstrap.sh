@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-utils nbdkit nbdkit-plugin-python nbd-server libnbd-bin python3-libnbd
-              gnutls-bin openssl python3-venv python3-dev procps)
+              gnutls-bin openssl python3-venv python3-dev procps shellcheck)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

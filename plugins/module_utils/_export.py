@@ -7,29 +7,60 @@ Note that this module util is **PRIVATE** to the collection. It can have breakin
 
 Data flows one way: the caller says what to read (connection + optional CBT bitmap), the
 extent reader fetches it, a file writer stores it.  ``dest`` is never left half-written: a full
-export goes to a temporary name that is renamed over ``dest`` once complete and fsynced; changed
-blocks are first staged in a temporary file and copied onto ``dest`` only after every block
-arrived.
+export goes to a temporary name that is renamed over ``dest`` once complete and fsynced.  Changed
+blocks are applied with a redo journal:
+
+1. check that the file system has room for the staged blocks and for the holes of ``dest`` they fill;
+2. stage every changed block in ``.<dest>.apply-staging`` (at its offset, sparse), fsync it;
+3. write the journal ``.<dest>.apply-journal`` (dest size, extents), atomically: from now on the apply
+   is decided;
+4. copy the staged blocks onto ``dest``, fsync it;
+5. delete the journal, then the staging file.
+
+A run that fails or dies before step 3 leaves ``dest`` untouched (the staging file is deleted by the
+next run); after step 3 the next run on the same ``dest`` first redoes step 4 from the staged blocks
+(copying them again is harmless), so ``dest`` is never left between two snapshots.  Those two file
+names are the only ones deleted, and only next to a ``dest`` given to this collection.
+
+Fault injection (tests only): ``XENSERVER_CBT_BACKUP_APPLY_KILL_AT=applying`` kills the process with
+SIGKILL after the first staged extent was copied onto ``dest``.
 """
 
 from __future__ import absolute_import, division, print_function
 
+import json
 import os
+import signal
+import stat
 
 from . import _cbt
 from ._extents import CBT_BLOCK_SIZE, total_length
 from ._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
 from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUEST_SIZE, DEFAULT_REQUESTS_IN_FLIGHT, DEFAULT_RETRIES, ExtentReader
 from ._nbd.tls import TlsSettings
-from ._repository.raw_file import AtomicFile, FileWriter, copy_extents
+from ._repository.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
+from ._repository.store import SPACE_ERRNOS, write_file_atomically
 
 __metaclass__ = type
 
 MIB = 1024 * 1024
 
 
+APPLY_STAGING = '.%s.apply-staging'
+APPLY_JOURNAL = '.%s.apply-journal'
+APPLY_KILL_ENV = 'XENSERVER_CBT_BACKUP_APPLY_KILL_AT'
+SPACE_MARGIN = MIB
+
+
 class ExportError(Exception):
-    """An export that cannot be done as asked (bad destination, bitmap that does not fit...)."""
+    """An export that cannot be done as asked (bad destination, bitmap that does not fit...); ``code`` names it."""
+
+    code = 'EXPORT_FAILED'
+
+    def __init__(self, message, code=None):
+        super(ExportError, self).__init__(message)
+        if code:
+            self.code = code
 
 
 def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, client_cert=None, client_key=None,
@@ -50,6 +81,12 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
                    requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False):
     """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN)."""
+    _check_dest(dest)
+    finished = None
+    if not check_mode and changed_blocks is not None:
+        # an apply that a crashed or failed run decided (journaled) is completed before anything else;
+        # a full export replaces dest and drops such a journal once it is done (_write_full)
+        finished = finish_interrupted_apply(dest)
     if changed_blocks is None:
         def write(reader, extents, size):
             return _write_full(reader, extents, dest, size)
@@ -60,8 +97,13 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
 
         def check(size):
             _check_incremental_dest(dest, size)
-    return run_export(target, changed_blocks, write, check=check, connections=connections,
-                      requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode)
+    result = run_export(target, changed_blocks, write, check=check, connections=connections,
+                        requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode)
+    if finished:
+        result['finished_apply'] = finished
+        result['warnings'].append('the changed blocks of an interrupted earlier run were applied to %s first (%d '
+                                  'bytes), so that it matched that run\'s snapshot before this export' % (dest, finished))
+    return result
 
 
 def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
@@ -126,6 +168,92 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
     return result
 
 
+def _check_dest(dest):
+    """A dest must be a regular file (or not exist yet) in an existing directory."""
+    if os.path.isdir(dest):
+        raise ExportError('dest %s is a directory; give the path of the raw image file to write (for example %s)'
+                          % (dest, os.path.join(dest, 'disk.raw')), code='DEST_IS_DIRECTORY')
+    if os.path.exists(dest) and not stat.S_ISREG(os.stat(dest).st_mode):
+        raise ExportError('dest %s exists but is not a regular file (a device, a pipe...): vdi_export writes raw image '
+                          'files and never replaces other things. Export to a file, then copy it onto the device '
+                          '(qemu-img convert or dd).' % dest, code='DEST_NOT_REGULAR_FILE')
+    parent = os.path.dirname(os.path.abspath(dest))
+    if not os.path.isdir(parent):
+        raise ExportError('the directory %s of dest does not exist; create it first' % parent,
+                          code='DEST_PARENT_MISSING')
+
+
+def _apply_paths(dest):
+    directory, name = os.path.split(os.path.abspath(dest))
+    return os.path.join(directory, APPLY_STAGING % name), os.path.join(directory, APPLY_JOURNAL % name)
+
+
+def _unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def finish_interrupted_apply(dest, redo=True):
+    """Complete (``redo``) or drop an apply to ``dest`` that an earlier run journaled; return the bytes applied.
+
+    Without a journal, a staging file left by a run that died while staging is deleted (``dest`` was not
+    touched).  With ``redo=False`` (a full export has just replaced ``dest``) the journal is only dropped.
+    """
+    staging, journal_path = _apply_paths(dest)
+    if not os.path.exists(journal_path):
+        _unlink_quietly(staging)
+        return 0
+    applied = 0
+    if redo:
+        try:
+            with open(journal_path) as handle:
+                journal = json.load(handle)
+            extents = [(int(offset), int(length)) for offset, length in journal['extents']]
+            if os.path.getsize(staging) != journal['size'] or os.path.getsize(dest) != journal['size']:
+                raise ValueError('sizes differ')
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ExportError('an earlier run began applying changed blocks to %s but its journal %s or its staged '
+                              'blocks cannot be used (%s): %s may be between two snapshots. Run a full export (without '
+                              'changed_blocks) to replace it.' % (dest, journal_path, exc, dest), code='DEST_HALF_APPLIED')
+        _copy_staged(staging, dest, extents)
+        applied = total_length(extents)
+    os.unlink(journal_path)
+    _unlink_quietly(staging)
+    fsync_directory(os.path.dirname(os.path.abspath(dest)))
+    return applied
+
+
+def _copy_staged(staging, dest, extents, kill_at=None):
+    src_fd = os.open(staging, os.O_RDONLY)
+    try:
+        dest_fd = os.open(dest, os.O_WRONLY)
+        try:
+            for number, extent in enumerate(extents):
+                copy_extents(src_fd, dest_fd, [extent])
+                if number == 0 and kill_at == 'applying':
+                    os.fsync(dest_fd)
+                    os.kill(os.getpid(), signal.SIGKILL)
+            os.fsync(dest_fd)
+        finally:
+            os.close(dest_fd)
+    finally:
+        os.close(src_fd)
+
+
+def _check_space(dest, extents):
+    """Room for the staged blocks and for the holes of dest they may fill; NO_SPACE before anything is written."""
+    needed = 2 * total_length(extents) + SPACE_MARGIN
+    info = os.statvfs(os.path.dirname(os.path.abspath(dest)))
+    available = info.f_bavail * info.f_frsize
+    if available < needed:
+        raise ExportError('not enough space next to %s to apply the changed blocks safely: %d bytes are needed (the '
+                          'staged blocks, the holes of the image they fill and %d MiB of margin) but %d are free. '
+                          'Nothing was written; %s is unchanged. Free some space and run again.'
+                          % (dest, needed, SPACE_MARGIN // MIB, available, dest), code='NO_SPACE')
+
+
 def _check_incremental_dest(dest, size):
     if not os.path.exists(dest):
         raise ExportError('changed_blocks needs an existing dest to apply them to, and %s does not exist: run a full '
@@ -145,23 +273,38 @@ def _write_full(reader, extents, dest, size):
     except BaseException:
         out.discard()
         raise
+    finish_interrupted_apply(dest, redo=False)  # an old apply journal no longer concerns the new dest
     return stats, writer.bytes_written
 
 
 def _apply_changes(reader, extents, dest, size):
-    # Stage every changed block first so that a failed read leaves dest untouched.
-    staging = AtomicFile(dest, size=size, prefix='.changes-')
+    """Steps 1-5 of the module docstring: stage, journal, apply, forget."""
+    _check_space(dest, extents)
+    staging, journal_path = _apply_paths(dest)
+    fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, 'O_NOFOLLOW', 0), 0o600)
     try:
-        stats = reader.read(extents, FileWriter(staging.fd, sparse=False))
-        dest_fd = os.open(dest, os.O_WRONLY)
         try:
-            copy_extents(staging.fd, dest_fd, extents)
-            os.fsync(dest_fd)
-        except (IOError, OSError) as exc:
-            raise ExportError('applying the changed blocks to %s failed after part of them was written (%s): %s no '
-                              'longer matches any snapshot; run a full export' % (dest, exc, dest))
+            os.ftruncate(fd, size)
+            stats = reader.read(extents, FileWriter(fd, sparse=False))
+            os.fsync(fd)
         finally:
-            os.close(dest_fd)
-    finally:
-        staging.discard()
+            os.close(fd)
+        write_file_atomically(journal_path, json.dumps({'size': size, 'extents': extents}).encode('utf-8'))
+    except BaseException as exc:
+        _unlink_quietly(staging)  # dest was not touched
+        if getattr(exc, 'errno', None) in SPACE_ERRNOS:
+            raise ExportError('not enough space next to %s to stage the changed blocks (%s); nothing was written to '
+                              '%s, which is unchanged. Free some space and run again.'
+                              % (dest, os.strerror(exc.errno), dest), code='NO_SPACE')
+        raise
+    try:
+        _copy_staged(staging, dest, extents, kill_at=os.environ.get(APPLY_KILL_ENV))
+    except (IOError, OSError) as exc:
+        raise ExportError('applying the changed blocks to %s stopped after part of them was written (%s). The staged '
+                          'blocks and their journal were kept: the next vdi_export with this dest finishes the apply '
+                          'first (free some space if the disk is full), or a full export replaces %s.'
+                          % (dest, exc, dest), code='DEST_HALF_APPLIED')
+    os.unlink(journal_path)
+    _unlink_quietly(staging)
+    fsync_directory(os.path.dirname(os.path.abspath(dest)))
     return stats, total_length(extents)

@@ -113,6 +113,13 @@ repositories:
       type: list
       elements: str
       sample: []
+    manifest_damaged:
+      description:
+        - C(manifest.json) is damaged and the points listed are those of C(manifest.json.prev), the manifest before the
+          last save. Backups and prunes refuse the repository until C(backup_verify) with O(backup_verify#module:rebuild_manifest=true)
+          has written a new manifest.
+      type: bool
+      sample: false
     warnings:
       description: What a reader should know, e.g. that C(manifest.json) was damaged and C(manifest.json.prev) was read.
       type: list

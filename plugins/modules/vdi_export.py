@@ -100,6 +100,13 @@ options:
   dest:
     description:
       - Raw image file to create (full export) or to update (with O(changed_blocks) or O(base)).
+      - It must be a regular file or not exist yet, in an existing directory; a device, a pipe or a directory is refused
+        (C(DEST_NOT_REGULAR_FILE), C(DEST_IS_DIRECTORY)) and never replaced.
+      - Changed blocks are applied with a journal. They are first staged next to O(dest) in C(.<name>.apply-staging)
+        (the free space for them is checked first, C(NO_SPACE)), then C(.<name>.apply-journal) is written, then they are
+        copied onto O(dest). A run that fails or is killed while staging leaves O(dest) untouched. One that stops while
+        copying (C(DEST_HALF_APPLIED)) is finished by the next run with changed blocks on the same O(dest), before
+        anything else (RV(finished_apply)). A full export replaces O(dest) and drops such a journal.
       - Mutually exclusive with O(repository); one of the two is required.
     type: path
   repository:
@@ -262,8 +269,17 @@ point_type:
   type: str
   returned: with O(repository)
   sample: incremental
+finished_apply:
+  description:
+    - Bytes of changed blocks that an interrupted earlier run had staged and journaled for O(dest), applied by this run
+      before its own export (a warning says so too).
+  type: int
+  returned: when an interrupted apply was finished
+  sample: 393216
 cleaned_up:
-  description: Files of an interrupted earlier run that were removed from O(repository) (never restore points).
+  description:
+    - Files of an interrupted earlier run that were removed from O(repository) (never restore points); only files the
+      repository's journal says this collection wrote.
   type: list
   elements: str
   returned: with O(repository)

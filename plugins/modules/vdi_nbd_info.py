@@ -130,6 +130,7 @@ def main():
                                                    nbd_network=dict(type='str')),
         supports_check_mode=True,
     )
+
     def unmask_session():
         # Export names contain the session reference. Ansible would mask that no_log value inside them and
         # return unusable names; the action plugin censors this module's whole successful result instead.

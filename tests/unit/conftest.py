@@ -9,10 +9,15 @@
 * ``server_kind``: parametrised over ``SERVER_KINDS``; override with
   ``@pytest.mark.parametrize('server_kind', [...])``.
 * ``nbd_server``: a server of ``server_kind`` serving ``nbd_image`` as export ``vdisk0``.
+* ``small_tmpfs``: ``mount(size_k)`` mounts a tmpfs of that size (for full-disk tests) and returns its path;
+  unmounted at teardown. Fails under CI=true where mounting is impossible, else skips.
 * ``lab``: a XenServer lab (tests/lab) of its own for the test; ``client``: an open XenApiClient logged in to it.
 """
 
 from __future__ import absolute_import, division, print_function
+
+import os
+import subprocess
 
 import pytest
 
@@ -80,3 +85,25 @@ def client(lab):
     with _xenapi.XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
                               ca_path=lab.info['ca_cert'], timeout=30) as opened:
         yield opened
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mount_point = tmp_path / 'tiny'
+    mount_point.mkdir()
+    mounted = []
+
+    def mount(size_k):
+        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%dk' % size_k, 'tmpfs', str(mount_point)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
+        if proc.returncode != 0:
+            if os.environ.get('CI') == 'true':
+                pytest.fail('cannot mount a tmpfs for the full-disk test: %s' % proc.stdout.decode())
+            pytest.skip('cannot mount a tmpfs here: %s' % proc.stdout.decode())
+        mounted.append(True)
+        return str(mount_point)
+    try:
+        yield mount
+    finally:
+        if mounted:
+            subprocess.run(['umount', str(mount_point)], check=False)

@@ -19,12 +19,10 @@ import pytest
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import store
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.full_disk import fill
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     assert_same_as_raw,
-)
-from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.test_prune_faults import (  # noqa: F401
-    small_tmpfs,
 )
 
 __metaclass__ = type
@@ -262,21 +260,6 @@ def test_a_damaged_manifest_is_a_clean_error_everywhere(disk, tmp_path, shape, t
 
 
 # -- 3. a full disk during the manifest save -------------------------------------------------------------
-
-def fill(mount_point, leave):
-    """Fill the file system, then free ``leave`` bytes; returns the filler's path."""
-    filler = os.path.join(mount_point, 'filler')
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b'\xff' * 4096) == 4096:
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, max(0, os.path.getsize(filler) - leave))
-    return filler
-
 
 def test_a_full_disk_before_the_manifest_save_keeps_the_manifest(disk, tmp_path, small_tmpfs):
     server, image = disk

@@ -129,6 +129,7 @@ def describe_repository(path, now=None):
                 'total_bytes': total,
                 'leftovers': repo.leftovers(),
                 'unknown_files': repo.unknown_files(),
+                'manifest_damaged': repo.from_previous,
                 'warnings': list(repo.warnings),
             })
     except (RepositoryError, OSError) as exc:

@@ -24,7 +24,7 @@ import datetime
 import os
 
 from .qcow2 import Qcow2Error, Qcow2Image
-from .store import POINT_FILE, Repository, empty_manifest, file_sha256
+from .store import Repository, empty_manifest, file_sha256
 
 __metaclass__ = type
 

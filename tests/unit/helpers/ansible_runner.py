@@ -31,10 +31,15 @@ def run_module(name, args, tmp_path, check=False, diff=False, verbose=False):
     ``result`` is the module's result with ``failed`` set from the callback's status; ``output`` is
     everything Ansible printed or logged (for secret checks). XENSERVER_* variables are not passed on.
     """
-    ansible = shutil.which('ansible') or os.path.join(os.path.dirname(sys.executable), 'ansible')
+    # The interpreter's own ansible first: under ansible-test units, PATH starts with ansible-test's injected
+    # bin directory and PYTHONPATH with its restricted ansible package, neither of which can run the CLI.
+    ansible = os.path.join(os.path.dirname(sys.executable), 'ansible')
+    if not os.access(ansible, os.X_OK):
+        ansible = shutil.which('ansible')
     log_path = os.path.join(str(tmp_path), 'ansible.log')
     env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=collections_path(), ANSIBLE_LOCALHOST_WARNING='false',
                ANSIBLE_NOCOLOR='1', ANSIBLE_HOME=os.path.join(str(tmp_path), 'ansible-home'), ANSIBLE_LOG_PATH=log_path)
+    env.pop('PYTHONPATH', None)
     for key in ('XENSERVER_HOST', 'XENSERVER_USER', 'XENSERVER_PASSWORD', 'XENSERVER_VALIDATE_CERTS'):
         env.pop(key, None)
     command = [ansible, 'localhost', '-m', 'xenserver.cbt_backup.%s' % name, '-a', json.dumps(args),

@@ -489,13 +489,24 @@ def test_reset_between_replies_loses_no_request():
     assert hashlib.sha256(out).hexdigest() == IMAGE_SHA256
 
 
-def test_unwritable_destination_closes_the_connection(tmp_path):
+def test_a_missing_dest_directory_is_refused_before_connecting(tmp_path):
+    with FakeNbdServer(IMAGE) as server:
+        with pytest.raises(_export.ExportError) as info:
+            _export.export_to_file(plain_target(server), str(tmp_path / 'missing-dir' / 'disk.raw'), connections=1)
+        assert info.value.code == 'DEST_PARENT_MISSING'
+        assert server.connections == 0
+
+
+def test_unwritable_destination_closes_the_connection(small_tmpfs):
+    # A filesystem far smaller than the image: the writes fail (ENOSPC) after the connection is open.
+    dest = os.path.join(small_tmpfs(256), 'disk.raw')
     with FakeNbdServer(IMAGE) as server:
         # Keep the exception (and so its traceback) alive: dropping it would let the garbage collector close the socket.
         with pytest.raises(OSError) as info:
-            _export.export_to_file(plain_target(server), str(tmp_path / 'missing-dir' / 'disk.raw'), connections=1)
+            _export.export_to_file(plain_target(server), dest, connections=1)
         deadline = time.monotonic() + 2
         while server.disconnects < server.connections and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server.connections == 1
         assert server.disconnects == 1, 'the NBD connection is still open after %r' % info.value
+    assert not os.listdir(os.path.dirname(dest)), 'the partial file is removed'

@@ -213,7 +213,7 @@ def test_a_stalled_greeting_is_still_reported_as_silence():
     with FakeNbdServer(IMAGE, stall_greeting=True) as server:
         with pytest.raises(errors.NbdHandshakeInterrupted) as info:
             NbdConnection.open(target(server))
-    assert type(info.value) is errors.NbdHandshakeInterrupted
+    assert info.type is errors.NbdHandshakeInterrupted
     assert 'sent nothing for 1 s' in str(info.value)
 
 

@@ -222,28 +222,6 @@ def tree_size(path):
     return sum(os.path.getsize(os.path.join(path, name)) for name in os.listdir(path))
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mount_point = tmp_path / 'tiny'
-    mount_point.mkdir()
-    mounted = []
-
-    def mount(size_k):
-        proc = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=%dk' % size_k, 'tmpfs', str(mount_point)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
-        if proc.returncode != 0:
-            if os.environ.get('CI') == 'true':
-                pytest.fail('cannot mount a tmpfs for the full-disk test: %s' % proc.stdout.decode())
-            pytest.skip('cannot mount a tmpfs here: %s' % proc.stdout.decode())
-        mounted.append(True)
-        return str(mount_point)
-    try:
-        yield mount
-    finally:
-        if mounted:
-            subprocess.run(['umount', str(mount_point)], check=False)
-
-
 def test_full_disk_fails_cleanly_and_keeps_the_repository(pristine, tmp_path, small_tmpfs):
     pristine_dir, expected = pristine
     # Room for the repository and a little more, but not for a merged full image.
