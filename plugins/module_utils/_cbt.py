@@ -17,14 +17,17 @@ import binascii
 import re
 
 from ._extents import CBT_BLOCK_SIZE
+from ._errors import CbtBackupError
 
 __metaclass__ = type
 
 _NONZERO_BYTES = re.compile(b'[^\x00]+')
 
 
-class BitmapError(ValueError):
+class BitmapError(CbtBackupError, ValueError):
     """The bitmap does not fit the disk it is applied to."""
+
+    code = 'BITMAP_INVALID'
 
 
 def block_count(size):

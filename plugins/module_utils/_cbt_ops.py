@@ -18,11 +18,12 @@ CBT_SR_TYPES = 'EXT, NFS, SMB, LVM, LVMoISCSI or LVMoHBA'
 
 
 class CbtError(XenApiError):
-    """A XenApiError that also carries the disks handled before the failure (``disks``)."""
+    """A XenApiError that also carries the disks handled before the failure (``disks``, also in ``result``)."""
 
-    def __init__(self, message, code=None, params=None, disks=None):
-        super(CbtError, self).__init__(message, code=code, params=params)
+    def __init__(self, message, code=None, params=None, disks=None, from_host=False):
         self.disks = list(disks or [])
+        super(CbtError, self).__init__(message, code=code, params=params, from_host=from_host,
+                                       result={'disks': self.disks, 'changed': any(d['changed'] for d in self.disks)})
 
 
 def _label(record):
@@ -105,7 +106,7 @@ def translate(exc, srs, record, enabled):
         return sr_unsupported_error(record, srs.record(sr_ref), sr_ref, enabled)
     if exc.code == 'VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION':
         return on_boot_error(record, enabled)
-    if not exc.code:
+    if not exc.from_host:
         return exc
     return XenApiError('cannot %s CBT on %s: %s' % (_verb(enabled), _label(record), explain(exc.code, exc.params)),
                        code=exc.code, params=exc.params)
@@ -145,7 +146,8 @@ def ensure_cbt(client, vdi=None, vm=None, enabled=True, check_mode=False):
                 state = bool(client.call('VDI.get_cbt_enabled', ref))
             except XenApiError as exc:
                 error = translate(exc, srs, record, enabled)
-                raise CbtError(error.message, code=error.code, params=error.params, disks=results)
+                raise CbtError(error.message, code=error.code, params=error.params, disks=results,
+                               from_host=error.from_host)
         else:
             state = enabled if changed else bool(record['cbt_enabled'])
         results.append(_entry(record, state, changed))

@@ -40,6 +40,7 @@ from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUEST_SIZE, DEFAULT_REQU
 from ._nbd.tls import TlsSettings
 from ._repository.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
 from ._repository.store import SPACE_ERRNOS, write_file_atomically
+from ._errors import CbtBackupError
 
 __metaclass__ = type
 
@@ -52,15 +53,10 @@ APPLY_KILL_ENV = 'XENSERVER_CBT_BACKUP_APPLY_KILL_AT'
 SPACE_MARGIN = MIB
 
 
-class ExportError(Exception):
+class ExportError(CbtBackupError):
     """An export that cannot be done as asked (bad destination, bitmap that does not fit...); ``code`` names it."""
 
     code = 'EXPORT_FAILED'
-
-    def __init__(self, message, code=None):
-        super(ExportError, self).__init__(message)
-        if code:
-            self.code = code
 
 
 def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, client_cert=None, client_key=None,

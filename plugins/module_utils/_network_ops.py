@@ -84,7 +84,7 @@ def _call(client, method, record, *args):
     try:
         return client.call(method, *args)
     except XenApiError as exc:
-        if not exc.code:
+        if not exc.from_host:
             raise
         raise XenApiError('%s on %s failed: %s' % (method, _label(record), explain(exc.code, exc.params)),
                           code=exc.code, params=exc.params)

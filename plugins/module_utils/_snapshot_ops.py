@@ -34,8 +34,10 @@ class PartialSnapshotError(XenApiError):
     """
 
     def __init__(self, exc, message, snapshots):
+        # The result says what exists now: something was created (changed) and what to destroy.
         super(PartialSnapshotError, self).__init__(message, code=exc.code, params=exc.params,
-                                                   from_host=getattr(exc, 'from_host', False))
+                                                   from_host=getattr(exc, 'from_host', False),
+                                                   result={'changed': True, 'snapshots': snapshots})
         self.snapshots = snapshots
 
 

@@ -28,6 +28,8 @@ except ImportError:  # pragma: no cover - Python 2 is not supported, kept for th
     http_client = None
     quote = urlsplit = None
 
+from ._errors import CbtBackupError
+
 __metaclass__ = type
 
 NULL_REF = 'OpaqueRef:NULL'
@@ -122,11 +124,13 @@ class _Connection:
         self.conn.close()
 
 
-class SourceError(Exception):
+class SourceError(CbtBackupError):
     """Producing the upload body failed (reading the restore point); ``error`` is the original exception."""
 
+    code = 'READ_FAILED'
+
     def __init__(self, error):
-        super(SourceError, self).__init__(str(error))
+        super(SourceError, self).__init__(str(error), code=getattr(error, 'code', None))
         self.error = error
 
 

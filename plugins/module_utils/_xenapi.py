@@ -13,6 +13,8 @@ import re
 import socket
 import ssl
 
+from ._errors import CbtBackupError
+
 __metaclass__ = type
 
 try:
@@ -75,13 +77,13 @@ EXPLANATIONS = {
 }
 
 
-class XenApiError(Exception):
+class XenApiError(CbtBackupError):
     """A XenAPI call failed; ``code`` and ``params`` keep the host's error, ``message`` explains it."""
 
-    def __init__(self, message, code=None, params=None, from_host=False):
-        super(XenApiError, self).__init__(message)
-        self.message = message
-        self.code = code
+    code = 'XENAPI_ERROR'
+
+    def __init__(self, message, code=None, params=None, from_host=False, result=None):
+        super(XenApiError, self).__init__(message, code=code, result=result)
         self.params = list(params or [])
         self.from_host = from_host  # False for conditions this collection detects itself (NOT_FOUND, ...)
 
@@ -150,11 +152,12 @@ class XenApiClient:
     def __init__(self, hostname, username=None, password=None, session_id=None, validate_certs=True, ca_path=None,
                  timeout=60.0):
         if not HAS_XENAPI:
-            raise XenApiError('the Python library "XenAPI" is missing: %s' % XENAPI_IMPORT_ERROR)
+            raise XenApiError('the Python library "XenAPI" is missing: %s' % XENAPI_IMPORT_ERROR, code='LIBRARY_MISSING')
         if not hostname:
-            raise XenApiError('no host given: set hostname (or XENSERVER_HOST)')
+            raise XenApiError('no host given: set hostname (or XENSERVER_HOST)', code='INVALID_OPTION')
         if not session_id and not (username and password is not None):
-            raise XenApiError('give username and password (or XENSERVER_USER / XENSERVER_PASSWORD), or a session_id')
+            raise XenApiError('give username and password (or XENSERVER_USER / XENSERVER_PASSWORD), or a session_id',
+                              code='INVALID_OPTION')
         self.url = normalize_url(hostname)
         self.username = username
         self._password = password
@@ -261,16 +264,20 @@ class XenApiClient:
                 raise XenApiError('%s failed: the session_id is not logged in (it was logged out or expired); log in '
                                   'again' % method, code='SESSION_INVALID')
             raise XenApiError(_redact('%s failed: the host answered with an XML-RPC fault %s: %s'
-                                      % (method, fault.faultCode, fault.faultString), secrets))
+                                      % (method, fault.faultCode, fault.faultString), secrets), code='XMLRPC_FAULT')
         except xmlrpc_client.ProtocolError as exc:
-            raise XenApiError('%s failed: HTTP %s %s from %s' % (method, exc.errcode, exc.errmsg, self.url))
+            raise XenApiError('%s failed: HTTP %s %s from %s' % (method, exc.errcode, exc.errmsg, self.url),
+                              code='HTTP_ERROR')
         except ssl.SSLCertVerificationError as exc:
             raise XenApiError('cannot verify the TLS certificate of %s: %s. Give the CA (or the host certificate) in '
-                              'ca_path, or set validate_certs: false' % (self.url, exc.verify_message or exc))
+                              'ca_path, or set validate_certs: false' % (self.url, exc.verify_message or exc),
+                              code='TLS_VERIFY_FAILED')
         except socket.timeout:
-            raise XenApiError('%s failed: %s did not answer within %s s' % (method, self.url, self.timeout))
+            raise XenApiError('%s failed: %s did not answer within %s s (api_timeout)' % (method, self.url, self.timeout),
+                              code='API_TIMEOUT')
         except (OSError, ssl.SSLError) as exc:
-            raise XenApiError('cannot reach the XenAPI at %s: %s' % (self.url, getattr(exc, 'strerror', None) or exc))
+            raise XenApiError('cannot reach the XenAPI at %s: %s' % (self.url, getattr(exc, 'strerror', None) or exc),
+                              code='CONNECTION_FAILED')
 
     # -- lookups -------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: xenserver.cbt_backup contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Ansible glue shared by the modules that talk to the XenAPI: connection options, errors to fail_json.
+"""The Ansible adapter: XenAPI connection options, and every CbtBackupError to fail_json with its code.
 
 Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
 """
@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import (
     HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError,
 )
@@ -59,18 +60,20 @@ def make_client(module):
                             session_id=params['session_id'], validate_certs=params['validate_certs'],
                             ca_path=params['ca_path'], timeout=params['api_timeout'])
     except XenApiError as exc:
-        module.fail_json(msg=exc.message, error_code=exc.code or 'INVALID_OPTION')
+        fail(module, exc)
 
 
 def fail(module, exc, **result):
-    """fail_json for a XenApiError: ``error_code`` always; the host's code and parameters in ``xenapi_error``.
+    """fail_json for any CbtBackupError: ``error_code`` and ``error_type`` always, the error's ``result`` facts.
 
-    Conditions the collection detects itself (NOT_FOUND, AMBIGUOUS, ...) have an ``error_code`` but no
+    A host's own XenAPI error also comes back in ``xenapi_error`` (code and parameters as the host said them);
+    conditions the collection detects itself (NOT_FOUND, AMBIGUOUS, ...) have an ``error_code`` but no
     ``xenapi_error``, so the latter only ever holds what a host said.
     """
-    if exc.code:
-        result['error_code'] = exc.code
-    if exc.from_host:
+    result.update(exc.result)
+    result['error_code'] = exc.code
+    result['error_type'] = type(exc).__name__
+    if getattr(exc, 'from_host', False):
         result['xenapi_error'] = exc.as_dict()
     module.fail_json(msg=exc.message, **result)
 
@@ -89,7 +92,7 @@ def run(module, action, on_success=None):
             result = action(client)
         finally:
             client.close()
-    except XenApiError as exc:
+    except CbtBackupError as exc:
         fail(module, exc)
     warnings = result.pop('warnings', [])
     for warning in warnings:

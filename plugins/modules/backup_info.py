@@ -116,7 +116,7 @@ repositories:
     manifest_damaged:
       description:
         - C(manifest.json) is damaged and the points listed are those of C(manifest.json.prev), the manifest before the
-          last save. Backups and prunes refuse the repository until C(backup_verify) with O(backup_verify#module:rebuild_manifest=true)
+          last save. Backups and prunes refuse the repository until M(xenserver.cbt_backup.backup_verify) with O(xenserver.cbt_backup.backup_verify#module:rebuild_manifest=true)
           has written a new manifest.
       type: bool
       sample: false
@@ -219,7 +219,7 @@ def main():
     try:
         result = list_repositories(module.params['path'], max_depth=module.params['max_depth'])
     except RepositoryError as exc:
-        module.fail_json(msg=str(exc), error_code=exc.code)
+        _xenapi_module.fail(module, exc)
     except OSError as exc:
         module.fail_json(msg='reading %s failed: %s' % (module.params['path'], exc), error_code='READ_FAILED')
     for repository in result['repositories']:

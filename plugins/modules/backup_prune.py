@@ -149,10 +149,10 @@ recovery_pending:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import (
-    SPACE_ERRNOS, Repository, RepositoryError)
+    SPACE_ERRNOS, Repository)
 
 
 def main():
@@ -179,9 +179,8 @@ def main():
             result['repository'] = repo.path
             result['unknown_files'] = repo.unknown_files()
             notices = repo.notices()
-    except (RepositoryError, Qcow2Error) as exc:
-        module.fail_json(msg=str(exc), repository=path, error_type=type(exc).__name__,
-                         error_code=getattr(exc, 'code', None) or 'REPOSITORY_DAMAGED')
+    except CbtBackupError as exc:
+        _xenapi_module.fail(module, exc, repository=path)
     except (IOError, OSError) as exc:
         module.fail_json(msg='pruning the repository %s failed: %s. Every restore point listed in its manifest is still '
                              'restorable; the next run finishes or rolls back what was interrupted.' % (path, exc),

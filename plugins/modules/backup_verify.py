@@ -259,14 +259,14 @@ spot_check:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection, validate_options
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError, NbdOptionError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect, rebuild
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository, RepositoryError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 
 
@@ -327,7 +327,7 @@ def main():
     try:
         validate_options(timeout=params['timeout'])
     except NbdOptionError as exc:
-        module.fail_json(msg=str(exc), error_code=exc.code)
+        _xenapi_module.fail(module, exc)
     if params['spot_check']:
         if not params['hostname']:
             module.fail_json(msg='spot_check needs the XenAPI connection to find the snapshot: set hostname (or '
@@ -341,9 +341,8 @@ def main():
             if rebuilt['changed'] and module.check_mode:
                 module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
         result = inspect.verify_repository(params['repository'], point=params['point'])
-    except (RepositoryError, Qcow2Error) as exc:
-        module.fail_json(msg=str(exc), ok=False, error_code=getattr(exc, 'code', None) or 'REPOSITORY_DAMAGED',
-                         changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
+    except CbtBackupError as exc:
+        _xenapi_module.fail(module, exc, ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
     except OSError as exc:
         module.fail_json(msg='reading the repository %s failed: %s' % (params['repository'], exc), ok=False,
                          error_code='READ_FAILED', changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
@@ -358,9 +357,10 @@ def main():
             result['spot_check'] = run_spot_check(module, result)
         except XenApiError as exc:
             _xenapi_module.fail(module, exc, changed=changed, **result)
-        except (NbdError, Qcow2Error, RepositoryError, OSError) as exc:
+        except (CbtBackupError, OSError) as exc:
             module.fail_json(msg='the spot check of %s failed: %s' % (result['repository'], exc), changed=changed,
-                             error_code=getattr(exc, 'code', None) or 'SPOT_CHECK_FAILED', **result)
+                             error_type=type(exc).__name__, error_code=getattr(exc, 'code', None) or 'SPOT_CHECK_FAILED',
+                             **result)
         if result['spot_check'].get('ok') is False:
             result['ok'] = False
             result['first_bad'] = result['spot_check']['point']

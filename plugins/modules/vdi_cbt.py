@@ -102,7 +102,7 @@ disks:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt_ops import CbtError, ensure_cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt_ops import ensure_cbt
 
 
 def main():
@@ -119,12 +119,9 @@ def main():
     params = module.params
 
     def action(client):
-        try:
-            result = ensure_cbt(client, vdi=params['vdi'], vm=params['vm'], enabled=params['enabled'],
-                                check_mode=module.check_mode)
-        except CbtError as exc:
-            # fail_json exits through the caller's finally, which logs the session out.
-            _xenapi_module.fail(module, exc, disks=exc.disks, changed=any(d['changed'] for d in exc.disks))
+        # A CbtError's result (disks handled so far, changed) comes back with the failure.
+        result = ensure_cbt(client, vdi=params['vdi'], vm=params['vm'], enabled=params['enabled'],
+                            check_mode=module.check_mode)
         diff = result.pop('diff')
         if module._diff:  # pylint: disable=protected-access
             result['diff'] = diff

@@ -306,12 +306,10 @@ from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
     _changed_blocks_ops, _export, _nbd_access, _objects, _xenapi_module,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt import BitmapError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError, NbdOptionError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
@@ -363,7 +361,7 @@ def check_params(module):
         validate_options(port=(params['nbd'] or {}).get('port'), timeout=params['timeout'],
                          min_rate_mib_s=params['min_rate_mib_s'])
     except NbdOptionError as exc:
-        module.fail_json(msg=str(exc), error_type=type(exc).__name__, error_code=exc.code)
+        _xenapi_module.fail(module, exc)
     if params['snapshot'] and not params['hostname']:
         module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)')
     nbd = params['nbd']
@@ -507,11 +505,8 @@ def main():
         finally:
             if client is not None:
                 client.close()  # logs out a session this module logged in
-    except XenApiError as exc:
+    except CbtBackupError as exc:  # every error names its condition in ``code`` (NBD_TIMEOUT, REPOSITORY_DAMAGED...)
         _xenapi_module.fail(module, exc)
-    except (NbdError, BitmapError, _export.ExportError, RepositoryError, Qcow2Error) as exc:
-        # every domain error names its condition in ``code`` (NBD_TIMEOUT, REPOSITORY_DAMAGED, ...)
-        module.fail_json(msg=str(exc), error_type=type(exc).__name__, error_code=getattr(exc, 'code', None) or 'EXPORT_FAILED')
     except (IOError, OSError) as exc:
         where = params['dest'] or params['repository']
         module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where), error_code='WRITE_FAILED')

@@ -217,7 +217,7 @@ def main():
     try:
         source = RestoreSource(params['repository'], params['point'])
     except RestoreError as exc:
-        module.fail_json(msg=str(exc), error_type='RestoreError', error_code=exc.code)
+        _xenapi_module.fail(module, exc)
     except (Qcow2Error, IOError, OSError) as exc:
         module.fail_json(msg='cannot read the repository %s: %s' % (params['repository'], exc), error_type=type(exc).__name__,
                          error_code='REPOSITORY_DAMAGED' if isinstance(exc, Qcow2Error) else 'READ_FAILED')
@@ -227,9 +227,7 @@ def main():
                 result = restore_to_file(source, params['dest'], force=params['force'], check_mode=module.check_mode)
             else:
                 result = restore_to_vdi(module, source)
-    except RestoreError as exc:
-        module.fail_json(msg=str(exc), error_type='RestoreError', error_code=exc.code)
-    except XenApiError as exc:
+    except (RestoreError, XenApiError) as exc:
         _xenapi_module.fail(module, exc)
     except (Qcow2Error, VhdError) as exc:
         module.fail_json(msg='reading restore point %s failed: %s. Run xenserver.cbt_backup.backup_verify on %s'

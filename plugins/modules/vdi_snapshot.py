@@ -258,14 +258,11 @@ def main():
         if params['state'] == 'absent':
             return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode,
                                          retries=params['retries'], delay=params['delay'])
-        try:
-            if params['vdi']:
-                return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
-            return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode,
-                                             skip_disks=params['skip_disks'])
-        except _snapshot_ops.PartialSnapshotError as exc:
-            # fail_json exits here; the client is still logged out by _xenapi_module.run.
-            _xenapi_module.fail(module, exc, changed=True, snapshots=exc.snapshots)
+        # A PartialSnapshotError's result (changed, snapshots) comes back with the failure.
+        if params['vdi']:
+            return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
+        return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode,
+                                         skip_disks=params['skip_disks'])
 
     _xenapi_module.run(module, action)
 

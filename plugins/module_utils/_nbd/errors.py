@@ -12,10 +12,12 @@ returned as ``error_type``).
 
 from __future__ import absolute_import, division, print_function
 
+from .._errors import CbtBackupError
+
 __metaclass__ = type
 
 
-class NbdError(Exception):
+class NbdError(CbtBackupError):
     """Base class of every error the NBD client raises."""
 
     retryable = False

@@ -50,6 +50,7 @@ import threading
 import zlib
 
 from .raw_file import pwrite_all
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 
@@ -87,8 +88,10 @@ _U64 = struct.Struct('>Q')
 _BIG_ENDIAN = sys.byteorder == 'big'
 
 
-class Qcow2Error(Exception):
+class Qcow2Error(CbtBackupError):
     """A file is not a qcow2 image this module can read, or a writer was misused."""
+
+    code = 'IMAGE_DAMAGED'
 
 
 def _ceil_div(num, den):

@@ -24,6 +24,7 @@ import os
 from .inspect import parse_time
 from .raw_file import AtomicFile, pwrite_all
 from .store import Repository, RepositoryError
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 
@@ -38,8 +39,10 @@ DISK_STATUSES = ('ok', 'failed', 'skipped', 'planned')
 VM_STATUSES = ('ok', 'failed', 'partial', 'skipped', 'planned')
 
 
-class ReportError(Exception):
+class ReportError(CbtBackupError):
     """The inputs cannot make a report (e.g. an unreadable start time)."""
+
+    code = 'INVALID_OPTION'
 
 
 # -- small helpers -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import os
 import re
 
 from .raw_file import AtomicFile, fsync_directory, pwrite_all
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 
@@ -59,15 +60,10 @@ RECOVERY_HINT = ('Nothing was changed. To list the restore points again, run xen
                  'rebuild_manifest: true on this directory (docs/guide.md, "A lost or damaged manifest").')
 
 
-class RepositoryError(Exception):
+class RepositoryError(CbtBackupError):
     """The repository cannot do what was asked; ``code`` names the condition (REPOSITORY_DAMAGED, ...)."""
 
     code = 'REPOSITORY_ERROR'
-
-    def __init__(self, message, code=None):
-        super(RepositoryError, self).__init__(message)
-        if code:
-            self.code = code
 
 
 def utc_now():

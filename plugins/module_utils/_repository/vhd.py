@@ -33,6 +33,8 @@ import sys
 import time
 import uuid
 
+from .._errors import CbtBackupError
+
 __metaclass__ = type
 
 SECTOR = 512
@@ -52,8 +54,10 @@ _HEADER_CHECKSUM_AT = 36
 _READ_CHUNK = 2 * 1024 * 1024
 
 
-class VhdError(Exception):
+class VhdError(CbtBackupError):
     """The disk cannot be expressed as a dynamic VHD (too large, bad block size)."""
+
+    code = 'VHD_UNSUPPORTED'
 
 
 def _ceil_div(num, den):

@@ -614,7 +614,7 @@ def test_other_errors_of_a_vm_lookup_still_fail(lab, client, root):
     xenlab('stop', '--dir', lab.dir)  # the host is gone: that is no unresolved name, the plan fails
     with pytest.raises(_xenapi.XenApiError) as caught:
         _backup_plan.plan(client, root, vms=['demo-vm', 'no-such-vm'])
-    assert caught.value.code is None and 'cannot reach the XenAPI' in caught.value.message
+    assert caught.value.code == 'CONNECTION_FAILED' and 'cannot reach the XenAPI' in caught.value.message
 
 
 def test_bad_full_every(lab, client, root):

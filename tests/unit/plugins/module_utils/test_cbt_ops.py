@@ -70,7 +70,7 @@ class FakeClient:
             for ref, rec in table.items():
                 if rec['uuid'] == args[0]:
                     return ref
-            raise XenApiError('no uuid', code='UUID_INVALID', params=[cls, args[0]])
+            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
         if name == 'get_by_name_label':
             return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
         if name == 'get_record':
@@ -157,7 +157,7 @@ def test_on_boot_reset_is_named_and_nothing_changes(client):
 
 
 def test_host_refusal_is_translated_and_keeps_the_disks_done(client):
-    client.fail_refs['OpaqueRef:d1'] = XenApiError('VDI.enable_cbt failed: ...', code='SR_OPERATION_NOT_SUPPORTED',
+    client.fail_refs['OpaqueRef:d1'] = XenApiError(from_host=True, message='VDI.enable_cbt failed: ...', code='SR_OPERATION_NOT_SUPPORTED',
                                                    params=['OpaqueRef:local'])
     with pytest.raises(_cbt_ops.CbtError) as info:
         _cbt_ops.ensure_cbt(client, vm='vm')
@@ -173,7 +173,7 @@ def test_host_refusal_is_translated_and_keeps_the_disks_done(client):
     ('VDI_IS_SHARABLE', ['OpaqueRef:d0'], 'sharable'),
 ])
 def test_other_host_errors_name_the_disk(client, code, params, words):
-    client.fail['VDI.enable_cbt'] = XenApiError('VDI.enable_cbt failed', code=code, params=params)
+    client.fail['VDI.enable_cbt'] = XenApiError(from_host=True, message='VDI.enable_cbt failed', code=code, params=params)
     with pytest.raises(_cbt_ops.CbtError) as info:
         _cbt_ops.ensure_cbt(client, vdi='disk0')
     assert info.value.code == code and info.value.params == params

@@ -42,7 +42,7 @@ class FakeClient:
             for ref, rec in table.items():
                 if rec['uuid'] == args[0]:
                     return ref
-            raise XenApiError('no uuid', code='UUID_INVALID', params=[cls, args[0]])
+            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
         if name == 'get_by_name_label':
             return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
         if name == 'get_record':
@@ -134,7 +134,7 @@ def test_incompatible_purpose_reported_by_the_host(client):
     # Another client added the other purpose between our read and our call.
     def racing_add():
         client.objects['network']['OpaqueRef:b']['purpose'] = ['insecure_nbd']
-        return XenApiError('network.add_purpose failed', code='NETWORK_INCOMPATIBLE_PURPOSES',
+        return XenApiError(from_host=True, message='network.add_purpose failed', code='NETWORK_INCOMPATIBLE_PURPOSES',
                            params=['nbd', 'insecure_nbd'])
     client.fail_add.append(racing_add())
     with pytest.raises(XenApiError) as info:
@@ -144,7 +144,7 @@ def test_incompatible_purpose_reported_by_the_host(client):
 
 
 def test_other_host_errors_name_the_network(client):
-    client.fail_add.append(XenApiError('x', code='RBAC_PERMISSION_DENIED', params=['network.add_purpose', 'no role']))
+    client.fail_add.append(XenApiError(from_host=True, message='x', code='RBAC_PERMISSION_DENIED', params=['network.add_purpose', 'no role']))
     with pytest.raises(XenApiError) as info:
         _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
     assert info.value.code == 'RBAC_PERMISSION_DENIED'

@@ -76,11 +76,11 @@ class FakeClient:
             for ref, rec in table.items():
                 if rec['uuid'] == args[0]:
                     return ref
-            raise XenApiError('no uuid', code='UUID_INVALID', params=[cls, args[0]])
+            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
         if name == 'get_by_name_label':
             return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
         if args and args[0] not in table:
-            raise XenApiError('gone', code='HANDLE_INVALID', params=[cls, args[0]])
+            raise XenApiError(from_host=True, message='gone', code='HANDLE_INVALID', params=[cls, args[0]])
         if name == 'get_record':
             return dict(table[args[0]])
         if name in ('get_uuid', 'get_cbt_enabled'):
