@@ -14,9 +14,12 @@ class ModuleDocFragment:
     DOCUMENTATION = r'''
 attributes:
   action_group:
-    description: Use C(group/xenserver.cbt_backup.all) in C(module_defaults) to set the connection options once.
+    description:
+      - Use C(group/xenserver.cbt_backup.xenserver) in C(module_defaults) to set the connection options once.
+      - C(group/xenserver.cbt_backup.all) is the same group under its earlier name.
     support: full
     membership:
+      - xenserver.cbt_backup.xenserver
       - xenserver.cbt_backup.all
 options:
   hostname:

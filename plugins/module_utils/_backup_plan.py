@@ -12,14 +12,13 @@ without the repository's write lock, so a plan can be made while a backup writes
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import os
 
 from ._objects import find_vm, vm_disks
-from ._repository.inspect import parse_time
+from ._time import parse_utc_or_none, utc_now
 from ._repository.retention import JOURNAL
 from ._repository.store import MANIFEST, Repository, RepositoryError
-from ._snapshot_ops import SNAPSHOT_MARKER, iso_time, skip_matches
+from ._snapshot_ops import SNAPSHOT_MARKER, xenapi_time, skip_matches
 from ._xenapi import UUID_RE, XenApiError
 
 __metaclass__ = type
@@ -259,7 +258,7 @@ def decide(client, vdi_ref, vdi, cbt_supported, state, skipped, full_every, now)
             'this backup is a full backup.' % (since, disk, limit)), None
     days = full_every.get('days')
     if days is not None:
-        when = parse_time(reference.get('time'))
+        when = parse_utc_or_none(reference.get('time'))
         what = 'last full backup' if last_full is not None else 'oldest restore point (no full backup is kept)'
         if when is None:
             return FULL, 'FULL_EVERY_DAYS', (
@@ -319,7 +318,7 @@ def leftover_snapshots(client, vdi, state):
             continue
         if anchor is not None and record['uuid'] == anchor:
             continue
-        when = iso_time(record.get('snapshot_time')) or other_config[SNAPSHOT_MARKER] or None
+        when = xenapi_time(record.get('snapshot_time')) or other_config[SNAPSHOT_MARKER] or None
         found.append({'uuid': record['uuid'], 'time': when, 'type': record['type']})
     found.sort(key=lambda item: (item['time'] or '', item['uuid']))
     return found
@@ -335,7 +334,7 @@ def plan(client, repository_root, vms=(), tags=(), skip_disks=(), full_every=Non
         if key not in ('incrementals', 'days') or not isinstance(value, int) or value < 0:
             raise XenApiError('full_every.%s must be a whole number, 0 or more (got %r)' % (key, value),
                               code='BAD_ARGUMENT')
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or utc_now()
     root = os.path.abspath(repository_root)
     skip_disks = list(skip_disks or [])
     used_skips = set()

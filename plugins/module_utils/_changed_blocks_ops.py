@@ -11,7 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 from . import _cbt
 from ._objects import find_snapshot_if_exists, find_vdi
-from ._snapshot_ops import NULL_REF, iso_time, rewrap
+from ._snapshot_ops import NULL_REF, xenapi_time, rewrap
 from ._xenapi import XenApiError
 
 __metaclass__ = type
@@ -48,7 +48,7 @@ def _describe(client, ref, record):
         'name': record['name_label'],
         'type': record['type'],
         'snapshot_of': of_uuid,
-        'time': iso_time(record.get('snapshot_time')),
+        'time': xenapi_time(record.get('snapshot_time')),
         'cbt_enabled': bool(record['cbt_enabled']),
         'virtual_size': int(record['virtual_size']),
     }

@@ -22,10 +22,16 @@ class CbtBackupError(Exception):
 
     def __init__(self, message, code=None, result=None):
         super(CbtBackupError, self).__init__(message)
-        self.message = message
         if code:
             self.code = code
         self.result = dict(result or {})
 
-    def __str__(self):
-        return str(self.message)
+    # The message lives in args[0], so that callers that add to it (``exc.args = (...)``) and callers that
+    # set ``exc.message`` see and change the same text.
+    @property
+    def message(self):
+        return str(self.args[0]) if self.args else ''
+
+    @message.setter
+    def message(self, text):
+        self.args = (text,) + tuple(self.args[1:])

@@ -22,15 +22,14 @@ next run); after step 3 the next run on the same ``dest`` first redoes step 4 fr
 (copying them again is harmless), so ``dest`` is never left between two snapshots.  Those two file
 names are the only ones deleted, and only next to a ``dest`` given to this collection.
 
-Fault injection (tests only): ``XENSERVER_CBT_BACKUP_APPLY_KILL_AT=applying`` kills the process with
-SIGKILL after the first staged extent was copied onto ``dest``.
+Fault injection: ``checkpoint``, when given (tests pass one), is called with the name of a step as the
+apply reaches it: ``applying`` right after the first staged extent was copied onto ``dest``.
 """
 
 from __future__ import absolute_import, division, print_function
 
 import json
 import os
-import signal
 import stat
 
 from . import _cbt
@@ -49,7 +48,6 @@ MIB = 1024 * 1024
 
 APPLY_STAGING = '.%s.apply-staging'
 APPLY_JOURNAL = '.%s.apply-journal'
-APPLY_KILL_ENV = 'XENSERVER_CBT_BACKUP_APPLY_KILL_AT'
 SPACE_MARGIN = MIB
 
 
@@ -75,7 +73,8 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
-                   requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False):
+                   requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
+                   checkpoint=None):
     """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN)."""
     _check_dest(dest)
     finished = None
@@ -89,7 +88,7 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
         check = None
     else:
         def write(reader, extents, size):
-            return _apply_changes(reader, extents, dest, size)
+            return _apply_changes(reader, extents, dest, size, checkpoint or _no_checkpoint)
 
         def check(size):
             _check_incremental_dest(dest, size)
@@ -221,16 +220,19 @@ def finish_interrupted_apply(dest, redo=True):
     return applied
 
 
-def _copy_staged(staging, dest, extents, kill_at=None):
+def _no_checkpoint(step):
+    pass
+
+
+def _copy_staged(staging, dest, extents, checkpoint=_no_checkpoint):
     src_fd = os.open(staging, os.O_RDONLY)
     try:
         dest_fd = os.open(dest, os.O_WRONLY)
         try:
             for number, extent in enumerate(extents):
                 copy_extents(src_fd, dest_fd, [extent])
-                if number == 0 and kill_at == 'applying':
-                    os.fsync(dest_fd)
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if number == 0:
+                    checkpoint('applying')
             os.fsync(dest_fd)
         finally:
             os.close(dest_fd)
@@ -273,7 +275,7 @@ def _write_full(reader, extents, dest, size):
     return stats, writer.bytes_written
 
 
-def _apply_changes(reader, extents, dest, size):
+def _apply_changes(reader, extents, dest, size, checkpoint):
     """Steps 1-5 of the module docstring: stage, journal, apply, forget."""
     _check_space(dest, extents)
     staging, journal_path = _apply_paths(dest)
@@ -294,7 +296,7 @@ def _apply_changes(reader, extents, dest, size):
                               % (dest, os.strerror(exc.errno), dest), code='NO_SPACE')
         raise
     try:
-        _copy_staged(staging, dest, extents, kill_at=os.environ.get(APPLY_KILL_ENV))
+        _copy_staged(staging, dest, extents, checkpoint)
     except (IOError, OSError) as exc:
         raise ExportError('applying the changed blocks to %s stopped after part of them was written (%s). The staged '
                           'blocks and their journal were kept: the next vdi_export with this dest finishes the apply '

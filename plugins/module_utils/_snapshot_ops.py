@@ -9,9 +9,9 @@ Plain Python over an open XenApiClient (no Ansible imports); failures are XenApi
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import time
 
+from ._time import format_utc, parse_utc_or_none, utc_now
 from ._objects import find_snapshot_if_exists, find_vdi, find_vm, vm_disks
 from ._xenapi import XenApiError
 
@@ -41,12 +41,6 @@ class PartialSnapshotError(XenApiError):
         self.snapshots = snapshots
 
 
-def utc_now_text(now=None):
-    """The current UTC time (or ``now``, an aware datetime) as ISO 8601 text, e.g. ``2026-11-25T02:00:05Z``."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
-    return now.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-
-
 def mark_snapshot(client, snap_ref, when):
     """Mark a disk snapshot as taken by this collection at ``when``: ``other_config[SNAPSHOT_MARKER] = when``.
 
@@ -68,24 +62,15 @@ def rewrap(exc, message):
     return XenApiError(message, code=exc.code, params=exc.params, from_host=getattr(exc, 'from_host', False))
 
 
-def iso_time(value):
-    """XenAPI datetimes (xmlrpc DateTime ``20240102T03:04:05Z``, datetime or str) as ISO 8601 text, or None."""
-    if value is None:
+def xenapi_time(value):
+    """A XenAPI datetime (xmlrpc DateTime ``20240102T03:04:05Z``, datetime or str) as RFC 3339 UTC text, or None.
+
+    None also for xapi's "never" (1970-01-01) and for text that is no time at all.
+    """
+    when = parse_utc_or_none(value)
+    if when is None or when.year <= 1970:
         return None
-    if isinstance(value, datetime.datetime):
-        if value.tzinfo is not None:
-            value = value.astimezone(datetime.timezone.utc).replace(tzinfo=None)
-        return value.strftime('%Y-%m-%dT%H:%M:%SZ')
-    text = str(getattr(value, 'value', value)).strip()
-    for pattern in ('%Y%m%dT%H:%M:%SZ', '%Y%m%dT%H:%M:%S', '%Y%m%dT%H%M%SZ', '%Y-%m-%dT%H:%M:%SZ'):
-        try:
-            parsed = datetime.datetime.strptime(text, pattern)
-        except ValueError:
-            continue
-        if parsed.year <= 1970:  # xapi's "never" (19700101T00:00:00Z)
-            return None
-        return parsed.strftime('%Y-%m-%dT%H:%M:%SZ')
-    return text or None
+    return format_utc(when)
 
 
 def _uuid_of(client, ref):
@@ -106,7 +91,7 @@ def describe_snapshot(client, ref, record, time_override=None, snapshot_of=None)
         'ref': ref,
         'name': record['name_label'],
         'snapshot_of': snapshot_of or _uuid_of(client, record.get('snapshot_of')),
-        'time': time_override or iso_time(record.get('snapshot_time')),
+        'time': time_override or xenapi_time(record.get('snapshot_time')),
         'type': record['type'],
         'cbt_enabled': bool(record['cbt_enabled']),
         'virtual_size': int(record['virtual_size']),
@@ -143,7 +128,7 @@ def snapshot_vdi(client, ident, check_mode=False):
         snapshots = [describe_planned(ref, record)]
         return {'changed': True, 'snapshots': snapshots, 'warnings': _no_cbt_warnings(snapshots)}
     snap_ref = client.call('VDI.snapshot', ref, {})
-    when = utc_now_text()
+    when = format_utc(utc_now())
     try:
         mark_snapshot(client, snap_ref, when)
         snapshots = [describe_snapshot(client, snap_ref, client.call('VDI.get_record', snap_ref),
@@ -207,18 +192,18 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
         snap_vm = client.call('VM.snapshot', vm_ref, name, skipped_refs)
     else:
         snap_vm = client.call('VM.snapshot', vm_ref, name)
-    marker = _Marker(client, utc_now_text())
+    marker = _Marker(client, format_utc(utc_now()))
     found = {}  # snapshot VDI ref -> (disk order, description), filled as each one is read
     try:
         snap_vm_record = client.call('VM.get_record', snap_vm)
-        when = iso_time(snap_vm_record.get('snapshot_time'))
+        when = xenapi_time(snap_vm_record.get('snapshot_time'))
         _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, marker)
         client.call('VM.destroy', snap_vm)
     except XenApiError as exc:
         try:  # best effort, once more: the failure may have been passing, or may have stopped the listing half-way
             snap_vm_record = client.call('VM.get_record', snap_vm)
             _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids,
-                                    iso_time(snap_vm_record.get('snapshot_time')), found, marker, tolerant=True)
+                                    xenapi_time(snap_vm_record.get('snapshot_time')), found, marker, tolerant=True)
         except XenApiError:
             pass  # the snapshot VM itself cannot be read (any more): report what was found before
         raise PartialSnapshotError(

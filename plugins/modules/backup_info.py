@@ -135,9 +135,9 @@ repositories:
           type: str
           sample: 20261125T140233Z-incr
         time:
-          description: When the point was written (ISO 8601, UTC).
+          description: When the point was written (RFC 3339 in UTC, Z).
           type: str
-          sample: '2026-11-25T14:02:33+00:00'
+          sample: '2026-11-25T14:02:33Z'
         type:
           description: C(full) or C(incremental).
           type: str

@@ -245,9 +245,9 @@ vms:
           type: int
           sample: 4
         last_full_time:
-          description: When the last point taken as a full backup was taken (ISO 8601), null if there is none.
+          description: When the last point taken as a full backup was taken (RFC 3339 in UTC, Z), null if there is none.
           type: str
-          sample: '2026-11-24T02:00:11+00:00'
+          sample: '2026-11-24T02:00:11Z'
         leftover_snapshots:
           description:
             - The disk's snapshots that backup runs left behind, oldest first; empty when there are none. Listed for
@@ -270,7 +270,7 @@ vms:
               type: str
               sample: 9c1d2e3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f
             time:
-              description: When the snapshot was taken (its C(snapshot_time), ISO 8601 in UTC).
+              description: When the snapshot was taken (its C(snapshot_time), RFC 3339 in UTC (Z)).
               type: str
               sample: '2026-11-25T02:00:05Z'
             type:

@@ -68,7 +68,7 @@ options:
     default: []
   started:
     description:
-      - When the run started, ISO 8601 in UTC (for example C(2026-11-25T02:00:05Z)). The run ends when this module
+      - When the run started, RFC 3339 in UTC (Z) (for example C(2026-11-25T02:00:05Z)). The run ends when this module
         runs.
     type: str
     required: true
@@ -126,11 +126,11 @@ report:
       type: str
       sample: pool1
     started:
-      description: When the run started (O(started)), ISO 8601 in UTC.
+      description: When the run started (O(started)), RFC 3339 in UTC (Z).
       type: str
       sample: '2026-11-25T02:00:05Z'
     finished:
-      description: When the report was built, ISO 8601 in UTC.
+      description: When the report was built, RFC 3339 in UTC (Z).
       type: str
       sample: '2026-11-25T02:14:41Z'
     seconds:

@@ -162,7 +162,7 @@ base:
       description: The uuid of its disk (null if the disk no longer exists).
       type: str
     time:
-      description: When it was taken, ISO 8601 in UTC.
+      description: When it was taken, RFC 3339 in UTC (Z).
       type: str
     cbt_enabled:
       description: Whether it carries CBT metadata.

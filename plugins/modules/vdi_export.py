@@ -304,7 +304,7 @@ reconnects:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
-    _changed_blocks_ops, _export, _nbd_access, _objects, _xenapi_module,
+    _changed_blocks_ops, _export, _nbd_access, _objects, _snapshot_ops, _xenapi_module,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
@@ -378,6 +378,8 @@ def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=module.check_mode)
     if params['repository']:
+        if snapshot is None and params['run']:
+            snapshot = {'run': params['run']}  # the nbd form records the run too
         result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
                                       base_uuid=base_uuid, disk=disk, **options)
     else:
@@ -427,7 +429,7 @@ def export_snapshot(module, client):
         'uuid': snap['uuid'],
         'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != 'OpaqueRef:NULL' else None,
         'name': snap['name_label'],
-        'time': _iso(snap.get('snapshot_time')),
+        'time': _snapshot_ops.xenapi_time(snap.get('snapshot_time')),
     }
     disk = disk_user(client, snap['snapshot_of']) if params['repository'] else None
     if fallback_reason:
@@ -474,11 +476,6 @@ def disk_user(client, disk_ref):
         return {'vm_uuid': None, 'vm_name': None, 'userdevice': None}
     dummy, vm_uuid, vm_name, userdevice = sorted(found)[0]
     return {'vm_uuid': vm_uuid, 'vm_name': vm_name, 'userdevice': userdevice}
-
-
-def _iso(value):
-    """XenAPI datetimes arrive as xmlrpc DateTime ('20261125T10:11:12Z'); keep them as text."""
-    return str(value) if value is not None else None
 
 
 def main():

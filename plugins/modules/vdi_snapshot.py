@@ -185,7 +185,7 @@ snapshots:
       sample: 5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10
     time:
       description:
-        - When the snapshot was taken, ISO 8601 in UTC.
+        - When the snapshot was taken, RFC 3339 in UTC (Z).
         - For O(vm), the time of the VM snapshot, the same for all its disks.
       type: str
       sample: '2024-05-01T02:00:00Z'

@@ -59,4 +59,4 @@ def test_module_check_mode_writes_nothing(tmp_path):
     assert result['report']['vms'][0]['disks'][0]['status'] == 'ok' and SECRET not in json.dumps(result)
     # ``started`` is checked
     result = run_ansible('backup_report', arguments(tmp_path, started='soon'), tmp_path)[0]
-    assert result['failed'] and 'started must be an ISO 8601 time' in result['msg']
+    assert result['failed'] and 'started must be an RFC 3339 time' in result['msg']

@@ -72,12 +72,15 @@ def test_an_apply_killed_midway_is_finished_by_the_next_run(disk, tmp_path):
     with open(image.path, 'rb') as handle:
         snapshot_one = handle.read()
     script = (
-        'import sys\n'
+        'import os, signal\n'
         'from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export\n'
+        'def checkpoint(step):\n'
+        '    if step == "applying":\n'
+        '        os.kill(os.getpid(), signal.SIGKILL)\n'
         'target = _export.make_target(%r, tls=True, timeout=10)\n'
-        '_export.export_to_file(target, %r, changed_blocks=%r)\n'
+        '_export.export_to_file(target, %r, changed_blocks=%r, checkpoint=checkpoint)\n'
     ) % (server.nbd_info(), dest, _cbt.encode(first, image.size))
-    env = dict(os.environ, PYTHONPATH=collections_path(), XENSERVER_CBT_BACKUP_APPLY_KILL_AT='applying')
+    env = dict(os.environ, PYTHONPATH=collections_path())
     child = subprocess.run([sys.executable, '-c', script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            timeout=120, check=False)
     assert child.returncode == -9, child.stderr

@@ -170,11 +170,6 @@ def test_not_after_without_cryptography_matches_cryptography(pki, tmp_path):
     assert tls.der_not_after(b'') is None
 
 
-def test_rfc3339_is_utc_with_z():
-    when = datetime.datetime(2026, 1, 31, 13, 0, 0, tzinfo=datetime.timezone(datetime.timedelta(hours=1)))
-    assert tls.rfc3339(when) == '2026-01-31T12:00:00Z'
-
-
 def test_expiry_warning_only_for_an_expired_certificate(pki, tmp_path):
     expired = make_expired_host_cert(tmp_path / 'expired')
     message = tls.expiry_warning(_der(expired.cert_pem), 'NBD server 192.0.2.1:10809')

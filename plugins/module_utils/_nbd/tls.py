@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - reported by the module glue
     CRYPTOGRAPHY_IMPORT_ERROR = exc
 
 from .errors import NbdTlsError
+from .._time import format_utc
 
 # Current XenServer hosts offer TLS 1.2 ECDHE-RSA AES-GCM only; older xapi-nbd releases offer only
 # plain-RSA AES128-SHA256, which OpenSSL's default client list leaves out.  Keep the secure default
@@ -162,12 +163,7 @@ def expiry_warning(der, where, now=None):
     return ('%s presented a TLS certificate that expired on %s (sha256 %s). It was accepted because it is the '
             'pinned certificate from VDI.get_nbd_info (or has its public key), but renew the host certificate '
             '(for example with xe host-refresh-server-certificate) before clients that check expiry refuse it.'
-            % (where, rfc3339(not_after), _fingerprint(der)))
-
-
-def rfc3339(when):
-    """An aware datetime as RFC 3339 UTC with a Z: ``2026-01-31T12:00:00Z``."""
-    return when.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+            % (where, format_utc(not_after), _fingerprint(der)))
 
 
 def certificate_not_after(der):

@@ -16,7 +16,8 @@ import time
 from .. import _export
 from . import retention
 from .qcow2 import Qcow2Writer
-from .store import Repository, RepositoryError, utc_now
+from .store import Repository, RepositoryError
+from .._time import format_utc, normalize_if_time, utc_now
 
 __metaclass__ = type
 
@@ -84,12 +85,12 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 raise
             point = {
                 'id': ident,
-                'time': when.isoformat(),
+                'time': format_utc(when),
                 'type': kind,
                 'file': ident + '.qcow2',
                 'parent': parent['id'] if kind == 'incremental' else None,
                 'snapshot_uuid': snapshot.get('uuid'),
-                'snapshot_time': snapshot.get('time'),
+                'snapshot_time': normalize_if_time(snapshot.get('time')),
                 'base_snapshot_uuid': base_uuid,
                 'source_vdi_uuid': snapshot.get('snapshot_of'),
                 'source_vdi_name': snapshot.get('name'),
@@ -102,7 +103,7 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 'seconds': round(time.monotonic() - started, 3),
             }
             if snapshot.get('run'):
-                point['run'] = snapshot['run']  # the backup run; the disks of one VM snapshot share it
+                point['run'] = normalize_if_time(snapshot['run'])  # the backup run; one VM snapshot's disks share it
             if snapshot.get('fallback_reason'):
                 # a full point taken because the CBT chain was broken: the report says why
                 point['fallback_reason'] = snapshot['fallback_reason']

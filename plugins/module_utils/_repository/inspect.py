@@ -12,13 +12,13 @@ only reported as leftovers.
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import os
 import random
 
 from . import qcow2, retention
 from .qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
 from .store import MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
+from .._time import parse_utc_or_none, utc_now
 
 __metaclass__ = type
 
@@ -53,25 +53,6 @@ def find_repositories(root, max_depth=DEFAULT_MAX_DEPTH):
     return sorted(found)
 
 
-def parse_time(text):
-    """An aware datetime from the manifest's ISO 8601 text (``...+00:00`` or ``...Z``), or None."""
-    if not text:
-        return None
-    value = str(text).strip()
-    if value.endswith('Z'):
-        value = value[:-1] + '+00:00'
-    try:
-        when = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        try:
-            when = datetime.datetime.strptime(str(text).strip(), '%Y%m%dT%H:%M:%SZ')
-        except ValueError:
-            return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when
-
-
 def _chain_length(by_id, point):
     length, current, seen = 1, point, set()
     while current.get('parent'):
@@ -87,7 +68,7 @@ def _chain_length(by_id, point):
 
 def describe_repository(path, now=None):
     """One repository as backup_info returns it; a manifest that cannot be read gives ``error`` instead of points."""
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or utc_now()
     result = {'path': os.path.abspath(path)}
     try:
         with Repository(path) as repo:
@@ -103,7 +84,7 @@ def describe_repository(path, now=None):
                 if file_size is None and present:
                     file_size = os.path.getsize(file_path)
                 total += file_size or 0
-                when = parse_time(point.get('time'))
+                when = parse_utc_or_none(point.get('time'))
                 listed.append({
                     'id': point['id'],
                     'time': point.get('time'),
@@ -143,7 +124,7 @@ def list_repositories(path, max_depth=DEFAULT_MAX_DEPTH, now=None):
     if not os.path.exists(path):
         raise RepositoryError('%s does not exist: give a repository directory or a directory that holds repositories'
                               % path)
-    now = now or datetime.datetime.now(datetime.timezone.utc)
+    now = now or utc_now()
     return {'repositories': [describe_repository(found, now=now) for found in find_repositories(path, max_depth)]}
 
 

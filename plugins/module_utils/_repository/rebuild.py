@@ -20,11 +20,11 @@ manifest.json.damaged, and manifest.json.prev stays.
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import os
 
 from .qcow2 import Qcow2Error, Qcow2Image
 from .store import Repository, empty_manifest, file_sha256
+from .._time import normalize_utc
 
 __metaclass__ = type
 
@@ -34,8 +34,7 @@ CARRIED = ('snapshot_uuid', 'snapshot_time', 'base_snapshot_uuid', 'source_vdi_u
 
 
 def _time_of(ident):
-    when = datetime.datetime.strptime(ident[:16], '%Y%m%dT%H%M%SZ').replace(tzinfo=datetime.timezone.utc)
-    return when.isoformat()
+    return normalize_utc(ident[:16])  # a point id starts with its creation time (compact form)
 
 
 def _read_point(path):

@@ -17,14 +17,13 @@ results through, and nothing else of them (connection details, session ids...) m
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import json
 import os
 
-from .inspect import parse_time
 from .raw_file import AtomicFile, pwrite_all
 from .store import Repository, RepositoryError
 from .._errors import CbtBackupError
+from .._time import format_utc, parse_utc_or_none, utc_now
 
 __metaclass__ = type
 
@@ -65,10 +64,6 @@ def _number(value):
 
 def _dicts(items):
     return [item for item in (items or []) if isinstance(item, dict)]
-
-
-def _utc_text(when):
-    return when.astimezone(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
 def _record(item):
@@ -212,10 +207,10 @@ def build_report(plan, snapshots=None, failures=None, warnings=None, started=Non
 
     ``now``: the run's end (an aware datetime; default: the current time).
     """
-    started_at = parse_time(started)
+    started_at = parse_utc_or_none(started)
     if started_at is None:
-        raise ReportError('started must be an ISO 8601 time (for example 2026-11-25T02:00:05Z), not %r' % (started,))
-    finished_at = now or datetime.datetime.now(datetime.timezone.utc)
+        raise ReportError('started must be an RFC 3339 time (for example 2026-11-25T02:00:05Z), not %r' % (started,))
+    finished_at = now or utc_now()
 
     snapshots_by_disk = {}
     for snap in _dicts(snapshots):
@@ -259,8 +254,8 @@ def build_report(plan, snapshots=None, failures=None, warnings=None, started=Non
     seconds = (finished_at - started_at).total_seconds()
     return {
         'pool': _text(pool),
-        'started': _utc_text(started_at),
-        'finished': _utc_text(finished_at),
+        'started': format_utc(started_at),
+        'finished': format_utc(finished_at),
         'seconds': round(max(seconds, 0.0), 1),
         'totals': {
             'vms': len(vms),

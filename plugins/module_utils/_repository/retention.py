@@ -41,26 +41,24 @@ journaled in the save that unlists them; temporary files of journaled names); no
 point of the manifest is restorable: before step 3 the old files are untouched, after it the
 point's file holds the same disk content as before.
 
-Fault injection: when the environment variable ``XENSERVER_CBT_BACKUP_PRUNE_KILL_AT`` names one
-of the steps in :data:`KILL_POINTS`, the process kills itself with SIGKILL there (tests only; it
-costs one dictionary lookup per step otherwise).
+Fault injection: ``prune(..., checkpoint=f)`` calls ``f(step)`` at each step of :data:`KILL_POINTS`
+(tests pass a callable that kills the process there); without it nothing is called.
 """
 
 from __future__ import absolute_import, division, print_function
 
 import datetime
 import os
-import signal
 
 from .qcow2 import Qcow2Chain, Qcow2Writer
 from .raw_file import AtomicFile, fsync_directory
-from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256, utc_now
+from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256
+from .._time import TimeFormatError, parse_utc, utc_now
 
 __metaclass__ = type
 
 JOURNAL = 'pending_merge'
 RULES = ('keep_last', 'keep_days', 'keep_daily', 'keep_weekly', 'keep_monthly')
-KILL_ENV = 'XENSERVER_CBT_BACKUP_PRUNE_KILL_AT'
 KILL_POINTS = ('merge-write', 'merge-written', 'journal-saved', 'renamed', 'manifest-saved', 'deleting')
 MERGE_PIECE_CLUSTERS = 16
 
@@ -73,35 +71,19 @@ class PruneError(RepositoryError):
         self.errno = errno_
 
 
-def _fault_point(name):
-    """Test hook: SIGKILL this process at step ``name`` when XENSERVER_CBT_BACKUP_PRUNE_KILL_AT says so."""
-    if os.environ.get(KILL_ENV) == name:
-        os.kill(os.getpid(), signal.SIGKILL)
+def _no_checkpoint(step):
+    pass
 
 
 # -- selection --------------------------------------------------------------------------------------
 
 def parse_time(text):
-    """A point's ``time`` (ISO 8601, UTC) as an aware datetime."""
-    if isinstance(text, datetime.datetime):
-        value = text
-    else:
-        text = str(text).strip()
-        value = None
-        try:
-            value = datetime.datetime.fromisoformat(text[:-1] + '+00:00' if text.endswith('Z') else text)
-        except ValueError:
-            for fmt in ('%Y%m%dT%H:%M:%SZ', '%Y%m%dT%H%M%SZ'):
-                try:
-                    value = datetime.datetime.strptime(text, fmt)
-                    break
-                except ValueError:
-                    continue
-        if value is None:
-            raise RepositoryError('restore point time %r is not an ISO 8601 date and time' % text)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
+    """A point's ``time`` as an aware UTC datetime; RepositoryError if it cannot be read."""
+    try:
+        return parse_utc(text)
+    except TimeFormatError:
+        raise RepositoryError('restore point time %r is not an RFC 3339 date and time' % (text,),
+                              code='REPOSITORY_DAMAGED')
 
 
 def validate_rules(rules):
@@ -226,11 +208,11 @@ def _finish_merge(repo, journal):
     repo.save()
 
 
-def _delete_leftovers(repo):
+def _delete_leftovers(repo, checkpoint=_no_checkpoint):
     """Step 5 (and clean-up): delete the files the repository's journal says this collection wrote and no
     listed point uses (dropped points, interrupted exports and merges). Nothing else is ever deleted."""
     if repo.leftovers():
-        _fault_point('deleting')
+        checkpoint('deleting')
     return repo.remove_leftovers()
 
 
@@ -308,7 +290,7 @@ def _space_error(exc, what, repo):
     return None
 
 
-def merge_point(repo, ident, chain_ids, drops=None):
+def merge_point(repo, ident, chain_ids, drops=None, checkpoint=_no_checkpoint):
     """Merge point ``ident`` forward into a standalone full under its own file name (steps 1-4)."""
     point = repo.point(ident)
     path = repo.file_path(point)
@@ -322,11 +304,11 @@ def merge_point(repo, ident, chain_ids, drops=None):
         def progress(offset, length):
             if not halfway[0] and offset + length >= point['virtual_size'] // 2:
                 halfway[0] = True
-                _fault_point('merge-write')
+                checkpoint('merge-write')
         written = write_merged(path, out.fd, progress)
         os.fsync(out.fd)
         fsync_directory(repo.path)
-        _fault_point('merge-written')
+        checkpoint('merge-written')
         journal = {
             'point': ident,
             'temp_file': os.path.basename(out.temp_path),
@@ -350,19 +332,21 @@ def merge_point(repo, ident, chain_ids, drops=None):
             if error is not None:
                 raise error
         raise
-    _fault_point('journal-saved')
+    checkpoint('journal-saved')
     out.commit(mode=0o600)  # fsync, rename over the point's file, fsync the directory
-    _fault_point('renamed')
+    checkpoint('renamed')
     _finish_merge(repo, journal)
-    _fault_point('manifest-saved')
+    checkpoint('manifest-saved')
     return journal
 
 
-def prune(repo, rules, now=None, check_mode=False):
+def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
     """Apply the retention ``rules`` to the open Repository ``repo`` (write-locked unless ``check_mode``).
 
     Returns a dict: kept, removed, merged (id -> info), bytes_freed, reasons, recovered, deleted_files.
+    ``checkpoint``: see the module docstring.
     """
+    checkpoint = checkpoint or _no_checkpoint
     recovered = {'action': 'none', 'point': None, 'deleted': []}
     if check_mode:
         pending = bool(repo.manifest.get(JOURNAL))
@@ -390,7 +374,7 @@ def prune(repo, rules, now=None, check_mode=False):
     after = 0
     for number, (ident, chain) in enumerate(merges):
         last = number == len(merges) - 1
-        journal = merge_point(repo, ident, chain, drops=drops if last else None)
+        journal = merge_point(repo, ident, chain, drops=drops if last else None, checkpoint=checkpoint)
         result['merged'][ident].update(dict((key, journal[key]) for key in ('sha256', 'blocks', 'bytes', 'file_size')))
         after += journal['file_size']
     if drops and not merges:
@@ -398,7 +382,7 @@ def prune(repo, rules, now=None, check_mode=False):
         repo.record_pending(p['file'] for p in repo.points if p['id'] in drop_set)
         repo.manifest['points'] = [p for p in repo.points if p['id'] not in drop_set]
         repo.save()
-        _fault_point('manifest-saved')
-    result['deleted_files'] = _delete_leftovers(repo) if drops else []
+        checkpoint('manifest-saved')
+    result['deleted_files'] = _delete_leftovers(repo, checkpoint) if drops else []
     result['bytes_freed'] = before - after
     return result

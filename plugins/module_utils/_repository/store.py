@@ -28,7 +28,6 @@ a full disk at any moment leaves a whole manifest, and every point it lists comp
 
 from __future__ import absolute_import, division, print_function
 
-import datetime
 import errno
 import fcntl
 import hashlib
@@ -38,6 +37,7 @@ import re
 
 from .raw_file import AtomicFile, fsync_directory, pwrite_all
 from .._errors import CbtBackupError
+from .._time import format_utc, normalize_if_time, utc_now
 
 __metaclass__ = type
 
@@ -48,7 +48,11 @@ MANIFEST_DAMAGED = 'manifest.json.damaged'
 MARKER = '.xenserver-cbt-backup'
 LOCK = '.lock'
 FORMAT = 'xenserver.cbt_backup repository'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 (releases before the one time format) wrote ``+00:00`` offsets and XenAPI-style run ids; it is read,
+# upgraded in memory, and saved as version 2 by the first run that writes the repository.
+UPGRADABLE_VERSIONS = (1,)
+POINT_TIMES = ('time', 'snapshot_time', 'run')
 PARTIAL_MARK = '.partial-'
 PENDING = 'pending_files'
 HASH_CHUNK = 4 * 1024 * 1024
@@ -64,10 +68,6 @@ class RepositoryError(CbtBackupError):
     """The repository cannot do what was asked; ``code`` names the condition (REPOSITORY_DAMAGED, ...)."""
 
     code = 'REPOSITORY_ERROR'
-
-
-def utc_now():
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
 
 
 def point_id(when, kind):
@@ -172,8 +172,12 @@ def manifest_problem(manifest):
         return 'the top level is %s, not an object' % _kind((type(manifest),))
     if manifest.get('format') != FORMAT:
         return 'format: %r is not %r' % (manifest.get('format'), FORMAT)
-    if manifest.get('version') != FORMAT_VERSION:
-        return 'version: %r is not %d' % (manifest.get('version'), FORMAT_VERSION)
+    version = manifest.get('version')
+    if version != FORMAT_VERSION and version not in UPGRADABLE_VERSIONS:
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            return ('version: %d was written by a newer release of xenserver.cbt_backup (this one reads up to %d); '
+                    'upgrade the collection' % (version, FORMAT_VERSION))
+        return 'version: %r is not %d' % (version, FORMAT_VERSION)
     for key, types in (('disk', (dict, type(None))), ('cbt_anchor', _OPTIONAL_TEXT), ('points', (list,)),
                        (PENDING, (list, type(None))), ('pending_merge', (dict, type(None)))):
         if key == 'points' and key not in manifest:
@@ -221,7 +225,28 @@ def read_manifest(path):
     problem = manifest_problem(manifest)
     if problem:
         return None, problem
-    return manifest, None
+    return upgrade_manifest(manifest), None
+
+
+def upgrade_manifest(manifest):
+    """A sound manifest of an older version as the current version (in place; returns it).
+
+    Version 1 -> 2: every time becomes RFC 3339 UTC with Z (``format_utc``); a time that cannot be read is
+    left as it was (the readers report it). ``upgraded_from`` (not saved) tells the Repository to save it.
+    """
+    version = manifest.get('version')
+    if version == FORMAT_VERSION:
+        return manifest
+    for point in manifest['points']:
+        for name in POINT_TIMES:
+            if point.get(name) is not None:
+                point[name] = normalize_if_time(point[name])
+    for pending in manifest.get(PENDING) or []:
+        if isinstance(pending, dict) and 'since' in pending:
+            pending['since'] = normalize_if_time(pending['since'])
+    manifest['version'] = FORMAT_VERSION
+    manifest['upgraded_from'] = version
+    return manifest
 
 
 class Repository:
@@ -243,6 +268,7 @@ class Repository:
         self.warnings = []
         self.from_previous = False
         self.damage = None
+        self.upgraded_from = None  # the manifest version this open upgraded (saved as the current one if writing)
         if os.path.lexists(self.path) and not os.path.isdir(self.path):
             raise RepositoryError('%s exists but is not a directory, so it cannot be a backup repository; give each '
                                   'disk a directory of its own' % self.path, code='REPOSITORY_NOT_A_DIRECTORY')
@@ -263,7 +289,7 @@ class Repository:
         return os.path.lexists(os.path.join(self.path, name))
 
     def _write_marker(self):
-        data = json.dumps({'format': FORMAT, 'created': utc_now().isoformat()}).encode('utf-8') + b'\n'
+        data = json.dumps({'format': FORMAT, 'created': format_utc(utc_now())}).encode('utf-8') + b'\n'
         write_file_atomically(os.path.join(self.path, MARKER), data)
 
     def _check_ownership(self):
@@ -300,8 +326,11 @@ class Repository:
             self._lock_fd = fd
         try:
             self.manifest = self.load()
+            self.upgraded_from = self.manifest.pop('upgraded_from', None)
             if self.write and self.exists and not self._has(MARKER):
                 self._write_marker()  # a repository made before the marker existed
+            if self.write and self.upgraded_from and not self.damage:
+                self.save()  # crash-safe like every save: manifest.json.prev keeps the old version's manifest
         except BaseException:
             self.__exit__()
             raise
@@ -443,7 +472,7 @@ class Repository:
         known = set(entry.get('file') for entry in pending)
         for name in names:
             if name not in known:
-                pending.append({'file': name, 'since': utc_now().isoformat()})
+                pending.append({'file': name, 'since': format_utc(utc_now())})
 
     def _pending_names(self):
         """Existing files that the journal names and no listed point uses, with their temporary files."""

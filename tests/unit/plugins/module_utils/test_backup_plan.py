@@ -16,7 +16,7 @@ import shutil
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
-    _backup_plan, _export, _nbd_access, _network_ops, _objects, _snapshot_ops, _xenapi,
+    _backup_plan, _export, _nbd_access, _network_ops, _objects, _snapshot_ops, _time, _xenapi,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
@@ -365,7 +365,7 @@ def test_an_anchor_taken_without_cbt(demo):
 def write_point(repo, disk_record, snapshot_uuid, virtual_size):
     """A full point of ``virtual_size`` bytes written with the real qcow2 writer and recorded in the manifest."""
     with store.Repository(repo, write=True, create=True) as opened:
-        when = store.utc_now()
+        when = _time.utc_now()
         ident, out = opened.new_point_file('full', when)
         writer = Qcow2Writer(out.fd, virtual_size)
         writer(0, memoryview(b'\x5a' * K64))
@@ -399,7 +399,7 @@ def marked_time(client, uuid):
 
 
 def snapshot_time(client, uuid):
-    return _snapshot_ops.iso_time(client.call('VDI.get_snapshot_time', client.call('VDI.get_by_uuid', uuid)))
+    return _snapshot_ops.xenapi_time(client.call('VDI.get_snapshot_time', client.call('VDI.get_by_uuid', uuid)))
 
 
 def test_leftover_snapshots(demo):

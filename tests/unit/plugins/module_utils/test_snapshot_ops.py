@@ -144,7 +144,7 @@ def in_use(ref='OpaqueRef:x'):
     return host_error('VDI_IN_USE', ref, 'data_destroy')
 
 
-# ----- iso_time ----------------------------------------------------------------------------------
+# ----- xenapi_time --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('value, expected', [
     (xmlrpc.client.DateTime('20240102T03:04:05Z'), '2024-01-02T03:04:05Z'),
@@ -156,8 +156,8 @@ def in_use(ref='OpaqueRef:x'):
     (xmlrpc.client.DateTime('19700101T00:00:00Z'), None),
     (None, None),
 ])
-def test_iso_time(value, expected):
-    assert ops.iso_time(value) == expected
+def test_xenapi_time(value, expected):
+    assert ops.xenapi_time(value) == expected
 
 
 # ----- present -----------------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def test_the_host_does_not_answer_reading_the_snapshot_vm(lab, client):
     assert error.code == 'API_TIMEOUT' and 'did not answer within 3' in error.message
     assert [s['snapshot_of'] for s in error.snapshots] == [disk0['uuid'], disk1['uuid']]
     assert [[s['uuid']] for s in error.snapshots] == [snapshot_uuids(client, disk0), snapshot_uuids(client, disk1)]
-    when = _snapshot_ops.iso_time(client.call('VM.get_snapshot_time', snap_vm))
+    when = _snapshot_ops.xenapi_time(client.call('VM.get_snapshot_time', snap_vm))
     assert [s['time'] for s in error.snapshots] == [when, when]
     assert snapshot_vms(client) == [snap_vm]
     destroy_reported(client, error.snapshots)  # VDI.destroy also removes the snapshot VM's unplugged VBDs

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.interop
 # Runs one prune in a child process; args: collections root, repository, rules (JSON), a delay per written piece,
 # per manifest save (before and after) and per deleted file, so that a kill after a random time lands anywhere.
 CHILD = r'''
-import json, sys, time
+import json, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import qcow2, retention, store
 delay = float(sys.argv[4])
@@ -54,19 +54,19 @@ if delay:
     retention._unlink = slow_unlink
 rules = json.loads(sys.argv[3])
 now = rules.pop('now', None)
+kill_at = sys.argv[5]
+def checkpoint(step):
+    if step == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
 with store.Repository(sys.argv[2], write=True) as repo:
-    retention.prune(repo, rules, now=now)
+    retention.prune(repo, rules, now=now, checkpoint=checkpoint)
 print('done')
 '''
 
 
 def start_child(repo_dir, rules, kill_at=None, delay=0.0):
-    env = dict(os.environ)
-    env.pop(retention.KILL_ENV, None)
-    if kill_at:
-        env[retention.KILL_ENV] = kill_at
-    return subprocess.Popen([sys.executable, '-c', CHILD, collections_path(), repo_dir, json.dumps(rules), str(delay)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen([sys.executable, '-c', CHILD, collections_path(), repo_dir, json.dumps(rules), str(delay),
+                             kill_at or ''], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def assert_listed_points_restorable(repo_dir, expected, tmp_path):

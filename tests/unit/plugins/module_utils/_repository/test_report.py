@@ -381,7 +381,7 @@ def test_nothing_but_the_listed_fields_is_copied(tmp_path):
 
 
 def test_times():
-    with pytest.raises(report.ReportError, match='started must be an ISO 8601 time'):
+    with pytest.raises(report.ReportError, match='started must be an RFC 3339 time'):
         build([], started='yesterday')
     result = build([], started='2026-11-25T02:00:05.250000+00:00',
                    now=datetime.datetime(2026, 11, 25, 3, 0, 5, 250000, tzinfo=UTC))

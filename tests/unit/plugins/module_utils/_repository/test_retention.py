@@ -88,7 +88,7 @@ def test_rules_are_required_and_whole_numbers():
         retention.select(points, {})
     with pytest.raises(store.RepositoryError, match='keep_last must be'):
         retention.select(points, {'keep_last': -1})
-    with pytest.raises(store.RepositoryError, match='not an ISO 8601'):
+    with pytest.raises(store.RepositoryError, match='not an RFC 3339'):
         retention.select(synthetic(['yesterday']), {'keep_last': 1})
     assert retention.parse_time('20261121T10:00:00Z') == datetime.datetime(2026, 11, 21, 10, tzinfo=UTC)
 
