@@ -237,6 +237,13 @@ connections:
   type: int
   returned: success
   sample: 4
+already_exported:
+  description:
+    - True when the newest point of O(repository) already holds O(snapshot) (a re-run of the same task). Nothing was
+      read or written, RV(changed) is false and RV(point) is that point.
+  type: bool
+  returned: when O(snapshot) and O(repository) were given and the point existed
+  sample: true
 snapshot:
   description: UUID of the exported snapshot.
   type: str
@@ -309,7 +316,9 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import export_to_repository
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import (
+    already_exported, export_to_repository,
+)
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
@@ -419,6 +428,10 @@ def export_snapshot(module, client):
     """The snapshot form: everything the export needs comes from the XenAPI in this one session."""
     params = module.params
     snap_ref, snap = _objects.find_vdi(client, params['snapshot'], snapshot=True)
+    if params['repository']:
+        done = already_exported(params['repository'], snap['uuid'])
+        if done is not None:
+            return done  # a re-run of the same task: ok, nothing read
     changed_blocks = base_uuid = fallback_reason = None
     if params['base']:
         changed_blocks, base_uuid, fallback_reason = changed_blocks_or_fallback(module, client, snap_ref, snap)

@@ -121,7 +121,13 @@ def gather(module, client):
     infos = _nbd_access.require_nbd_info(client, ref, record, module.params['nbd_network'])
     vdi = _objects.describe_vdi(ref, record)
     vdi.pop('ref')
-    return dict(changed=False, nbd_info=infos, vdi=vdi)
+    result = dict(changed=False, nbd_info=infos, vdi=vdi)
+    if not module.params['session_id']:
+        result['warnings'] = [
+            'vdi_nbd_info logged in with its own session and logs it out when it ends, so the export names it returns '
+            'no longer work: log in with xenserver.cbt_backup.session and pass its session_id, or let '
+            'xenserver.cbt_backup.vdi_export fetch the NBD details itself (snapshot: ...)']
+    return result
 
 
 def main():

@@ -81,7 +81,9 @@ options:
     default: vhd
   force:
     description:
-      - With O(dest), replace an existing file.
+      - With O(dest), replace an existing file. A O(dest) that already holds the restore point byte for byte is left
+        as it is, with or without O(force) (RV(changed=false), RV(already_restored=true)), so re-running the same task
+        is ok.
       - With O(vdi), overwrite the VDI even when it is attached to a running VM (which corrupts what the guest sees;
         the host may refuse anyway).
     type: bool
@@ -142,6 +144,11 @@ dest:
   type: str
   returned: with O(dest)
   sample: /restore/disk0.raw
+already_restored:
+  description: O(dest) already held the restore point byte for byte, so nothing was written.
+  type: bool
+  returned: with O(dest), when it already held the point
+  sample: true
 bytes_written:
   description: Bytes written to O(dest) (zero areas are holes and not counted).
   type: int

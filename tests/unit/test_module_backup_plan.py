@@ -53,6 +53,14 @@ def test_plan_snapshot_export_plan_through_ansible(lab, tmp_path):
     assert isinstance(point['seconds'], float) and 0 < point['seconds'] < 60
     assert point['seconds'] == round(point['seconds'], 3)
     assert exported['point']['seconds'] == point['seconds']
+    # the same task again (also as the role's re-run words it, with the anchor as base): ok, nothing added
+    for again_args in ({}, {'base': snapshot}):
+        again = run(lab, 'vdi_export', dict({'snapshot': snapshot, 'repository': disk0['repository']}, **again_args),
+                    tmp_path)
+        assert again['failed'] is False and again['changed'] is False and again['already_exported'] is True, again
+        assert again['point']['id'] == point['id'] and again['bytes_read'] == 0
+    with open(os.path.join(disk0['repository'], 'manifest.json')) as handle:
+        assert [p['id'] for p in json.load(handle)['points']] == [point['id']]
 
     plan = run(lab, 'backup_plan', {'vms': ['demo-vm'], 'repository_root': root}, tmp_path)
     disk0 = plan['vms'][0]['disks'][0]

@@ -42,6 +42,9 @@ def test_vdi_nbd_info_never_prints_the_session_ref(lab, session_ref, tmp_path):
     ok, output = run_module('vdi_nbd_info', dict(args, vdi='demo-vm-disk0'), tmp_path, verbose=True)
     assert ok['failed'] is False, output
     assert session_ref not in output
+    assert 'no longer work' not in output, 'a shared session keeps the export names alive: no warning'
+    own, output = run_module('vdi_nbd_info', dict(connection(lab), vdi='demo-vm-disk0'), tmp_path)
+    assert own['failed'] is False and 'export names it returns no longer work' in output, output
 
 
 @pytest.mark.parametrize('value', ['nan', 'inf', '0', '-1'])

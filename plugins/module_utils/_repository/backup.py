@@ -11,6 +11,7 @@ piece arrived the image is finished, fsynced and renamed, and only then added to
 
 from __future__ import absolute_import, division, print_function
 
+import os
 import time
 
 from .. import _export
@@ -22,6 +23,26 @@ from .._time import format_utc, normalize_if_time, utc_now
 __metaclass__ = type
 
 SECTOR = 512
+
+
+def already_exported(repository, snapshot_uuid):
+    """The result of an export of ``snapshot_uuid`` that the repository's newest point already holds, or None.
+
+    Re-running the same task is then ok (``changed: false``) with that point, and nothing is read: a second
+    point of the same snapshot would only cost space (and an incremental of a snapshot against itself is empty).
+    """
+    if not snapshot_uuid or not os.path.isdir(repository):
+        return None
+    with Repository(repository, allow_previous=False) as repo:
+        newest = repo.newest()
+        if not newest or newest.get('snapshot_uuid') != snapshot_uuid:
+            return None
+        return {'changed': False, 'already_exported': True, 'point': newest, 'point_type': newest['type'],
+                'repository': repo.path, 'snapshot': snapshot_uuid, 'export_size': newest['virtual_size'],
+                'bytes_read': 0, 'bytes_written': 0, 'blocks_changed': 0, 'seconds': 0.0, 'throughput_mib_s': 0.0,
+                'cleaned_up': [],
+                'warnings': ['restore point %s already holds snapshot %s, the newest point of %s: nothing was exported'
+                             % (newest['id'], snapshot_uuid, repo.path)] + repo.notices()}
 
 
 def export_to_repository(target, repository, changed_blocks=None, snapshot=None, base_uuid=None, disk=None, **options):

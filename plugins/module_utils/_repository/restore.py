@@ -473,15 +473,30 @@ class _RunCopier:
             done += os.pwrite(self.fd, part[done:], offset + done)
 
 
+def holds_the_point(source, dest):
+    """Whether the regular file ``dest`` already is the point's disk, byte for byte (reads both once)."""
+    if not os.path.isfile(dest) or os.path.islink(dest) or os.path.getsize(dest) != source.virtual_size:
+        return False
+    with open(dest, 'rb') as handle:
+        for chunk in source.raw_chunks():
+            if handle.read(len(chunk)) != chunk:
+                return False
+    return True
+
+
 def restore_to_file(source, dest, force=False, check_mode=False):
     """Write the point as a sparse raw file ``dest`` (temporary name, fsync, rename); return the result dict.
 
-    An existing ``dest`` is refused unless ``force``. Zero clusters stay holes.
+    An existing ``dest`` that already holds the point is left as it is (``changed: false``, a re-run of the
+    same task); any other existing ``dest`` is refused unless ``force``. Zero clusters stay holes.
     """
     dest = os.path.abspath(dest)
     if os.path.isdir(dest):
         raise RestoreError('dest %s is a directory; give the path of the raw file to create' % dest)
     if os.path.lexists(dest):
+        if holds_the_point(source, dest):
+            return dict(source.info(), dest=dest, changed=False, bytes_written=0, bytes_to_write=0, seconds=0.0,
+                        throughput_mib_s=0.0, already_restored=True)
         if not force:
             raise RestoreError('dest %s already exists; choose another path or set force: true to replace it' % dest)
         if not os.path.isfile(dest) or os.path.islink(dest):

@@ -116,6 +116,25 @@ def test_existing_dest_is_refused_unless_forced(repository, tmp_path):
     assert read(dest) == expected[ids[0]]
 
 
+def test_restoring_onto_a_file_that_already_is_the_point_is_ok_and_writes_nothing(repository, tmp_path):
+    repo_dir, ids, expected = repository
+    dest = str(tmp_path / 'again.raw')
+    with restore.RestoreSource(repo_dir, ids[1]) as source:
+        first = restore.restore_to_file(source, dest)
+        inode = os.stat(dest).st_ino
+        again = restore.restore_to_file(source, dest)  # the same task run twice
+        assert first['changed'] is True and again['changed'] is False and again['already_restored'] is True
+        assert os.stat(dest).st_ino == inode and again['bytes_written'] == 0
+        with open(dest, 'r+b') as handle:  # one byte differs: no longer the point, refused without force
+            handle.seek(len(expected[ids[1]]) - 1)
+            handle.write(b'\x01' if expected[ids[1]][-1:] != b'\x01' else b'\x02')
+        with pytest.raises(restore.RestoreError, match='already exists'):
+            restore.restore_to_file(source, dest)
+        other = restore.restore_to_file(source, dest, check_mode=True, force=True)
+        assert other['changed'] is True
+    assert read(dest) != expected[ids[1]]
+
+
 def test_check_mode_writes_nothing(repository, tmp_path):
     repo_dir, ids, expected = repository
     dest = str(tmp_path / 'check.raw')
