@@ -19,7 +19,7 @@ from ._time import parse_utc_or_none, utc_now
 from ._repository.retention import JOURNAL
 from ._repository.store import MANIFEST, Repository, RepositoryError
 from ._snapshot_ops import SNAPSHOT_MARKER, xenapi_time, skip_matches
-from ._xenapi import UUID_RE, XenApiError
+from ._xenapi import GONE_CODES, UUID_RE, XenApiError
 
 __metaclass__ = type
 
@@ -27,7 +27,6 @@ FULL, INCREMENTAL, SKIP = 'full', 'incremental', 'skip'
 REASON_CODES = ('SKIPPED', 'CBT_UNSUPPORTED', 'REPOSITORY_DAMAGED', 'FIRST_BACKUP', 'MANIFEST_MISMATCH', 'CBT_DISABLED',
                 'ANCHOR_MISSING', 'ANCHOR_MISMATCH', 'ANCHOR_NO_CBT', 'SIZE_CHANGED', 'FULL_EVERY_INCREMENTALS',
                 'FULL_EVERY_DAYS', 'CHAIN_OK')
-GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
 # An entry of vms that fails with one of these is left out of the plan (listed in unresolved), not fatal.
 UNRESOLVED_CODES = ('NOT_FOUND', 'AMBIGUOUS')
 # A schedule's start time wanders a little: a full "every 7 days" is still due when the last one is 7 days

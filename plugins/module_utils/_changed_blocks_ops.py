@@ -11,12 +11,11 @@ from __future__ import absolute_import, division, print_function
 
 from . import _cbt
 from ._objects import find_snapshot_if_exists, find_vdi
-from ._snapshot_ops import NULL_REF, xenapi_time, rewrap
-from ._xenapi import XenApiError
+from ._snapshot_ops import xenapi_time, rewrap
+from ._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 
-GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
 BROKEN_CHAIN_CODES = ('SR_BACKEND_FAILURE_460', 'SR_BACKEND_FAILURE_459', 'VDI_NO_CBT_METADATA') + GONE_CODES
 FULL_BACKUP_ADVICE = 'take a full backup to start a new chain'
 

@@ -9,7 +9,7 @@ Plain Python over an open XenApiClient; lookups accept a uuid or a name_label.
 
 from __future__ import absolute_import, division, print_function
 
-from ._xenapi import UUID_RE, XenApiError
+from ._xenapi import NULL_REF, UUID_RE, XenApiError
 
 __metaclass__ = type
 
@@ -59,7 +59,7 @@ def vm_disks(client, vm_ref, vm_record=None):
     disks = []
     for vbd_ref in vm_record['VBDs']:
         vbd = client.call('VBD.get_record', vbd_ref)
-        if vbd['type'] != 'Disk' or vbd.get('empty') or vbd['VDI'] == 'OpaqueRef:NULL':
+        if vbd['type'] != 'Disk' or vbd.get('empty') or vbd['VDI'] == NULL_REF:
             continue
         vdi = client.call('VDI.get_record', vbd['VDI'])
         if vdi['type'] in USER_DISK_TYPES:

@@ -13,12 +13,10 @@ import time
 
 from ._time import format_utc, parse_utc_or_none, utc_now
 from ._objects import find_snapshot_if_exists, find_vdi, find_vm, vm_disks
-from ._xenapi import XenApiError
+from ._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 
-NULL_REF = 'OpaqueRef:NULL'
-GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')
 VM_SNAPSHOT_NAME = '%s (xenserver.cbt_backup, disks only)'
 # The other_config key that marks a disk snapshot as taken by vdi_snapshot (state=present); its value is the UTC
 # time it was taken. A marked snapshot that still holds data after its run is a leftover of an interrupted run

@@ -19,7 +19,7 @@ import socket
 import ssl
 import time
 
-from ._xenapi import XenApiError, explain
+from ._xenapi import NULL_REF, XenApiError, explain
 
 try:
     import http.client as http_client
@@ -32,7 +32,6 @@ from ._errors import CbtBackupError
 
 __metaclass__ = type
 
-NULL_REF = 'OpaqueRef:NULL'
 TASK_POLL = 0.5
 MAX_REDIRECTS = 2
 

@@ -33,6 +33,8 @@ except ImportError:  # pragma: no cover - Python 2 is not supported, kept for th
 
 ORIGINATOR = 'xenserver.cbt_backup'
 API_VERSION = '1.0'
+NULL_REF = 'OpaqueRef:NULL'  # XenAPI's "no object" reference
+GONE_CODES = ('UUID_INVALID', 'HANDLE_INVALID')  # the object was destroyed (or never existed)
 UUID_RE = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$', re.IGNORECASE)
 
 # What each error code means for a backup engineer, and what to do. {0}, {1}... are the error's parameters.

@@ -323,7 +323,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader i
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 
 def argument_spec():
@@ -440,7 +440,7 @@ def export_snapshot(module, client):
     nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
     snapshot = {
         'uuid': snap['uuid'],
-        'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != 'OpaqueRef:NULL' else None,
+        'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != NULL_REF else None,
         'name': snap['name_label'],
         'time': _snapshot_ops.xenapi_time(snap.get('snapshot_time')),
     }
@@ -467,11 +467,10 @@ def disk_user(client, disk_ref):
     whose VBD is plugged wins over one whose VBD is not, then the lowest VM uuid.
     """
     found = []
-    gone = ('HANDLE_INVALID', 'UUID_INVALID')
     try:
-        vbd_refs = client.call('VDI.get_VBDs', disk_ref) if disk_ref and disk_ref != 'OpaqueRef:NULL' else []
+        vbd_refs = client.call('VDI.get_VBDs', disk_ref) if disk_ref and disk_ref != NULL_REF else []
     except XenApiError as exc:
-        if exc.code not in gone:  # the disk is gone
+        if exc.code not in GONE_CODES:  # the disk is gone
             raise
         vbd_refs = []
     for vbd_ref in vbd_refs:
@@ -479,7 +478,7 @@ def disk_user(client, disk_ref):
             vbd = client.call('VBD.get_record', vbd_ref)
             vm = client.call('VM.get_record', vbd['VM']) if vbd.get('type') == 'Disk' else None
         except XenApiError as exc:
-            if exc.code not in gone:  # unplugged and destroyed meanwhile
+            if exc.code not in GONE_CODES:  # unplugged and destroyed meanwhile
                 raise
             continue
         if vm is None or vm['is_a_snapshot'] or vm['is_a_template'] or vm['is_control_domain']:
