@@ -39,7 +39,7 @@ def argument_spec(**module_options):
 
 def check_libraries(module):
     if not HAS_XENAPI:
-        module.fail_json(msg=missing_required_lib('XenAPI'), exception=str(XENAPI_IMPORT_ERROR))
+        module.fail_json(msg=missing_required_lib('XenAPI'), exception=str(XENAPI_IMPORT_ERROR), error_code='LIBRARY_MISSING')
 
 
 def check_api_timeout(module):

@@ -116,8 +116,8 @@ repositories:
     manifest_damaged:
       description:
         - C(manifest.json) is damaged and the points listed are those of C(manifest.json.prev), the manifest before the
-          last save. Backups and prunes refuse the repository until M(xenserver.cbt_backup.backup_verify) with O(xenserver.cbt_backup.backup_verify#module:rebuild_manifest=true)
-          has written a new manifest.
+          last save. Backups and prunes refuse the repository until M(xenserver.cbt_backup.backup_verify) with
+          O(xenserver.cbt_backup.backup_verify#module:rebuild_manifest=true) has written a new manifest.
       type: bool
       sample: false
     warnings:

@@ -351,9 +351,9 @@ def main():
     full_every = params['full_every'] or {}
     for key in ('incrementals', 'days'):
         if full_every.get(key) is not None and full_every[key] < 0:
-            module.fail_json(msg='full_every.%s must be 0 or more' % key)
+            module.fail_json(msg='full_every.%s must be 0 or more' % key, error_code='INVALID_OPTION')
     if not params['vms'] and not params['tags']:
-        module.fail_json(msg='no VM selected: give vms (names or uuids) or tags')
+        module.fail_json(msg='no VM selected: give vms (names or uuids) or tags', error_code='INVALID_OPTION')
 
     def action(client):
         return _backup_plan.plan(client, params['repository_root'], vms=params['vms'], tags=params['tags'],

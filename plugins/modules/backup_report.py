@@ -310,7 +310,7 @@ def main():
         report = build_report(params['plan'], snapshots=params['snapshots'], failures=params['failures'],
                               warnings=params['warnings'], started=params['started'], pool=params['pool'])
     except ReportError as exc:
-        module.fail_json(msg=str(exc))
+        module.fail_json(msg=str(exc), error_code=exc.code)
     result = dict(changed=False, report=report, summary=summary_lines(report), path=None)
     if params['dest']:
         result['path'] = os.path.abspath(params['dest'])

@@ -331,9 +331,9 @@ def main():
     if params['spot_check']:
         if not params['hostname']:
             module.fail_json(msg='spot_check needs the XenAPI connection to find the snapshot: set hostname (or '
-                                 'XENSERVER_HOST), or spot_check: 0')
+                                 'XENSERVER_HOST), or spot_check: 0', error_code='INVALID_OPTION')
         if params['tls'] and not HAS_CRYPTOGRAPHY:
-            module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+            module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR), error_code='LIBRARY_MISSING')
     rebuilt = None
     try:
         if params['rebuild_manifest']:

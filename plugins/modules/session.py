@@ -106,7 +106,7 @@ def main():
             _xenapi_module.fail(module, exc)
         module.exit_json(changed=True)
     if module.params['session_id']:
-        module.fail_json(msg='state=present logs in with username and password; do not pass session_id')
+        module.fail_json(msg='state=present logs in with username and password; do not pass session_id', error_code='INVALID_OPTION')
     try:
         client.open()
     except XenApiError as exc:

@@ -360,24 +360,24 @@ def argument_spec():
 def check_params(module):
     params = module.params
     if params['tls'] and not HAS_CRYPTOGRAPHY:
-        module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR))
+        module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR), error_code='LIBRARY_MISSING')
     if not 1 <= params['connections'] <= MAX_CONNECTIONS:
         module.fail_json(msg='connections must be between 1 and %d (a XenServer host accepts at most %d NBD '
-                             'connections in total)' % (MAX_CONNECTIONS, MAX_CONNECTIONS))
+                             'connections in total)' % (MAX_CONNECTIONS, MAX_CONNECTIONS), error_code='INVALID_OPTION')
     if params['requests_in_flight'] < 1 or params['retries'] < 0:
-        module.fail_json(msg='requests_in_flight must be at least 1 and retries at least 0')
+        module.fail_json(msg='requests_in_flight must be at least 1 and retries at least 0', error_code='INVALID_OPTION')
     try:
         validate_options(port=(params['nbd'] or {}).get('port'), timeout=params['timeout'],
                          min_rate_mib_s=params['min_rate_mib_s'])
     except NbdOptionError as exc:
         _xenapi_module.fail(module, exc)
     if params['snapshot'] and not params['hostname']:
-        module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)')
+        module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)', error_code='INVALID_OPTION')
     nbd = params['nbd']
     if nbd and params['tls'] and not nbd.get('cert') and not params['tls_ca_path']:
         module.fail_json(msg='tls is true but nbd has no "cert" (the PEM from VDI.get_nbd_info) and no tls_ca_path '
                              'was given, so the server certificate cannot be verified. Pass the whole get_nbd_info '
-                             'element, or tls_ca_path, or tls: false for an insecure_nbd network.')
+                             'element, or tls_ca_path, or tls: false for an insecure_nbd network.', error_code='INVALID_OPTION')
 
 
 def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None):

@@ -220,7 +220,7 @@ def main():
     )
     params = module.params
     if not params['dest'] and not params['hostname']:
-        module.fail_json(msg='sr and vdi need the XenAPI connection: set hostname (or XENSERVER_HOST)')
+        module.fail_json(msg='sr and vdi need the XenAPI connection: set hostname (or XENSERVER_HOST)', error_code='INVALID_OPTION')
     try:
         source = RestoreSource(params['repository'], params['point'])
     except RestoreError as exc:

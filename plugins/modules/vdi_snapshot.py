@@ -246,9 +246,9 @@ def main():
     )
     params = module.params
     if params['retries'] < 0 or params['delay'] < 0:
-        module.fail_json(msg='retries and delay must not be negative')
+        module.fail_json(msg='retries and delay must not be negative', error_code='INVALID_OPTION')
     if params['skip_disks'] and not params['vm']:
-        module.fail_json(msg='skip_disks leaves disks out of a VM snapshot: it needs vm (with state=present)')
+        module.fail_json(msg='skip_disks leaves disks out of a VM snapshot: it needs vm (with state=present)', error_code='INVALID_OPTION')
 
     def action(client):
         check_mode = module.check_mode

@@ -3,6 +3,7 @@
 
 from __future__ import absolute_import, division, print_function
 
+import ast
 import importlib
 import inspect
 import os
@@ -85,3 +86,22 @@ def test_only_a_host_error_carries_xenapi_error():
 def test_a_default_code_comes_from_the_class():
     assert fail(XenApiError('something'))['error_code'] == 'XENAPI_ERROR'
     assert fail(CbtBackupError('something'))['error_code'] == 'CBT_BACKUP_ERROR'
+
+
+def test_every_fail_json_in_the_collection_names_an_error_code():
+    plugins = os.path.dirname(list(module_utils.__path__)[0])
+    missing = []
+    for directory in ('modules', 'module_utils'):
+        for root, dummy, files in os.walk(os.path.join(plugins, directory)):
+            for name in sorted(files):
+                if not name.endswith('.py'):
+                    continue
+                path = os.path.join(root, name)
+                with open(path) as handle:
+                    tree = ast.parse(handle.read(), path)
+                for node in ast.walk(tree):
+                    if isinstance(node, ast.Call) and getattr(node.func, 'attr', None) == 'fail_json':
+                        keywords = [keyword.arg for keyword in node.keywords]
+                        if 'error_code' not in keywords and None not in keywords:  # None: **result
+                            missing.append('%s:%d' % (os.path.relpath(path, plugins), node.lineno))
+    assert missing == []
