@@ -310,20 +310,14 @@ reconnects:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
-    _changed_blocks_ops, _export, _nbd_access, _objects, _snapshot_ops, _xenapi_module,
-)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_export, _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.backup import (
-    already_exported, export_to_repository,
-)
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 
 def argument_spec():
@@ -380,116 +374,6 @@ def check_params(module):
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.', error_code='INVALID_OPTION')
 
 
-def export(module, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None):
-    params = module.params
-    target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
-                                 min_rate_mib_s=params['min_rate_mib_s'])
-    options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
-                   retries=params['retries'], check_mode=module.check_mode)
-    if params['repository']:
-        if snapshot is None and params['run']:
-            snapshot = {'run': params['run']}  # the nbd form records the run too
-        result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
-                                      base_uuid=base_uuid, disk=disk, **options)
-    else:
-        result = _export.export_to_file(target, params['dest'], changed_blocks=changed_blocks, **options)
-    result['nbd_address'] = '%s:%s' % (nbd['address'], nbd.get('port') or 10809)
-    return result
-
-
-def check_purpose(info, tls):
-    """Refuse early when the network's purpose and the tls option cannot work together."""
-    where = '%s (network %s)' % (info['address'], ', '.join(info.get('network_names') or []) or '?')
-    if tls and 'insecure_nbd' in info['purposes'] and 'nbd' not in info['purposes']:
-        raise XenApiError(
-            'the NBD address %s is on a network with purpose insecure_nbd: its server refuses TLS. Either give the '
-            'network purpose nbd (TLS, recommended; xenserver.cbt_backup.nbd_network) or set tls: false to read '
-            'the disk unencrypted.' % where, code='NBD_TLS_UNAVAILABLE')
-    if not tls and 'nbd' in info['purposes'] and 'insecure_nbd' not in info['purposes']:
-        raise XenApiError('tls is false but the NBD address %s is on a network with purpose nbd, whose server only '
-                          'talks TLS: remove tls: false' % where, code='NBD_TLS_REQUIRED')
-
-
-def changed_blocks_or_fallback(module, client, snap_ref, snap):
-    """The bitmap against ``base``, the base's uuid and None; or, when the CBT chain is broken and
-    on_broken_chain is full, (None, None, the reason) so that a full export starts a new chain."""
-    params = module.params
-    if params['on_broken_chain'] != 'full':
-        base_ref, base = _objects.find_vdi(client, params['base'], snapshot=True)
-        # Before any NBD connection: an open one makes list_changed_blocks fail with VDI_IN_USE.
-        return client.call('VDI.list_changed_blocks', base_ref, snap_ref), base['uuid'], None
-    listed = _changed_blocks_ops.list_changed_blocks(client, params['base'], snap['uuid'], allow_broken_chain=True)
-    if listed['chain_broken']:
-        return None, None, listed['chain_broken_reason']
-    return listed['bitmap'], listed['base']['uuid'], None
-
-
-def export_snapshot(module, client):
-    """The snapshot form: everything the export needs comes from the XenAPI in this one session."""
-    params = module.params
-    snap_ref, snap = _objects.find_vdi(client, params['snapshot'], snapshot=True)
-    if params['repository']:
-        done = already_exported(params['repository'], snap['uuid'])
-        if done is not None:
-            return done  # a re-run of the same task: ok, nothing read
-    changed_blocks = base_uuid = fallback_reason = None
-    if params['base']:
-        changed_blocks, base_uuid, fallback_reason = changed_blocks_or_fallback(module, client, snap_ref, snap)
-    info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
-    check_purpose(info, params['tls'])
-    nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
-    snapshot = {
-        'uuid': snap['uuid'],
-        'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != NULL_REF else None,
-        'name': snap['name_label'],
-        'time': _snapshot_ops.xenapi_time(snap.get('snapshot_time')),
-    }
-    disk = disk_user(client, snap['snapshot_of']) if params['repository'] else None
-    if fallback_reason:
-        snapshot['fallback_reason'] = fallback_reason
-    if params['run']:
-        snapshot['run'] = params['run']
-    result = export(module, nbd, changed_blocks, snapshot=snapshot, base_uuid=base_uuid, disk=disk)
-    result['snapshot'] = snap['uuid']
-    if base_uuid is not None:
-        result['base'] = base_uuid
-    if fallback_reason:
-        result['fallback_reason'] = fallback_reason
-        module.warn('the CBT chain from %s is broken (%s): a full backup was taken instead, which starts a new chain'
-                    % (params['base'], fallback_reason))
-    return result
-
-
-def disk_user(client, disk_ref):
-    """``vm_uuid``, ``vm_name`` and ``userdevice`` of the VM that uses the disk (null when none does).
-
-    Snapshot VMs, templates and control domains (which plug disks for NBD or backups) do not count; a VM
-    whose VBD is plugged wins over one whose VBD is not, then the lowest VM uuid.
-    """
-    found = []
-    try:
-        vbd_refs = client.call('VDI.get_VBDs', disk_ref) if disk_ref and disk_ref != NULL_REF else []
-    except XenApiError as exc:
-        if exc.code not in GONE_CODES:  # the disk is gone
-            raise
-        vbd_refs = []
-    for vbd_ref in vbd_refs:
-        try:
-            vbd = client.call('VBD.get_record', vbd_ref)
-            vm = client.call('VM.get_record', vbd['VM']) if vbd.get('type') == 'Disk' else None
-        except XenApiError as exc:
-            if exc.code not in GONE_CODES:  # unplugged and destroyed meanwhile
-                raise
-            continue
-        if vm is None or vm['is_a_snapshot'] or vm['is_a_template'] or vm['is_control_domain']:
-            continue
-        found.append((not vbd.get('currently_attached'), vm['uuid'], vm['name_label'], vbd.get('userdevice')))
-    if not found:
-        return {'vm_uuid': None, 'vm_name': None, 'userdevice': None}
-    dummy, vm_uuid, vm_name, userdevice = sorted(found)[0]
-    return {'vm_uuid': vm_uuid, 'vm_name': vm_name, 'userdevice': userdevice}
-
-
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -506,11 +390,12 @@ def main():
             if params['snapshot']:
                 client = _xenapi_module.make_client(module)
                 client.open()
-                result = export_snapshot(module, client)
+                result = _vdi_export.export_snapshot(client, params, check_mode=module.check_mode)
             else:
                 if params['nbd'].get('purposes'):
-                    check_purpose(params['nbd'], params['tls'])
-                result = export(module, params['nbd'], params['changed_blocks'])
+                    _vdi_export.check_purpose(params['nbd'], params['tls'])
+                result = _vdi_export.export_nbd(params, params['nbd'], params['changed_blocks'],
+                                                check_mode=module.check_mode)
         finally:
             if client is not None:
                 client.close()  # logs out a session this module logged in

@@ -28,12 +28,10 @@ def times_in(value, where='result'):
     """(where, text) of every string inside ``value`` that reads as a time."""
     if isinstance(value, dict):
         for key, item in value.items():
-            for found in times_in(item, '%s.%s' % (where, key)):
-                yield found
+            yield from times_in(item, '%s.%s' % (where, key))
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            for found in times_in(item, '%s[%d]' % (where, index)):
-                yield found
+            yield from times_in(item, '%s[%d]' % (where, index))
     elif isinstance(value, str) and _time.parse_utc_or_none(value) is not None:
         yield where, value
 
