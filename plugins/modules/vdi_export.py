@@ -240,7 +240,7 @@ connections:
 already_exported:
   description:
     - True when the newest point of O(repository) already holds O(snapshot) (a re-run of the same task). Nothing was
-      read or written, RV(changed) is false and RV(point) is that point.
+      read or written, the task reports C(changed=false) and RV(point) is that point.
   type: bool
   returned: when O(snapshot) and O(repository) were given and the point existed
   sample: true

@@ -82,7 +82,7 @@ options:
   force:
     description:
       - With O(dest), replace an existing file. A O(dest) that already holds the restore point byte for byte is left
-        as it is, with or without O(force) (RV(changed=false), RV(already_restored=true)), so re-running the same task
+        as it is, with or without O(force) (C(changed=false), RV(already_restored=true)), so re-running the same task
         is ok.
       - With O(vdi), overwrite the VDI even when it is attached to a running VM (which corrupts what the guest sees;
         the host may refuse anyway).
