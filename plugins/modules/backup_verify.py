@@ -258,53 +258,15 @@ spot_check:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export, _nbd_access, _objects, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _verify, _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection, validate_options
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect, rebuild
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
-
-
-def skipped(reason, point=None):
-    return {'skipped': True, 'reason': reason, 'point': point}
-
-
-def run_spot_check(module, result):
-    """Compare random blocks of the newest verified point with its snapshot, if the snapshot still holds data."""
-    params = module.params
-    point_id = result['points'][-1]['id']
-    if not result['ok']:
-        return skipped('the restore points failed verification', point_id)
-    with Repository(result['repository']) as repo:
-        snapshot_uuid = repo.point(point_id).get('snapshot_uuid')
-    if not snapshot_uuid:
-        return skipped('the manifest records no snapshot for restore point %s' % point_id, point_id)
-    client = _xenapi_module.make_client(module)
-    try:
-        client.open()
-        try:
-            snap_ref, snap = _objects.find_vdi(client, snapshot_uuid, snapshot=True)
-        except XenApiError as exc:
-            if exc.code == 'NOT_FOUND':
-                return skipped('snapshot %s no longer exists' % snapshot_uuid, point_id)
-            raise
-        if snap.get('type') == 'cbt_metadata':
-            return skipped('snapshot %s holds no data any more (cbt_metadata: its data was destroyed after the backup)'
-                           % snapshot_uuid, point_id)
-        info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
-        target = _export.make_target(info, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'])
-        checked = inspect.spot_check(result['repository'], point_id, lambda: NbdConnection.open(target),
-                                     params['spot_check'])
-    finally:
-        client.close()
-    checked['skipped'] = False
-    checked['snapshot'] = snapshot_uuid
-    return checked
 
 
 def main():
@@ -354,7 +316,10 @@ def main():
 
     if params['spot_check'] and result['points']:
         try:
-            result['spot_check'] = run_spot_check(module, result)
+            result['spot_check'] = _verify.spot_check_newest(
+                result, lambda: _xenapi_module.make_client(module), params['spot_check'],
+                nbd_network=params['nbd_network'], tls=params['tls'], tls_ca_path=params['tls_ca_path'],
+                timeout=params['timeout'])
         except XenApiError as exc:
             _xenapi_module.fail(module, exc, changed=changed, **result)
         except (CbtBackupError, OSError) as exc:

@@ -25,7 +25,7 @@ LAYERS = (
                            '_nbd_access', '_vdi_import')),
     ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspect',
                     '_repository.rebuild', '_repository.report')),
-    ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export')),
+    ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export', '_verify')),
     ('Ansible adapter', ('_xenapi_module',)),
 )
 ADAPTER = 'Ansible adapter'

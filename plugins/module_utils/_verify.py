@@ -1,0 +1,57 @@
+# -*- coding: utf-8 -*-
+# Copyright: xenserver.cbt_backup contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The backup_verify use case's spot check: random blocks of the newest point against its live snapshot.
+
+Note that this module util is **PRIVATE** to the collection. It can have breaking changes at any time.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+from . import _export, _nbd_access, _objects
+from ._nbd.connection import NbdConnection
+from ._repository import inspect
+from ._repository.store import Repository
+from ._xenapi import XenApiError
+
+__metaclass__ = type
+
+
+def skipped(reason, point=None):
+    return {'skipped': True, 'reason': reason, 'point': point}
+
+
+def spot_check_newest(verified, make_client, blocks, nbd_network=None, tls=True, tls_ca_path=None, timeout=60):
+    """Compare ``blocks`` random blocks of the newest point of a verified repository with its snapshot.
+
+    ``verified`` is ``inspect.verify_repository``'s result; ``make_client()`` returns a XenApiClient that is
+    not yet open (opened here only when the snapshot has to be asked for, and closed again). Skipped, with the
+    reason, when the points failed verification or the snapshot is gone or holds no data any more.
+    """
+    point_id = verified['points'][-1]['id']
+    if not verified['ok']:
+        return skipped('the restore points failed verification', point_id)
+    with Repository(verified['repository']) as repo:
+        snapshot_uuid = repo.point(point_id).get('snapshot_uuid')
+    if not snapshot_uuid:
+        return skipped('the manifest records no snapshot for restore point %s' % point_id, point_id)
+    client = make_client()
+    try:
+        client.open()
+        try:
+            snap_ref, snap = _objects.find_vdi(client, snapshot_uuid, snapshot=True)
+        except XenApiError as exc:
+            if exc.code == 'NOT_FOUND':
+                return skipped('snapshot %s no longer exists' % snapshot_uuid, point_id)
+            raise
+        if snap.get('type') == 'cbt_metadata':
+            return skipped('snapshot %s holds no data any more (cbt_metadata: its data was destroyed after the backup)'
+                           % snapshot_uuid, point_id)
+        info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), nbd_network)
+        target = _export.make_target(info, tls=tls, ca_path=tls_ca_path, timeout=timeout)
+        checked = inspect.spot_check(verified['repository'], point_id, lambda: NbdConnection.open(target), blocks)
+    finally:
+        client.close()
+    checked['skipped'] = False
+    checked['snapshot'] = snapshot_uuid
+    return checked
