@@ -16,7 +16,7 @@ import os
 
 from ._objects import find_vm, vm_disks
 from ._time import parse_utc_or_none, utc_now
-from ._repository.retention import JOURNAL
+from ._repository.retention import acceptable_file_sizes
 from ._repository.store import MANIFEST, Repository, RepositoryError
 from ._snapshot_ops import SNAPSHOT_MARKER, xenapi_time, skip_matches
 from ._xenapi import GONE_CODES, UUID_RE, XenApiError
@@ -175,11 +175,8 @@ def _file_problem(state, newest):
         return 'the file %s of the newest restore point %s is missing' % (newest['file'], newest['id'])
     actual = os.path.getsize(path)
     recorded = newest.get('file_size')
-    if recorded is None or actual == recorded:
+    if recorded is None or actual in acceptable_file_sizes(state.manifest, newest):
         return None
-    journal = state.manifest.get(JOURNAL) or {}
-    if journal.get('point') == newest['id'] and actual == journal.get('file_size'):
-        return None  # backup_prune was interrupted after replacing it; the next export finishes the merge
     return ('the file %s of the newest restore point %s has %d bytes, but the manifest records %d'
             % (newest['file'], newest['id'], actual, recorded))
 

@@ -170,6 +170,16 @@ def plan(points, keep_ids):
 
 # -- recovery ---------------------------------------------------------------------------------------
 
+def acceptable_file_sizes(manifest, point):
+    """The sizes the point's file may have: the recorded one, and the merged file's while a prune's journal
+    (``pending_merge``) vouches for it (interrupted after the rename; the next writing run finishes it)."""
+    sizes = set([point.get('file_size')])
+    journal = manifest.get(JOURNAL) or {}
+    if journal.get('point') == point['id']:
+        sizes.add(journal.get('file_size'))
+    return sizes
+
+
 def merged_view(point, journal):
     """``point`` as it reads once the merge that ``journal`` (a ``pending_merge``) describes is recorded."""
     view = dict(point)
