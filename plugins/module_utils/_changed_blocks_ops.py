@@ -11,7 +11,7 @@ from __future__ import absolute_import, division, print_function
 
 from . import _cbt
 from ._objects import find_snapshot_if_exists, find_vdi
-from ._snapshot_ops import xenapi_time, rewrap
+from ._snapshot_ops import describe_snapshot, rewrap
 from ._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
@@ -30,27 +30,6 @@ class ChainBroken(XenApiError):
             code=cause.code if cause else 'CBT_CHAIN_BROKEN', params=cause.params if cause else None,
             from_host=getattr(cause, 'from_host', False))
         self.reason = reason
-
-
-def _describe(client, ref, record):
-    of = record.get('snapshot_of')
-    of_uuid = None
-    if of and of != NULL_REF:
-        try:
-            of_uuid = client.call('VDI.get_uuid', of)
-        except XenApiError as exc:
-            if exc.code not in GONE_CODES:
-                raise
-    return {
-        'uuid': record['uuid'],
-        'ref': ref,
-        'name': record['name_label'],
-        'type': record['type'],
-        'snapshot_of': of_uuid,
-        'time': xenapi_time(record.get('snapshot_time')),
-        'cbt_enabled': bool(record['cbt_enabled']),
-        'virtual_size': int(record['virtual_size']),
-    }
 
 
 def _disk_warnings(client, snap_record):
@@ -103,7 +82,7 @@ def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=F
     A broken chain raises ChainBroken, or with ``allow_broken_chain`` returns ``chain_broken: True``.
     """
     snap_ref, snap_record = find_vdi(client, snapshot_ident, snapshot=True)
-    snap = _describe(client, snap_ref, snap_record)
+    snap = describe_snapshot(client, snap_ref, snap_record)
     result = {'changed': False, 'chain_broken': False, 'chain_broken_reason': None,
               'virtual_size': snap['virtual_size'], 'snapshot': snap, 'base': None,
               'warnings': _disk_warnings(client, snap_record)}
@@ -118,7 +97,7 @@ def list_changed_blocks(client, base_ident, snapshot_ident, allow_broken_chain=F
     if found is None:
         return broken('the base snapshot %s no longer exists' % base_ident)
     base_ref, base_record = found
-    base = _describe(client, base_ref, base_record)
+    base = describe_snapshot(client, base_ref, base_record)
     result['base'] = base
     if base_ref == snap_ref:
         raise XenApiError('base and snapshot are the same VDI (%s); base must be the older snapshot' % base['uuid'],
