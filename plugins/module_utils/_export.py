@@ -94,6 +94,8 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
             _check_incremental_dest(dest, size)
     result = run_export(target, changed_blocks, write, check=check, connections=connections,
                         requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode)
+    if check_mode and changed_blocks is not None:
+        _check_space(dest, result['bytes_to_read'])  # check mode fails where the run would, for lack of space
     if finished:
         result['finished_apply'] = finished
         result['warnings'].append('the changed blocks of an interrupted earlier run were applied to %s first (%d '
@@ -240,9 +242,9 @@ def _copy_staged(staging, dest, extents, checkpoint=_no_checkpoint):
         os.close(src_fd)
 
 
-def _check_space(dest, extents):
+def _check_space(dest, changed_bytes):
     """Room for the staged blocks and for the holes of dest they may fill; NO_SPACE before anything is written."""
-    needed = 2 * total_length(extents) + SPACE_MARGIN
+    needed = 2 * changed_bytes + SPACE_MARGIN
     info = os.statvfs(os.path.dirname(os.path.abspath(dest)))
     available = info.f_bavail * info.f_frsize
     if available < needed:
@@ -277,7 +279,7 @@ def _write_full(reader, extents, dest, size):
 
 def _apply_changes(reader, extents, dest, size, checkpoint):
     """Steps 1-5 of the module docstring: stage, journal, apply, forget."""
-    _check_space(dest, extents)
+    _check_space(dest, total_length(extents))
     staging, journal_path = _apply_paths(dest)
     fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, 'O_NOFOLLOW', 0), 0o600)
     try:

@@ -52,12 +52,16 @@ def test_enospc_before_a_raw_apply_leaves_the_copy_whole(disk, tmp_path, small_t
     assert before == image.sha256
     changed = rewrite_random_blocks(image.path, 40, seed=3)  # 2.5 MiB of changes
     filler = fill(mount_point, 1024 * 1024)
+    checked, output = run_module('vdi_export', incremental_args(server, image, dest, changed), tmp_path, check=True)
+    assert checked['failed'] is True and checked['error_code'] == 'NO_SPACE', 'check mode tells the truth: ' + output
     result, output = run_module('vdi_export', incremental_args(server, image, dest, changed), tmp_path)
     assert result['failed'] is True and result['error_code'] == 'NO_SPACE', output
     assert 'unchanged' in result['msg'] and 'Traceback' not in output
     assert file_sha256(dest) == before  # still the previous snapshot, bit for bit
     assert sorted(os.listdir(mount_point)) == ['copy.raw', 'filler']
     os.unlink(filler)
+    checked, output = run_module('vdi_export', incremental_args(server, image, dest, changed), tmp_path, check=True)
+    assert checked['failed'] is False and checked['changed'] is True, output
     result, output = run_module('vdi_export', incremental_args(server, image, dest, changed), tmp_path)
     assert result['failed'] is False, output
     assert file_sha256(dest) == image.refresh()
