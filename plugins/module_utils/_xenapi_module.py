@@ -31,6 +31,18 @@ def connection_argument_spec():
     )
 
 
+def nbd_argument_spec():
+    """The options of the ``xenserver.cbt_backup._nbd`` doc fragment (how an export is read)."""
+    return dict(
+        connections=dict(type='int', default=4),
+        requests_in_flight=dict(type='int', default=8),
+        tls=dict(type='bool', default=True),
+        tls_ca_path=dict(type='path'),
+        timeout=dict(type='float', default=60),
+        retries=dict(type='int', default=3),
+    )
+
+
 def argument_spec(**module_options):
     spec = connection_argument_spec()
     spec.update(module_options)

@@ -338,16 +338,11 @@ def argument_spec():
         changed_blocks=dict(type='str'),
         dest=dict(type='path'),
         repository=dict(type='path'),
-        connections=dict(type='int', default=4),
-        requests_in_flight=dict(type='int', default=8),
-        tls=dict(type='bool', default=True),
-        tls_ca_path=dict(type='path'),
-        timeout=dict(type='float', default=60),
         min_rate_mib_s=dict(type='float', default=1.0),
-        retries=dict(type='int', default=3),
         on_broken_chain=dict(type='str', default='fail', choices=['fail', 'full']),
         run=dict(type='str'),
     )
+    spec.update(_xenapi_module.nbd_argument_spec())  # the xenserver.cbt_backup._nbd doc fragment
     return spec
 
 
