@@ -10,7 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 from . import _export, _nbd_access, _objects
 from ._nbd.connection import NbdConnection
-from ._repository import inspect
+from ._repository import inspection
 from ._repository.store import Repository
 from ._xenapi import XenApiError
 
@@ -24,7 +24,7 @@ def skipped(reason, point=None):
 def spot_check_newest(verified, make_client, blocks, nbd_network=None, tls=True, tls_ca_path=None, timeout=60):
     """Compare ``blocks`` random blocks of the newest point of a verified repository with its snapshot.
 
-    ``verified`` is ``inspect.verify_repository``'s result; ``make_client()`` returns a XenApiClient that is
+    ``verified`` is ``inspection.verify_repository``'s result; ``make_client()`` returns a XenApiClient that is
     not yet open (opened here only when the snapshot has to be asked for, and closed again). Skipped, with the
     reason, when the points failed verification or the snapshot is gone or holds no data any more.
     """
@@ -49,7 +49,7 @@ def spot_check_newest(verified, make_client, blocks, nbd_network=None, tls=True,
                            % snapshot_uuid, point_id)
         info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), nbd_network)
         target = _export.make_target(info, tls=tls, ca_path=tls_ca_path, timeout=timeout)
-        checked = inspect.spot_check(verified['repository'], point_id, lambda: NbdConnection.open(target), blocks)
+        checked = inspection.spot_check(verified['repository'], point_id, lambda: NbdConnection.open(target), blocks)
     finally:
         client.close()
     checked['skipped'] = False

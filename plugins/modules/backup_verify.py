@@ -265,7 +265,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors i
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
     CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect, rebuild
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspection, rebuild
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 
 
@@ -302,7 +302,7 @@ def main():
             rebuilt = rebuild.rebuild_manifest(params['repository'], check_mode=module.check_mode)
             if rebuilt['changed'] and module.check_mode:
                 module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
-        result = inspect.verify_repository(params['repository'], point=params['point'])
+        result = inspection.verify_repository(params['repository'], point=params['point'])
     except CbtBackupError as exc:
         _xenapi_module.fail(module, exc, ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
     except OSError as exc:

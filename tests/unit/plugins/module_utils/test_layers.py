@@ -23,7 +23,7 @@ LAYERS = (
                                '_repository.vhd')),
     ('XenAPI operations', ('_objects', '_cbt_ops', '_network_ops', '_snapshot_ops', '_changed_blocks_ops',
                            '_nbd_access', '_vdi_import')),
-    ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspect',
+    ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspection',
                     '_repository.rebuild', '_repository.report')),
     ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export', '_verify')),
     ('Ansible adapter', ('_xenapi_module',)),

@@ -15,7 +15,7 @@ import shutil
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _time
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspect, restore, store
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspection, restore, store
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.full_disk import fill
 
 __metaclass__ = type
@@ -73,9 +73,9 @@ def test_a_reader_sees_version_2_and_changes_nothing(v1_repository, tmp_path):
         every_time_is_rfc3339_z(repo.manifest)
         assert [p['id'] for p in repo.points] == sorted(expected_contents())
     assert read(os.path.join(v1_repository, store.MANIFEST)) == before
-    described = inspect.describe_repository(v1_repository)
+    described = inspection.describe_repository(v1_repository)
     assert all(p['run'].endswith('Z') for p in described['points']) and 'error' not in described
-    assert inspect.verify_repository(v1_repository)['ok']
+    assert inspection.verify_repository(v1_repository)['ok']
     assert_every_point_restores(v1_repository, tmp_path)
 
 
@@ -93,7 +93,7 @@ def test_the_first_writer_saves_version_2_and_keeps_version_1_as_previous(v1_rep
             {k: v for k, v in old_point.items() if k not in store.POINT_TIMES}
     with store.Repository(v1_repository, write=True) as repo:
         assert repo.upgraded_from is None  # upgraded once
-    assert inspect.verify_repository(v1_repository)['ok']
+    assert inspection.verify_repository(v1_repository)['ok']
     assert_every_point_restores(v1_repository, tmp_path)
 
 

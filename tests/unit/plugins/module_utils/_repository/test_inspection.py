@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, inspect, store
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, inspection, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Image
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 
@@ -68,7 +68,7 @@ def ids(points):
 
 def test_a_clean_chain_verifies(chain):
     repo_dir, points, dummy, dummy2 = chain
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['ok'] is True
     assert result['first_bad'] is None and result['affected'] == []
     assert [p['id'] for p in result['points']] == ids(points)
@@ -82,8 +82,8 @@ def test_verify_needs_no_lock_and_ignores_a_run_in_progress(chain):
     with open(partial, 'wb') as handle:
         handle.write(b'half a point')
     with store.Repository(repo_dir, write=True):  # a backup run holds the lock
-        result = inspect.verify_repository(repo_dir)
-        info = inspect.list_repositories(repo_dir)
+        result = inspection.verify_repository(repo_dir)
+        info = inspection.list_repositories(repo_dir)
     assert result['ok'] is True
     # made by hand, not journaled by a run: reported as unknown, never a leftover to delete
     assert result['unknown_files'] == [os.path.basename(partial)] and result['leftovers'] == []
@@ -103,7 +103,7 @@ def test_a_corrupt_byte_in_a_stored_block(chain):
         byte = handle.read(1)
         handle.seek(K64 + 1234)
         handle.write(bytes([byte[0] ^ 0x40]))
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['ok'] is False
     assert result['first_bad'] == middle['id']
     assert result['affected'] == [middle['id'], points[2]['id']]
@@ -122,7 +122,7 @@ def test_a_truncated_file(chain):
     path = os.path.join(repo_dir, newest['file'])
     with open(path, 'r+b') as handle:
         handle.truncate(os.path.getsize(path) // 2)
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['first_bad'] == newest['id'] and result['affected'] == [newest['id']]
     problems = ' | '.join(result['points'][2]['problems'])
     assert 'truncated' in problems and 'sha256' in problems
@@ -132,7 +132,7 @@ def test_a_truncated_file(chain):
 def test_a_missing_file(chain):
     repo_dir, points, dummy, dummy2 = chain
     os.unlink(os.path.join(repo_dir, points[1]['file']))
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['first_bad'] == points[1]['id']
     assert result['affected'] == ids(points[1:])
     assert result['points'][1]['problems'] == ['its file %s is missing' % points[1]['file']]
@@ -141,13 +141,13 @@ def test_a_missing_file(chain):
 def test_a_parent_missing_from_the_manifest(chain):
     repo_dir, points, dummy, dummy2 = chain
     edit_manifest(repo_dir, lambda m: m['points'].pop(1))
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['first_bad'] == points[2]['id']
     assert result['affected'] == [points[2]['id']]
     assert any('parent %s is not listed' % points[1]['id'] in text for text in result['points'][1]['problems'])
     # the unlisted file is not a restore point, and nobody journaled it: reported, never cleaned up
     assert result['leftovers'] == [] and result['unknown_files'] == [points[1]['file']]
-    info = inspect.list_repositories(repo_dir)['repositories'][0]
+    info = inspection.list_repositories(repo_dir)['repositories'][0]
     assert [p['chain_length'] for p in info['points']] == [1, None]
 
 
@@ -166,7 +166,7 @@ def test_a_wrong_backing_file_name(chain):
     def update(manifest):
         manifest['points'][2]['sha256'] = sha
     edit_manifest(repo_dir, update)
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     assert result['first_bad'] == newest['id']
     assert result['points'][2]['problems'] == [
         "its backing file is %s but its parent's file is %s" % ('x' * (length - 6) + '.qcow2', points[1]['file'])]
@@ -180,7 +180,7 @@ def test_a_full_with_a_backing_file_and_a_size_change_are_reported(chain):
         manifest['points'][1]['parent'] = None
         manifest['points'][2]['virtual_size'] += 512
     edit_manifest(repo_dir, update)
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     problems = ' | '.join(result['points'][1]['problems'])
     assert 'backing file' in problems and 'listed without a parent' in problems
     assert 'virtual size' in ' | '.join(result['points'][2]['problems'])
@@ -189,13 +189,13 @@ def test_a_full_with_a_backing_file_and_a_size_change_are_reported(chain):
 
 def test_verify_one_point_checks_its_chain(chain):
     repo_dir, points, dummy, dummy2 = chain
-    result = inspect.verify_repository(repo_dir, point=points[1]['id'])
+    result = inspection.verify_repository(repo_dir, point=points[1]['id'])
     assert [p['id'] for p in result['points']] == ids(points[:2]) and result['ok']
     os.unlink(os.path.join(repo_dir, points[0]['file']))
-    result = inspect.verify_repository(repo_dir, point='latest')
+    result = inspection.verify_repository(repo_dir, point='latest')
     assert result['first_bad'] == points[0]['id'] and result['affected'] == ids(points)
     with pytest.raises(store.RepositoryError, match='no restore point nope'):
-        inspect.verify_repository(repo_dir, point='nope')
+        inspection.verify_repository(repo_dir, point='nope')
 
 
 def test_verify_a_damaged_manifest_or_missing_repository(chain, tmp_path):
@@ -204,12 +204,12 @@ def test_verify_a_damaged_manifest_or_missing_repository(chain, tmp_path):
         with open(os.path.join(repo_dir, name), 'w') as handle:
             handle.write('{"points": [')
     with pytest.raises(store.RepositoryError, match='damaged') as raised:
-        inspect.verify_repository(repo_dir)
+        inspection.verify_repository(repo_dir)
     assert raised.value.code == 'REPOSITORY_DAMAGED' and 'rebuild_manifest' in str(raised.value)
     with pytest.raises(store.RepositoryError, match='no such directory'):
-        inspect.verify_repository(str(tmp_path / 'nowhere'))
+        inspection.verify_repository(str(tmp_path / 'nowhere'))
     with pytest.raises(store.RepositoryError, match='not a backup repository'):
-        inspect.verify_repository(str(tmp_path / 'backups'))
+        inspection.verify_repository(str(tmp_path / 'backups'))
 
 
 def test_a_file_name_outside_the_repository(chain):
@@ -218,7 +218,7 @@ def test_a_file_name_outside_the_repository(chain):
     def update(manifest):
         manifest['points'][0]['file'] = '../' + manifest['points'][0]['file']
     edit_manifest(repo_dir, update)
-    result = inspect.verify_repository(repo_dir)
+    result = inspection.verify_repository(repo_dir)
     # load() refuses the damaged manifest and reads manifest.json.prev (the chain without its newest point)
     assert result['ok'] is False and result['manifest_damaged'] is True
     assert 'points[0].file' in result['message'] and 'not a plain file name' in result['message']
@@ -226,7 +226,7 @@ def test_a_file_name_outside_the_repository(chain):
     assert ids(result['points']) == ids(points[:2]) and all(p['ok'] for p in result['points'])
     os.unlink(os.path.join(repo_dir, 'manifest.json.prev'))
     with pytest.raises(store.RepositoryError, match='not a plain file name') as raised:
-        inspect.verify_repository(repo_dir)
+        inspection.verify_repository(repo_dir)
     assert raised.value.code == 'REPOSITORY_DAMAGED'
 
 
@@ -244,7 +244,7 @@ def test_backup_info_over_a_tree(chain, tmp_path):
     shutil.copytree(repo_dir, too_deep)
 
     later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1)
-    result = inspect.list_repositories(root, now=later)
+    result = inspection.list_repositories(root, now=later)
     repos = result['repositories']
     assert [r['path'] for r in repos] == sorted([repo_dir, other, damaged])
     by_path = dict((r['path'], r) for r in repos)
@@ -265,11 +265,11 @@ def test_backup_info_over_a_tree(chain, tmp_path):
             assert listed['virtual_size'] == 3 * 1024 * 1024 + 512
         assert info['total_bytes'] == sum(p['file_size'] for p in info['points'])
         assert info['newest'] == points[2]['id'] and info['leftovers'] == []
-    assert inspect.list_repositories(root, max_depth=5)['repositories'][0]['path'] == os.path.join(root, 'a', 'b', 'c', 'd', 'e')
+    assert inspection.list_repositories(root, max_depth=5)['repositories'][0]['path'] == os.path.join(root, 'a', 'b', 'c', 'd', 'e')
     # A repository directory itself.
-    assert [r['path'] for r in inspect.list_repositories(repo_dir)['repositories']] == [repo_dir]
+    assert [r['path'] for r in inspection.list_repositories(repo_dir)['repositories']] == [repo_dir]
     with pytest.raises(store.RepositoryError, match='does not exist'):
-        inspect.list_repositories(str(tmp_path / 'nowhere'))
+        inspection.list_repositories(str(tmp_path / 'nowhere'))
 
 
 def test_spot_check_against_the_live_export(chain):
@@ -278,15 +278,15 @@ def test_spot_check_against_the_live_export(chain):
     def open_connection():
         return NbdConnection.open(target(server))
     total = -(-image.size // K64)
-    result = inspect.spot_check(repo_dir, 'latest', open_connection, 8, rng=random.Random(5))
+    result = inspection.spot_check(repo_dir, 'latest', open_connection, 8, rng=random.Random(5))
     assert result['ok'] is True and result['checked'] == 8 and result['mismatches'] == []
     assert result['point'] == points[2]['id']
     # The disk moved on: every block is compared, exactly the rewritten ones differ.
     changed = rewrite_random_blocks(image.path, 3, seed=99)
-    result = inspect.spot_check(repo_dir, 'latest', open_connection, total + 10, rng=random.Random(1))
+    result = inspection.spot_check(repo_dir, 'latest', open_connection, total + 10, rng=random.Random(1))
     assert result['checked'] == total
     assert result['mismatches'] == [i * K64 for i in changed] and result['ok'] is False
     assert 'cannot be trusted' in result['message']
     # An older point differs from the current disk.
-    result = inspect.spot_check(repo_dir, points[0]['id'], open_connection, total, rng=random.Random(2))
+    result = inspection.spot_check(repo_dir, points[0]['id'], open_connection, total, rng=random.Random(2))
     assert result['ok'] is False
