@@ -17,7 +17,8 @@ description:
     while the session that asked for them is logged in.
   - With O(state=absent), logs the O(session_id) out. Use it in an C(always) section so the session never outlives
     the play.
-  - Logging in is not reported as a change (the pool's configuration stays as it was); logging out a live session is.
+  - Neither logging in nor logging out is reported as a change: the pool's configuration stays as it was, so a run
+    that backs up nothing new reports no change.
   - The result is censored in all output (an action plugin marks it C(no_log)); register it and pass
     RV(session_id) on.
 author:
@@ -104,7 +105,7 @@ def main():
             client.logout()
         except XenApiError as exc:
             _xenapi_module.fail(module, exc)
-        module.exit_json(changed=True)
+        module.exit_json(changed=False)  # sessions are not configuration: see the description
     if module.params['session_id']:
         module.fail_json(msg='state=present logs in with username and password; do not pass session_id', error_code='INVALID_OPTION')
     try:
