@@ -17,7 +17,7 @@ description:
     while the session that asked for them is logged in.
   - With O(state=absent), logs the O(session_id) out. Use it in an C(always) section so the session never outlives
     the play.
-  - Neither logging in nor logging out is reported as a change: the pool's configuration stays as it was, so a run
+  - Neither logging in nor logging out is reported as a change, since the pool's configuration stays as it was; a run
     that backs up nothing new reports no change.
   - The result is censored in all output (an action plugin marks it C(no_log)); register it and pass
     RV(session_id) on.
