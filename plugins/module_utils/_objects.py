@@ -9,7 +9,7 @@ Plain Python over an open XenApiClient; lookups accept a uuid or a name_label.
 
 from __future__ import absolute_import, division, print_function
 
-from ._xenapi import NULL_REF, UUID_RE, XenApiError
+from ._xenapi import GONE_CODES, NULL_REF, UUID_RE, XenApiError
 
 __metaclass__ = type
 
@@ -53,13 +53,28 @@ def find_snapshot_if_exists(client, ident):
         raise
 
 
+def is_disk_vbd(vbd):
+    """Whether a VBD record plugs a disk (not a CD drive, not an empty slot)."""
+    return vbd['type'] == 'Disk' and not vbd.get('empty') and vbd['VDI'] != NULL_REF
+
+
+def live_vbds(client, vbd_refs):
+    """``(ref, record)`` of the VBDs that still exist; one destroyed while they are walked is passed over."""
+    for vbd_ref in vbd_refs:
+        try:
+            yield vbd_ref, client.call('VBD.get_record', vbd_ref)
+        except XenApiError as exc:
+            if exc.code not in GONE_CODES:
+                raise
+
+
 def vm_disks(client, vm_ref, vm_record=None):
     """``[(vdi_ref, vdi_record, vbd_record)]`` of a VM's user disks, in userdevice order."""
     vm_record = vm_record or client.call('VM.get_record', vm_ref)
     disks = []
     for vbd_ref in vm_record['VBDs']:
         vbd = client.call('VBD.get_record', vbd_ref)
-        if vbd['type'] != 'Disk' or vbd.get('empty') or vbd['VDI'] == NULL_REF:
+        if not is_disk_vbd(vbd):
             continue
         vdi = client.call('VDI.get_record', vbd['VDI'])
         if vdi['type'] in USER_DISK_TYPES:

@@ -12,7 +12,7 @@ from __future__ import absolute_import, division, print_function
 import time
 
 from ._time import format_utc, parse_utc_or_none, utc_now
-from ._objects import find_snapshot_if_exists, find_vdi, find_vm, vm_disks
+from ._objects import find_snapshot_if_exists, find_vdi, find_vm, is_disk_vbd, vm_disks
 from ._xenapi import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
@@ -254,7 +254,7 @@ def _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when
             if vdi_ref in found:
                 marker(vdi_ref, tolerant=tolerant)
                 continue
-            if vbd['type'] != 'Disk' or vbd.get('empty') or vdi_ref == NULL_REF:
+            if not is_disk_vbd(vbd):
                 continue
             record = client.call('VDI.get_record', vdi_ref)
         except XenApiError:

@@ -114,10 +114,9 @@ def disk_user(client, disk_ref):
         if exc.code not in GONE_CODES:  # the disk is gone
             raise
         vbd_refs = []
-    for vbd_ref in vbd_refs:
+    for dummy, vbd in _objects.live_vbds(client, vbd_refs):
         try:
-            vbd = client.call('VBD.get_record', vbd_ref)
-            vm = client.call('VM.get_record', vbd['VM']) if vbd.get('type') == 'Disk' else None
+            vm = client.call('VM.get_record', vbd['VM']) if _objects.is_disk_vbd(vbd) else None
         except XenApiError as exc:
             if exc.code not in GONE_CODES:  # unplugged and destroyed meanwhile
                 raise

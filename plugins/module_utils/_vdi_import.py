@@ -19,6 +19,7 @@ import socket
 import ssl
 import time
 
+from ._objects import live_vbds
 from ._xenapi import NULL_REF, XenApiError, explain
 
 try:
@@ -80,13 +81,7 @@ def destroy_vdi(client, ref):
 def attached_to_running_vms(client, vdi_record):
     """Names of the VMs (other than the control domain) whose VBD of this VDI is currently attached."""
     users = []
-    for vbd_ref in vdi_record.get('VBDs') or []:
-        try:
-            vbd = client.call('VBD.get_record', vbd_ref)
-        except XenApiError as exc:
-            if exc.code == 'HANDLE_INVALID':
-                continue
-            raise
+    for dummy, vbd in live_vbds(client, vdi_record.get('VBDs') or []):
         if not vbd.get('currently_attached'):
             continue
         name = vbd['VM']
