@@ -104,13 +104,7 @@ class _Connection:
         self.netloc = parts.netloc
         host, port = parts.hostname, parts.port
         if parts.scheme == 'https':
-            if client.validate_certs:
-                context = ssl.create_default_context(cafile=client.ca_path)
-            else:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            self.conn = http_client.HTTPSConnection(host, port, timeout=client.timeout, context=context)
+            self.conn = http_client.HTTPSConnection(host, port, timeout=client.timeout, context=client.tls_context())
         else:
             self.conn = http_client.HTTPConnection(host, port, timeout=client.timeout)
 

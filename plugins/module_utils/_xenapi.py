@@ -172,15 +172,18 @@ class XenApiClient:
 
     # -- session -----------------------------------------------------------------------------------
 
+    def tls_context(self):
+        """The TLS context for this pool's HTTPS endpoints (XML-RPC and the HTTP handlers alike)."""
+        if self.validate_certs:
+            return ssl.create_default_context(cafile=self.ca_path)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+
     def _make_session(self, url):
         if url.startswith('https://'):
-            if self.validate_certs:
-                context = ssl.create_default_context(cafile=self.ca_path)
-            else:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-            transport = _TimeoutTransport(self.timeout, context)
+            transport = _TimeoutTransport(self.timeout, self.tls_context())
         else:
             transport = _PlainTimeoutTransport(self.timeout)
         return XenAPI.Session(url, transport=transport)
