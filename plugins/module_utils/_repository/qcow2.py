@@ -77,6 +77,10 @@ INCOMPAT_EXTENDED_L2 = 16
 KIND_DATA = 'data'
 KIND_ZERO = 'zero'
 KIND_COMPRESSED = 'compressed'
+MAX_RUN = 8 * 1024 * 1024  # the longest run Qcow2Chain.runs yields (one read or copy_file_range)
+# Per-cluster source in a chain's region map: image index in the chain (newest = 0), or one of these.
+SOURCE_NONE = -1   # unallocated everywhere: zeros
+SOURCE_ZERO = -2   # zero flag: zeros
 
 _HEADER = struct.Struct('>4sIQIIQIIQQIIQQQQII')  # version 3 header up to header_length (104 bytes)
 _V2_HEADER_LENGTH = 72
@@ -539,6 +543,10 @@ class Qcow2Image:
             os.close(self._fd)
             raise
 
+    def fileno(self):
+        """The open file's descriptor (for reads and copy_file_range of data runs)."""
+        return self._fd
+
     def close(self):
         if self._fd is not None:
             os.close(self._fd)
@@ -840,10 +848,12 @@ def check(path):
 
 
 class Qcow2Chain:
-    """A restore point and its backing files, newest first, read as one disk.
+    """A restore point and its backing files, newest first, read as one disk with few, large reads.
 
-    ``images`` are :class:`Qcow2Image` objects or paths, newest..oldest; the chain closes the
-    images it holds when ``owns`` (the default).  :meth:`open` follows the backing file names.
+    ``images`` are :class:`Qcow2Image` objects or paths, newest..oldest, all with one cluster size; the chain
+    closes the images it holds when ``owns`` (the default).  :meth:`open` follows the backing file names.
+    The region map (:meth:`region`) resolves the clusters of a 512 MiB region through the chain once;
+    :meth:`runs` turns it into runs of clusters that sit back to back in one file.
     """
 
     MAX_DEPTH = 1000
@@ -859,8 +869,17 @@ class Qcow2Chain:
             raise
         if not self.images:
             raise Qcow2Error('a chain needs at least one image')
-        self.virtual_size = self.images[0].virtual_size
-        self.cluster_size = self.images[0].cluster_size
+        newest = self.images[0]
+        self.virtual_size = newest.virtual_size
+        self.cluster_size = newest.cluster_size
+        if any(image.cluster_size != self.cluster_size for image in self.images):
+            self.close()
+            raise Qcow2Error('the files of the chain have different cluster sizes')
+        self.l2_entries = newest.l2_entries
+        self.guest_clusters = newest.guest_clusters
+        self.region_size = self.l2_entries * self.cluster_size
+        self._region_index = None
+        self._region = None
 
     @classmethod
     def open(cls, path):
@@ -893,77 +912,153 @@ class Qcow2Chain:
             for image in self.images:
                 image.close()
 
+    def truncate(self, count):
+        """Keep only the ``count`` newest images (the older ones are not part of the disk)."""
+        for image in self.images[count:]:
+            if self._owns:
+                image.close()
+        del self.images[count:]
+        self._region_index = self._region = None
+
     def __enter__(self):
         return self
 
     def __exit__(self, *exc_info):
         self.close()
 
-    def read(self, offset, length):
-        """``length`` bytes at ``offset`` of the disk, resolving each cluster through the chain."""
-        if offset < 0 or length < 0 or offset + length > self.virtual_size:
-            raise Qcow2Error('read (%d, %d) is outside the %d-byte disk' % (offset, length, self.virtual_size))
-        out = bytearray(length)
-        pending = [(offset, length)]
-        for image in self.images:
+    # -- mapping ----------------------------------------------------------------------------------------
+
+    def region(self, l1_index):
+        """(sources, hosts) of the region's clusters: the chain index each cluster reads from (or SOURCE_NONE /
+        SOURCE_ZERO) and its host offset there (-1 for a compressed cluster). The last region is cached."""
+        if self._region_index == l1_index:
+            return self._region
+        base = l1_index * self.l2_entries
+        count = max(0, min(self.l2_entries, self.guest_clusters - base))
+        sources = [SOURCE_NONE] * count
+        hosts = [0] * count
+        pending = list(range(count))
+        for position, image in enumerate(self.images):
             if not pending:
                 break
+            table = image._l2_table(l1_index)  # pylint: disable=protected-access
+            if table is None:
+                if base >= image.guest_clusters:
+                    break  # beyond a smaller backing file: zeros
+                continue
             unresolved = []
-            for start, size in pending:
-                self._read_from(image, out, offset, start, size, unresolved)
+            for index in pending:
+                if base + index >= image.guest_clusters:
+                    continue  # zeros: nothing older can define it either
+                entry = table[index]
+                if not entry:
+                    unresolved.append(index)
+                    continue
+                kind, host = image._classify(entry)  # pylint: disable=protected-access
+                if kind is None:
+                    unresolved.append(index)
+                elif kind == KIND_ZERO:
+                    sources[index] = SOURCE_ZERO
+                elif kind == KIND_DATA:
+                    if host % self.cluster_size:
+                        raise Qcow2Error('%s: data cluster at host offset %d is not aligned' % (image.path, host))
+                    sources[index] = position
+                    hosts[index] = host
+                else:  # compressed: read cluster by cluster
+                    sources[index] = position
+                    hosts[index] = -1
             pending = unresolved
-        return bytes(out)
+        self._region_index, self._region = l1_index, (sources, hosts)
+        return self._region
 
-    @staticmethod
-    def _read_from(image, out, base, start, size, unresolved):
-        """Fill ``out`` for [start, start+size) from ``image``; append unallocated ranges to ``unresolved``."""
-        cs = image.cluster_size
-        end = min(start + size, image.virtual_size)  # beyond a (smaller) backing file: zeros
-        pos = start
+    def runs(self, offset=0, length=None):
+        """Yield ``(guest_offset, length, source, host)`` covering [offset, offset+length) in guest order.
+
+        ``source`` is a chain index (data at ``host`` in that file, contiguous for the whole run; ``host``
+        -1 for a compressed cluster) or None (zeros). Runs are at most :data:`MAX_RUN` bytes long.
+        """
+        if length is None:
+            length = self.virtual_size - offset
+        end = offset + length
+        if offset < 0 or length < 0 or end > self.virtual_size:
+            raise Qcow2Error('read (%d, %d) is outside the %d-byte disk' % (offset, length, self.virtual_size))
+        cs = self.cluster_size
+        current = None  # [start, stop, source, host_start]
+        pos = offset
         while pos < end:
             index = pos // cs
-            stop = min(end, (index + 1) * cs)
-            data = image.read_cluster(index)
-            if data is None:
-                if unresolved and unresolved[-1][0] + unresolved[-1][1] == pos:
-                    unresolved[-1] = (unresolved[-1][0], unresolved[-1][1] + stop - pos)
+            sources, hosts = self.region(index // self.l2_entries)
+            region_end = min(end, (index // self.l2_entries + 1) * self.region_size)
+            while pos < region_end:
+                index = pos // cs
+                stop = min(region_end, (index + 1) * cs)
+                slot = index % self.l2_entries
+                source = sources[slot]
+                host = hosts[slot] + (pos - index * cs) if source >= 0 and hosts[slot] >= 0 else -1
+                source = source if source >= 0 else None
+                if (current is not None and current[2] == source and current[1] - current[0] + stop - pos <= MAX_RUN
+                        and (source is None or (host >= 0 and current[3] >= 0 and current[3] + current[1] - current[0] == host))):
+                    current[1] = stop
                 else:
-                    unresolved.append((pos, stop - pos))
-            else:
-                skip = pos - index * cs
-                out[pos - base:stop - base] = data[skip:skip + stop - pos]
-            pos = stop
+                    if current is not None:
+                        yield current[0], current[1] - current[0], current[2], current[3]
+                    current = [pos, stop, source, host]
+                pos = stop
+        if current is not None:
+            yield current[0], current[1] - current[0], current[2], current[3]
 
     def iter_allocated(self):
         """Yield, in guest order, the offsets of clusters whose resolved content comes from a data cluster.
 
         Clusters unallocated in every image and clusters whose newest definition is a zero flag read
-        as zeros and are left out.  All images must share the cluster size.
+        as zeros and are left out.
         """
         cs = self.cluster_size
-        if any(image.cluster_size != cs for image in self.images):
-            raise Qcow2Error('images of the chain have different cluster sizes')
-        newest = self.images[0]
-        l2_entries = newest.l2_entries
-        guest_clusters = newest.guest_clusters
-        for l1_index in range(_ceil_div(guest_clusters, l2_entries)):
-            tables = []
-            for image in self.images:
-                table = image._l2_table(l1_index)  # pylint: disable=protected-access
-                if table is not None:
-                    tables.append((image, table))
-            if not tables:
-                continue
-            base = l1_index * l2_entries
-            for l2_index in range(min(l2_entries, guest_clusters - base)):
-                for image, table in tables:
-                    if base + l2_index >= image.guest_clusters:
-                        break  # beyond a smaller backing file: zeros
-                    entry = table[l2_index]
-                    if entry:
-                        kind = image._classify(entry)[0]  # pylint: disable=protected-access
-                        if kind is None:
-                            continue
-                        if kind != KIND_ZERO:
-                            yield (base + l2_index) * cs
-                        break
+        for l1_index in range(_ceil_div(self.guest_clusters, self.l2_entries)):
+            sources = self.region(l1_index)[0]
+            base = l1_index * self.l2_entries
+            for slot, source in enumerate(sources):
+                if source >= 0:
+                    yield (base + slot) * cs
+
+    def data_runs(self):
+        """Like :meth:`runs` over the whole disk, without the zero runs."""
+        for run in self.runs():
+            if run[2] is not None:
+                yield run
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def read_run_into(self, view, run):
+        """Fill ``view`` (``run`` length bytes) with the run's data."""
+        offset, length, source, host = run
+        if source is None:
+            view[:length] = bytes(length)
+            return
+        image = self.images[source]
+        if host < 0:
+            cs = self.cluster_size
+            pos = 0
+            while pos < length:
+                index = (offset + pos) // cs
+                skip = offset + pos - index * cs
+                data = image.read_cluster(index)
+                step = min(length - pos, len(data) - skip)
+                view[pos:pos + step] = data[skip:skip + step]
+                pos += step
+            return
+        done = 0
+        while done < length:
+            got = os.preadv(image.fileno(), [view[done:length]], host + done)
+            if got <= 0:
+                raise Qcow2Error('%s: short read at host offset %d (the file ends first)' % (image.path, host + done))
+            done += got
+
+    def read(self, offset, length):
+        """``length`` bytes at ``offset`` of the disk, resolving each cluster through the chain."""
+        out = bytearray(length)
+        view = memoryview(out)
+        for run in self.runs(offset, length):
+            start = run[0] - offset
+            self.read_run_into(view[start:start + run[1]], run)
+        return bytes(out)

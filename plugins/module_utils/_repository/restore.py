@@ -9,7 +9,7 @@ A restore reads the chain named by the manifest (the point, its parent, ... the 
 the sha256 of every file of the chain against the manifest: a chain with a damaged file is refused
 before a single byte is restored.  Reads are large: the clusters of a 512 MiB region are resolved
 through the chain once, and runs of clusters that sit back to back in one file are read with one
-system call (up to :data:`MAX_READ` bytes).  Clusters that are unallocated in every file of the chain,
+system call (up to :data:`qcow2.MAX_RUN` bytes).  Clusters that are unallocated in every file of the chain,
 or zero-flagged in the newest file defining them, read as zeros and are never read from disk; a raw
 file target keeps them as holes, a VHD stream leaves out the 2 MiB blocks that hold none of them.
 """
@@ -20,206 +20,21 @@ import errno
 import os
 import time
 
-from .qcow2 import KIND_DATA, KIND_ZERO, Qcow2Error, Qcow2Image
+from .qcow2 import MAX_RUN, Qcow2Chain, Qcow2Error
 from .raw_file import AtomicFile
 from .store import Repository, RepositoryError, fd_sha256
 from .vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
 __metaclass__ = type
 
-MAX_READ = 8 * 1024 * 1024
 RAW_CHUNK = 4 * 1024 * 1024
 MIB = 1024 * 1024
 FORMATS = ('vhd', 'raw')
-
-# Per-cluster source of a region: image index in the chain (newest = 0), or one of these.
-_NONE = -1   # unallocated everywhere: zeros
-_ZERO = -2   # zero flag: zeros
-
 
 class RestoreError(RepositoryError):
     """A point cannot be restored (missing, damaged chain, target refused); ``code`` names the condition."""
 
     code = 'RESTORE_FAILED'
-
-
-class ChainReader:
-    """The disk of a restore point, read through its chain of qcow2 files with few, large reads.
-
-    ``paths``: the point's file and its ancestors, newest first.
-    """
-
-    def __init__(self, paths):
-        self.images = []
-        try:
-            for path in paths:
-                self.images.append(Qcow2Image(path))
-        except BaseException:
-            self.close()
-            raise
-        if not self.images:
-            raise Qcow2Error('a chain needs at least one image')
-        newest = self.images[0]
-        self.virtual_size = newest.virtual_size
-        self.cluster_size = newest.cluster_size
-        if any(image.cluster_size != self.cluster_size for image in self.images):
-            raise Qcow2Error('the files of the chain have different cluster sizes')
-        self.l2_entries = newest.l2_entries
-        self.guest_clusters = newest.guest_clusters
-        self.region_size = self.l2_entries * self.cluster_size
-        self._region_index = None
-        self._region = None
-
-    def close(self):
-        for image in self.images:
-            image.close()
-
-    def truncate(self, count):
-        """Keep only the ``count`` newest images (the older ones are not part of the disk)."""
-        for image in self.images[count:]:
-            image.close()
-        del self.images[count:]
-        self._region_index = self._region = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    # -- mapping ----------------------------------------------------------------------------------------
-
-    def region(self, l1_index):
-        """(sources, hosts) of the region's clusters: the chain index each cluster reads from (or _NONE/_ZERO)
-        and its host offset there. The last region is cached."""
-        if self._region_index == l1_index:
-            return self._region
-        base = l1_index * self.l2_entries
-        count = max(0, min(self.l2_entries, self.guest_clusters - base))
-        sources = [_NONE] * count
-        hosts = [0] * count
-        pending = list(range(count))
-        for position, image in enumerate(self.images):
-            if not pending:
-                break
-            table = image._l2_table(l1_index)  # pylint: disable=protected-access
-            if table is None:
-                if base >= image.guest_clusters:
-                    break  # beyond a smaller backing file: zeros
-                continue
-            unresolved = []
-            for index in pending:
-                if base + index >= image.guest_clusters:
-                    continue  # zeros: nothing older can define it either
-                entry = table[index]
-                if not entry:
-                    unresolved.append(index)
-                    continue
-                kind, host = image._classify(entry)  # pylint: disable=protected-access
-                if kind is None:
-                    unresolved.append(index)
-                elif kind == KIND_ZERO:
-                    sources[index] = _ZERO
-                elif kind == KIND_DATA:
-                    if host % self.cluster_size:
-                        raise Qcow2Error('%s: data cluster at host offset %d is not aligned' % (image.path, host))
-                    sources[index] = position
-                    hosts[index] = host
-                else:  # compressed: read cluster by cluster
-                    sources[index] = position
-                    hosts[index] = -1
-            pending = unresolved
-        self._region_index, self._region = l1_index, (sources, hosts)
-        return self._region
-
-    def runs(self, offset=0, length=None):
-        """Yield ``(guest_offset, length, source, host)`` covering [offset, offset+length) in guest order.
-
-        ``source`` is a chain index (data at ``host`` in that file, contiguous for the whole run; ``host``
-        -1 for a compressed cluster) or None (zeros). Runs are at most :data:`MAX_READ` bytes long.
-        """
-        if length is None:
-            length = self.virtual_size - offset
-        end = offset + length
-        if offset < 0 or length < 0 or end > self.virtual_size:
-            raise Qcow2Error('read (%d, %d) is outside the %d-byte disk' % (offset, length, self.virtual_size))
-        cs = self.cluster_size
-        current = None  # [start, stop, source, host_start]
-        pos = offset
-        while pos < end:
-            index = pos // cs
-            sources, hosts = self.region(index // self.l2_entries)
-            region_end = min(end, (index // self.l2_entries + 1) * self.region_size)
-            while pos < region_end:
-                index = pos // cs
-                stop = min(region_end, (index + 1) * cs)
-                slot = index % self.l2_entries
-                source = sources[slot]
-                host = hosts[slot] + (pos - index * cs) if source >= 0 and hosts[slot] >= 0 else -1
-                source = source if source >= 0 else None
-                if (current is not None and current[2] == source and current[1] - current[0] + stop - pos <= MAX_READ
-                        and (source is None or (host >= 0 and current[3] >= 0 and current[3] + current[1] - current[0] == host))):
-                    current[1] = stop
-                else:
-                    if current is not None:
-                        yield current[0], current[1] - current[0], current[2], current[3]
-                    current = [pos, stop, source, host]
-                pos = stop
-        if current is not None:
-            yield current[0], current[1] - current[0], current[2], current[3]
-
-    def allocated(self):
-        """Yield the guest offsets of the clusters whose content comes from a data cluster (not zeros)."""
-        cs = self.cluster_size
-        for l1_index in range(-(-self.guest_clusters // self.l2_entries)):
-            sources = self.region(l1_index)[0]
-            base = l1_index * self.l2_entries
-            for slot, source in enumerate(sources):
-                if source >= 0:
-                    yield (base + slot) * cs
-
-    def data_runs(self):
-        """Like :meth:`runs` over the whole disk, without the zero runs."""
-        for run in self.runs():
-            if run[2] is not None:
-                yield run
-
-    # -- reading ----------------------------------------------------------------------------------------
-
-    def read_run_into(self, view, run):
-        """Fill ``view`` (``run`` length bytes) with the run's data."""
-        offset, length, source, host = run
-        if source is None:
-            view[:length] = bytes(length)
-            return
-        image = self.images[source]
-        if host < 0:
-            cs = self.cluster_size
-            pos = 0
-            while pos < length:
-                index = (offset + pos) // cs
-                skip = offset + pos - index * cs
-                data = image.read_cluster(index)
-                step = min(length - pos, len(data) - skip)
-                view[pos:pos + step] = data[skip:skip + step]
-                pos += step
-            return
-        fd = image._fd  # pylint: disable=protected-access
-        done = 0
-        while done < length:
-            got = os.preadv(fd, [view[done:length]], host + done)
-            if got <= 0:
-                raise Qcow2Error('%s: short read at host offset %d (the file ends first)' % (image.path, host + done))
-            done += got
-
-    def read(self, offset, length):
-        """``length`` bytes at ``offset`` of the disk."""
-        out = bytearray(length)
-        view = memoryview(out)
-        for run in self.runs(offset, length):
-            start = run[0] - offset
-            self.read_run_into(view[start:start + run[1]], run)
-        return bytes(out)
 
 
 class RestoreSource:
@@ -327,13 +142,13 @@ class RestoreSource:
             % (item['id'], path, actual, expected, needed, self.path, item['id']))
 
     def _open_reader(self, pinned):
-        """A ChainReader on the very files that were hashed (None if one was replaced in between)."""
+        """A Qcow2Chain on the very files that were hashed (None if one was replaced in between)."""
         try:
-            reader = ChainReader(self.paths)
+            reader = Qcow2Chain(self.paths)
         except (Qcow2Error, OSError) as exc:
             raise RestoreError('cannot read restore point %s: %s%s' % (self.point['id'], exc, self._verify_hint()))
         for image, fd in zip(reader.images, pinned):
-            mine, hashed = os.fstat(image._fd), os.fstat(fd)  # pylint: disable=protected-access
+            mine, hashed = os.fstat(image.fileno()), os.fstat(fd)
             if (mine.st_dev, mine.st_ino) != (hashed.st_dev, hashed.st_ino):
                 reader.close()
                 return None
@@ -387,7 +202,7 @@ class RestoreSource:
         Only the 2 MiB blocks holding data are present, unless ``every_block``: a VDI that already holds
         data must get every block, because an importer leaves the blocks a VHD omits as they were.
         """
-        allocated = range(0, self.virtual_size, DEFAULT_BLOCK_SIZE) if every_block else self.reader.allocated()
+        allocated = range(0, self.virtual_size, DEFAULT_BLOCK_SIZE) if every_block else self.reader.iter_allocated()
         return VhdStream(self.reader.read, self.virtual_size, allocated)
 
     def upload_stream(self, wanted='vhd', overwrite=False):
@@ -448,7 +263,7 @@ class _RunCopier:
     def copy(self, run):
         offset, length, source, host = run
         if self.kernel and host >= 0:
-            src = self.reader.images[source]._fd  # pylint: disable=protected-access
+            src = self.reader.images[source].fileno()
             done = 0
             try:
                 while done < length:
@@ -465,7 +280,7 @@ class _RunCopier:
                 run = (offset + done, length - done, source, host + done)
                 offset, length = run[0], run[1]
         if self._view is None:
-            self._view = memoryview(bytearray(MAX_READ))
+            self._view = memoryview(bytearray(MAX_RUN))
         part = self._view[:length]
         self.reader.read_run_into(part, run)
         done = 0

@@ -199,7 +199,7 @@ def test_vhd_stream_is_the_point(repository, tmp_path):
         vhd_path = str(tmp_path / 'point.vhd')
         with open(vhd_path, 'wb') as handle:
             assert stream.write_to(handle) == stream.length
-        allocated_blocks = set(off // (2 * MIB) for off in source.reader.allocated())
+        allocated_blocks = set(off // (2 * MIB) for off in source.reader.iter_allocated())
     assert stream.blocks_present == len(allocated_blocks) < -(-len(expected[point]) // (2 * MIB)) + 1
     assert_vhd_is(vhd_path, expected[point], tmp_path)
     # onto an existing VDI every block must travel (zeros too), and it is still the same disk
