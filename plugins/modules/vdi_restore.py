@@ -194,11 +194,11 @@ throughput_mib_s:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_import, _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Error
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.restore import (
     RestoreError, RestoreSource, restore_to_file,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import VhdError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.vhd import VhdError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 
 

@@ -16,7 +16,7 @@ import time
 
 from .. import _export
 from . import retention
-from .qcow2 import Qcow2Writer
+from .._image.qcow2 import Qcow2Writer
 from .store import Repository, RepositoryError
 from .._time import format_utc, normalize_if_time, utc_now
 

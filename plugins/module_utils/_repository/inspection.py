@@ -15,8 +15,9 @@ from __future__ import absolute_import, division, print_function
 import os
 import random
 
-from . import qcow2, retention
-from .qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
+from . import retention
+from .._image import qcow2
+from .._image.qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
 from .store import MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
 from .._time import parse_utc_or_none, utc_now
 

@@ -22,7 +22,7 @@ from __future__ import absolute_import, division, print_function
 
 import os
 
-from .qcow2 import Qcow2Error, Qcow2Image
+from .._image.qcow2 import Qcow2Error, Qcow2Image
 from .store import Repository, empty_manifest, file_sha256
 from .._time import normalize_utc
 

@@ -20,7 +20,7 @@ from __future__ import absolute_import, division, print_function
 import json
 import os
 
-from .raw_file import AtomicFile, pwrite_all
+from .._image.raw_file import AtomicFile, pwrite_all
 from .store import Repository, RepositoryError
 from .._errors import CbtBackupError
 from .._time import format_utc, parse_utc_or_none, utc_now

@@ -20,10 +20,10 @@ import errno
 import os
 import time
 
-from .qcow2 import MAX_RUN, Qcow2Chain, Qcow2Error
-from .raw_file import AtomicFile
+from .._image.qcow2 import MAX_RUN, Qcow2Chain, Qcow2Error
+from .._image.raw_file import AtomicFile
 from .store import Repository, RepositoryError, fd_sha256
-from .vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
+from .._image.vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
 __metaclass__ = type
 

@@ -50,8 +50,8 @@ from __future__ import absolute_import, division, print_function
 import datetime
 import os
 
-from .qcow2 import Qcow2Chain, Qcow2Writer
-from .raw_file import AtomicFile, fsync_directory
+from .._image.qcow2 import Qcow2Chain, Qcow2Writer
+from .._image.raw_file import AtomicFile, fsync_directory
 from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256
 from .._time import TimeFormatError, parse_utc, utc_now
 

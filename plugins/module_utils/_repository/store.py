@@ -35,7 +35,7 @@ import json
 import os
 import re
 
-from .raw_file import AtomicFile, fsync_directory, pwrite_all
+from .._image.raw_file import AtomicFile, fsync_directory, pwrite_all
 from .._errors import CbtBackupError
 from .._time import format_utc, normalize_if_time, utc_now
 

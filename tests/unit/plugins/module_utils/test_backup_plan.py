@@ -19,7 +19,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
     _backup_plan, _export, _nbd_access, _network_ops, _objects, _snapshot_ops, _time, _xenapi,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import xenlab
 
 __metaclass__ = type

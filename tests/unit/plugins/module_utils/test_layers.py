@@ -19,8 +19,7 @@ __metaclass__ = type
 
 LAYERS = (
     ('foundation', ('_errors', '_time', '_extents')),
-    ('protocols and formats', ('_xenapi', '_cbt', '_nbd.*', '_repository.raw_file', '_repository.qcow2',
-                               '_repository.vhd')),
+    ('protocols and formats', ('_xenapi', '_cbt', '_nbd.*', '_image.*')),
     ('XenAPI operations', ('_objects', '_cbt_ops', '_network_ops', '_snapshot_ops', '_changed_blocks_ops',
                            '_nbd_access', '_vdi_import')),
     ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspection',

@@ -32,7 +32,8 @@ CHILD = r'''
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, qcow2
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image import qcow2
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup
 args = json.loads(sys.argv[2])
 real_call = qcow2.Qcow2Writer.__call__
 def slow_call(self, offset, view):

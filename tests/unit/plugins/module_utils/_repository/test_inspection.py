@@ -16,7 +16,7 @@ import pytest
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, inspection, store
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Image
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Image
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 
 __metaclass__ = type

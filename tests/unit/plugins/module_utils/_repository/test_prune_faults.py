@@ -33,7 +33,8 @@ pytestmark = pytest.mark.interop
 CHILD = r'''
 import json, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import qcow2, retention, store
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image import qcow2
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention, store
 delay = float(sys.argv[4])
 if delay:
     real_call = qcow2.Qcow2Writer.__call__

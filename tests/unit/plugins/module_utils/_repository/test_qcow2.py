@@ -12,8 +12,8 @@ import threading
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import qcow2
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.raw_file import AtomicFile
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image import qcow2
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.raw_file import AtomicFile
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     K64, MIB, assert_qcow2_clean, assert_same_as_raw, feed, pieces, qemu_img, qemu_io, random_changes, random_disk,
 )

@@ -15,7 +15,7 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, report, retention
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (

@@ -18,9 +18,9 @@ import pytest
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export, _vdi_import
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore, store
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Writer
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.raw_file import AtomicFile
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.vhd import MAX_VHD_SIZE
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.raw_file import AtomicFile
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.vhd import MAX_VHD_SIZE
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import qemu_img
 

@@ -11,7 +11,7 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.qcow2 import Qcow2Image
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Image
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     assert_qcow2_clean, assert_same_as_raw,

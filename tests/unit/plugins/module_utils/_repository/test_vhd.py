@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import qcow2, vhd
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image import qcow2, vhd
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     K64, MIB, assert_same_as_raw, feed, pieces, qemu_img, random_changes, random_disk,
 )
