@@ -31,6 +31,7 @@ RAW_CHUNK = 4 * 1024 * 1024
 MIB = 1024 * 1024
 FORMATS = ('vhd', 'raw')
 
+
 class RestoreError(RepositoryError):
     """A point cannot be restored (missing, damaged chain, target refused); ``code`` names the condition."""
 
