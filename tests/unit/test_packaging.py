@@ -124,3 +124,27 @@ def test_built_artifact_contains_the_ee_files(tmp_path):
         names = set(tar.getnames())
     for relpath in shipped_files():
         assert relpath in names, '%s is missing from %s' % (relpath, tarballs[0])
+
+
+def changelog_sections():
+    config = load_yaml('changelogs/config.yaml')
+    return set(name for name, _title in config['sections']) | {config['trivial_section_name'], 'release_summary'}
+
+
+@pytest.mark.parametrize('fragment', sorted(os.listdir(os.path.join(ROOT, 'changelogs', 'fragments'))))
+def test_changelog_fragment_is_a_mapping_of_known_sections_to_entries(fragment):
+    """yamllint and antsibull-changelog read fragments strictly: a ': ' inside a plain entry breaks the file."""
+    relpath = 'changelogs/fragments/' + fragment
+    content = load_yaml(relpath)
+    assert isinstance(content, dict) and content, '%s is not a mapping of sections' % relpath
+    assert set(content) <= changelog_sections(), '%s has unknown sections %s' % (relpath, set(content) - changelog_sections())
+    for section, entries in content.items():
+        if section == 'release_summary':
+            assert isinstance(entries, str)
+            continue
+        assert isinstance(entries, list) and entries, '%s: %s is not a list of entries' % (relpath, section)
+        for entry in entries:
+            assert isinstance(entry, str), '%s: an entry of %s is not text: %r' % (relpath, section, entry)
+    with open(os.path.join(ROOT, relpath)) as handle:
+        for number, line in enumerate(handle, 1):
+            assert len(line.rstrip('\n')) <= 160, '%s:%d is longer than 160 characters (ansible-lint)' % (relpath, number)
