@@ -28,7 +28,7 @@ author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 attributes:
   check_mode:
-    description: Builds the report and returns it; writes no file.
+    description: Builds the report and returns it, and with O(dest) reports the change the write would be; writes no file.
     support: full
   diff_mode:
     description: Not supported.
@@ -314,12 +314,13 @@ def main():
     result = dict(changed=False, report=report, summary=summary_lines(report), path=None)
     if params['dest']:
         result['path'] = os.path.abspath(params['dest'])
+        result['changed'] = True  # every report records when it finished: writing one is always a change
         if not module.check_mode:
             try:
                 result['path'] = write_report(report, params['dest'])
-            except (IOError, OSError) as exc:
-                module.fail_json(msg='writing the report to %s failed: %s' % (params['dest'], exc), **result)
-            result['changed'] = True
+            except ReportError as exc:
+                result['changed'] = False
+                module.fail_json(msg=str(exc), error_code=exc.code, **result)
     module.exit_json(**result)
 
 

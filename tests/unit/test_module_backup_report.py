@@ -54,8 +54,10 @@ def test_module_writes_the_report(tmp_path):
 def test_module_check_mode_writes_nothing(tmp_path):
     dest = tmp_path / 'reports' / 'check.json'
     result, output = run_ansible('backup_report', arguments(tmp_path, dest=str(dest)), tmp_path, check=True)
-    assert not result['failed'] and not result['changed'] and result['path'] == str(dest)
+    # check mode predicts the change the real run makes (writing the file), and writes nothing
+    assert not result['failed'] and result['changed'] and result['path'] == str(dest)
     assert not os.path.exists(str(dest.parent))
+    assert not run_ansible('backup_report', arguments(tmp_path), tmp_path, check=True)[0]['changed']
     assert result['report']['vms'][0]['disks'][0]['status'] == 'ok' and SECRET not in json.dumps(result)
     # ``started`` is checked
     result = run_ansible('backup_report', arguments(tmp_path, started='soon'), tmp_path)[0]

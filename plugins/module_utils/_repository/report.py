@@ -21,7 +21,7 @@ import json
 import os
 
 from .._image.raw_file import AtomicFile, pwrite_all
-from .store import Repository, RepositoryError
+from .store import SPACE_ERRNOS, Repository, RepositoryError
 from .._errors import CbtBackupError
 from .._time import format_utc, parse_utc_or_none, utc_now
 
@@ -388,15 +388,22 @@ def write_report(report, dest):
     """Write ``report`` as JSON to ``dest`` atomically (temporary name, fsync, rename, fsync the directory).
 
     Missing parent directories are created (mode 0750); the file gets mode 0640. Returns the absolute path.
+    Raises ReportError (``NO_SPACE`` or ``REPORT_WRITE_FAILED``) when it cannot be written; an older report at
+    ``dest`` stays whole then.
     """
     path = os.path.abspath(dest)
-    _make_directories(os.path.dirname(path))
     data = json.dumps(report, indent=2, sort_keys=True).encode('utf-8') + b'\n'
-    out = AtomicFile(path)
     try:
-        pwrite_all(out.fd, data, 0)
-        out.commit(mode=REPORT_MODE)
-    except BaseException:
-        out.discard()
-        raise
+        _make_directories(os.path.dirname(path))
+        out = AtomicFile(path)
+        try:
+            pwrite_all(out.fd, data, 0)
+            out.commit(mode=REPORT_MODE)
+        except BaseException:
+            out.discard()
+            raise
+    except (IOError, OSError) as exc:
+        raise ReportError('writing the report to %s failed: %s; the previous report there, if any, is unchanged'
+                          % (path, exc.strerror or exc),
+                          code='NO_SPACE' if exc.errno in SPACE_ERRNOS else 'REPORT_WRITE_FAILED')
     return path

@@ -17,6 +17,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _expor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, report, retention
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers import full_disk
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
     K64, MIB, assert_qcow2_clean, feed, pieces,
@@ -433,9 +434,26 @@ def test_write_report_is_atomic_with_modes(tmp_path):
 def test_a_failed_write_leaves_no_temporary_file(tmp_path):
     target = tmp_path / 'reports' / 'taken.json'
     target.mkdir(parents=True)  # a directory where the file should go: the rename fails
-    with pytest.raises(OSError):
+    with pytest.raises(report.ReportError) as info:
         report.write_report(build([]), str(target))
+    assert info.value.code == 'REPORT_WRITE_FAILED' and str(target) in str(info.value)
     assert os.listdir(str(target.parent)) == ['taken.json'] and os.path.isdir(str(target))
+
+
+def test_a_full_disk_keeps_the_previous_report_whole(small_tmpfs):
+    mount_point = small_tmpfs(256)
+    target = os.path.join(mount_point, 'report.json')
+    report.write_report(build([]), target)
+    with open(target, 'rb') as handle:
+        previous = handle.read()
+    full_disk.fill(mount_point, 0)
+    big = dict(build([]), padding='x' * 512 * 1024)  # more than the whole file system
+    with pytest.raises(report.ReportError) as info:
+        report.write_report(big, target)
+    assert info.value.code == 'NO_SPACE'
+    with open(target, 'rb') as handle:
+        assert handle.read() == previous
+    assert sorted(os.listdir(os.path.dirname(target))) == ['filler', 'report.json']
 
 
 # -- with the real export ----------------------------------------------------------------------------
