@@ -53,7 +53,8 @@ options:
     default: []
   failures:
     description:
-      - What failed during the run, each with C(vm_uuid), C(vdi_uuid), C(step) (what the run was doing) and C(msg).
+      - What failed during the run, each with C(vm_uuid), C(vdi_uuid), C(step) (what the run was doing) and C(msg),
+        and optionally C(error_code) (the failed module's RV(error_code)).
       - A null C(vdi_uuid) concerns the whole VM (every disk of it that was not skipped fails); null C(vm_uuid) and
         C(vdi_uuid) concern the whole pool.
     type: list
@@ -76,6 +77,13 @@ options:
     description:
       - A label for the pool in the report and the summary, for example the inventory hostname.
     type: str
+  role_advice:
+    description:
+      - Add to each failure with a known C(error_code) what to do about it, in the variables of the
+        C(xenserver.cbt_backup.incremental_backup) role (for example C(incremental_backup_nbd_tls) where a module
+        message says C(tls)). The role sets it.
+    type: bool
+    default: false
   dest:
     description:
       - A file to write the report to, as JSON. Missing parent directories are created with mode C(0750); the file
@@ -148,10 +156,12 @@ report:
     failures:
       description:
         - Every failure of the run (O(failures) and the disks found without a restore point), each with C(vm_uuid),
-          C(vdi_uuid), C(step) and C(msg).
+          C(vdi_uuid), C(step), C(msg), C(error_code) (null when the failure gave none) and C(advice) (with
+          O(role_advice), what to do in the role's variables; else null).
       type: list
       elements: dict
-      sample: [{vm_uuid: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f, vdi_uuid: null, step: snapshot, msg: VM is busy}]
+      sample: [{vm_uuid: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f, vdi_uuid: null, step: snapshot, msg: VM is busy,
+                error_code: OTHER_OPERATION_IN_PROGRESS, advice: null}]
     warnings:
       description: Every warning (O(warnings) and repositories that could not be read), in the same shape.
       type: list
@@ -287,6 +297,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._role_advice import role_advice
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.report import (
     ReportError, build_report, summary_lines, write_report,
 )
@@ -301,6 +312,7 @@ def main():
             warnings=dict(type='list', elements='dict', default=[]),
             started=dict(type='str', required=True),
             pool=dict(type='str'),
+            role_advice=dict(type='bool', default=False),
             dest=dict(type='path'),
         ),
         supports_check_mode=True,
@@ -308,7 +320,8 @@ def main():
     params = module.params
     try:
         report = build_report(params['plan'], snapshots=params['snapshots'], failures=params['failures'],
-                              warnings=params['warnings'], started=params['started'], pool=params['pool'])
+                              warnings=params['warnings'], started=params['started'], pool=params['pool'],
+                              advice=role_advice if params['role_advice'] else None)
     except ReportError as exc:
         module.fail_json(msg=str(exc), error_code=exc.code)
     result = dict(changed=False, report=report, summary=summary_lines(report), path=None)

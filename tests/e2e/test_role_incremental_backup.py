@@ -107,6 +107,11 @@ def test_first_run_backs_up_the_good_vms_and_reports_the_bad_one(lab):
     # The VM snapshot was still tried (a full backup is better than none) and failed as well.
     snapshot_failure = [f for f in report['failures'] if f['step'] == 'snapshot']
     assert len(snapshot_failure) == 1 and 'on_boot=reset' in snapshot_failure[0]['msg']
+    # Each failure keeps the module's error code and says what to do in the role's variables, also in the play.
+    cbt_failure = [f for f in report['failures'] if f['step'] == 'enable_cbt'][0]
+    assert cbt_failure['error_code'] == snapshot_failure[0]['error_code'] == 'VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION'
+    assert 'incremental_backup_skip_disks' in cbt_failure['advice']
+    assert 'What to do: ' + cbt_failure['advice'] in out
     assert report['totals']['failed'] == 1 and report['totals']['ok'] == EXTRA_VMS
     # Every snapshot left on the host is a CBT anchor, one per backed-up disk.
     assert data_bearing_snapshots(lab) == []

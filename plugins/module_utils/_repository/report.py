@@ -67,13 +67,21 @@ def _dicts(items):
 
 
 def _record(item):
-    """A failure or warning record with only its four fields."""
+    """A warning record with only its four fields."""
     return {
         'vm_uuid': _text(item.get('vm_uuid')) or None,
         'vdi_uuid': _text(item.get('vdi_uuid')) or None,
         'step': _text(item.get('step')),
         'msg': _text(item.get('msg')) or '',
     }
+
+
+def _failure_record(item, advice=None):
+    """A failure record: a warning's fields plus ``error_code`` and ``advice`` (``advice(code)``, or None)."""
+    record = _record(item)
+    record['error_code'] = _text(item.get('error_code')) or None
+    record['advice'] = (advice(record['error_code']) if advice and record['error_code'] else None) or None
+    return record
 
 
 def _read_points(repository):
@@ -183,8 +191,8 @@ def _disk_report(vm_uuid, disk, snapshots_by_disk, failures, warnings, report_fa
         entry['status'] = 'failed'
         entry['step'] = REPORT_STEP
         entry['error'] = read_error or NO_POINT
-        report_failures.append({'vm_uuid': vm_uuid, 'vdi_uuid': vdi_uuid, 'step': REPORT_STEP,
-                                'msg': entry['error']})
+        report_failures.append(_failure_record({'vm_uuid': vm_uuid, 'vdi_uuid': vdi_uuid, 'step': REPORT_STEP,
+                                                'msg': entry['error']}))
     return entry
 
 
@@ -202,10 +210,11 @@ def _vm_status(disks, vm_failures):
     return 'partial'
 
 
-def build_report(plan, snapshots=None, failures=None, warnings=None, started=None, pool=None, now=None):
+def build_report(plan, snapshots=None, failures=None, warnings=None, started=None, pool=None, now=None, advice=None):
     """The report dict (see the ``backup_report`` module's RETURN for its fields).
 
-    ``now``: the run's end (an aware datetime; default: the current time).
+    ``now``: the run's end (an aware datetime; default: the current time). ``advice``: a function from an error
+    code to the remedy in the caller's vocabulary (or None), added to each failure as ``advice``.
     """
     started_at = parse_utc_or_none(started)
     if started_at is None:
@@ -219,7 +228,7 @@ def build_report(plan, snapshots=None, failures=None, warnings=None, started=Non
             snapshots_by_disk.setdefault(disk, [])
             if uuid not in snapshots_by_disk[disk]:
                 snapshots_by_disk[disk].append(uuid)
-    failure_records = [_record(item) for item in _dicts(failures)]
+    failure_records = [_failure_record(item, advice) for item in _dicts(failures)]
     warning_records = [_record(item) for item in _dicts(warnings)]
     found_failures, found_warnings = [], []
 
@@ -360,8 +369,8 @@ def summary_lines(report):
 
     for kind, records in (('FAILED', report['failures']), ('WARNING', report['warnings'])):
         for record in records:
-            lines.append('%s %s at %s: %s' % (kind, label(record), record['step'] or 'unknown step',
-                                              _one_line(record['msg'])))
+            line = '%s %s at %s: %s' % (kind, label(record), record['step'] or 'unknown step', _one_line(record['msg']))
+            lines.append(line + (' What to do: %s' % record['advice'] if record.get('advice') else ''))
     return lines
 
 

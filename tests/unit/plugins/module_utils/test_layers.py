@@ -24,7 +24,7 @@ LAYERS = (
                            '_nbd_access', '_vdi_import')),
     ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspection',
                     '_repository.rebuild', '_repository.report')),
-    ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export', '_verify')),
+    ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export', '_verify', '_role_advice')),
     ('Ansible adapter', ('_xenapi_module',)),
 )
 ADAPTER = 'Ansible adapter'

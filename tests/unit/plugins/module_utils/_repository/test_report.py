@@ -197,8 +197,8 @@ def test_a_snapshot_without_a_point_fails_the_disk(tmp_path):
     assert disk_of(result, 'disk-a')['snapshot_uuid'] == 'snap-a1'
     assert result['vms'][0]['status'] == 'failed' and result['totals']['failed'] == 2
     assert result['failures'] == [
-        {'vm_uuid': VM, 'vdi_uuid': 'disk-a', 'step': 'report', 'msg': report.NO_POINT},
-        {'vm_uuid': VM, 'vdi_uuid': 'disk-b', 'step': 'report', 'msg': report.NO_POINT},
+        {'vm_uuid': VM, 'vdi_uuid': 'disk-a', 'step': 'report', 'msg': report.NO_POINT, 'error_code': None, 'advice': None},
+        {'vm_uuid': VM, 'vdi_uuid': 'disk-b', 'step': 'report', 'msg': report.NO_POINT, 'error_code': None, 'advice': None},
     ]
     lines = report.summary_lines(result)
     assert lines[0] == 'demo-vm/demo-vm-disk-a (xvda 0): incremental (CHAIN_OK) failed at report  1 point'
@@ -378,7 +378,7 @@ def test_nothing_but_the_listed_fields_is_copied(tmp_path):
     assert secret not in dumped
     assert disk_of(result, 'disk-a')['vdi_name'] is None and result['vms'][0]['name'] is None
     assert report.summary_lines(result)[0].startswith('vm-1111/disk-a (xvda 0): incremental (CHAIN_OK) failed')
-    assert sorted(result['failures'][0]) == ['msg', 'step', 'vdi_uuid', 'vm_uuid']
+    assert sorted(result['failures'][0]) == ['advice', 'error_code', 'msg', 'step', 'vdi_uuid', 'vm_uuid']
 
 
 def test_times():
