@@ -54,7 +54,7 @@ options:
   failures:
     description:
       - What failed during the run, each with C(vm_uuid), C(vdi_uuid), C(step) (what the run was doing) and C(msg),
-        and optionally C(error_code) (the failed module's RV(error_code)).
+        and optionally C(error_code) (the failed module's C(error_code) result).
       - A null C(vdi_uuid) concerns the whole VM (every disk of it that was not skipped fails); null C(vm_uuid) and
         C(vdi_uuid) concern the whole pool.
     type: list
