@@ -122,7 +122,7 @@ def worker_main():
 
 
 def _engine_target(spec):
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
     kwargs = {'timeout': spec['timeout']} if 'timeout' in spec else {}
     return _export.make_target(spec['info'], tls=spec['tls'], client_cert=spec.get('client_cert'),
                                client_key=spec.get('client_key'), **kwargs)
@@ -133,7 +133,8 @@ def _null_sink(offset, view):  # pylint: disable=unused-argument
 
 
 def run_engine(spec):
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import reader as reader_mod
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 
@@ -237,7 +238,7 @@ def _libnbd_handle_loop(handle, uri, work, depth, out_fd, counters, errors):
 
 def run_libnbd(spec):
     import nbd
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._extents import split
 
     started = time.monotonic()
@@ -605,7 +606,7 @@ def main(argv=None):
         parser.error('nbdcopy not found (Debian package libnbd-bin)')
 
     setup_collection_path()
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._extents import total_length
     from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image
     from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.pki import make_pki

@@ -199,9 +199,10 @@ repositories:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.inspection import (
-    DEFAULT_MAX_DEPTH, list_repositories,
+    DEFAULT_MAX_DEPTH,
+    list_repositories,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
 

@@ -330,7 +330,8 @@ summary:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _backup_plan, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import plan as _backup_plan
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
 
 def main():

@@ -148,11 +148,10 @@ recovery_pending:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import (
-    SPACE_ERRNOS, Repository)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import SPACE_ERRNOS, Repository
 
 
 def main():

@@ -297,9 +297,12 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._role_advice import role_advice
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.role_advice import role_advice
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.report import (
-    ReportError, build_report, summary_lines, write_report,
+    ReportError,
+    build_report,
+    summary_lines,
+    write_report,
 )
 
 

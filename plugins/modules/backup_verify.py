@@ -258,15 +258,17 @@ spot_check:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _verify, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import verify as _verify
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
-    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspection, rebuild
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
 
 def main():

@@ -116,8 +116,8 @@ network:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._network_ops import ensure_purpose
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops.network import ensure_purpose
 
 
 def main():

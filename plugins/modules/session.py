@@ -83,8 +83,8 @@ url:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
 
 def main():

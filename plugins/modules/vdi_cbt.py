@@ -101,8 +101,8 @@ disks:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._cbt_ops import ensure_cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops.cbt import ensure_cbt
 
 
 def main():

@@ -178,8 +178,8 @@ snapshot:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _changed_blocks_ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import changed_blocks as _changed_blocks_ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
 
 def main():

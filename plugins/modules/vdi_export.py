@@ -310,13 +310,15 @@ reconnects:
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_export, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdOptionError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import MAX_CONNECTIONS
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls import (
-    CRYPTOGRAPHY_IMPORT_ERROR, HAS_CRYPTOGRAPHY,
+    CRYPTOGRAPHY_IMPORT_ERROR,
+    HAS_CRYPTOGRAPHY,
 )
 
 

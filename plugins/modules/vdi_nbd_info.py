@@ -113,7 +113,9 @@ vdi:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _nbd_access, _objects, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import nbd_access as _nbd_access
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import model as _objects
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
 
 def gather(module, client):

@@ -193,13 +193,16 @@ throughput_mib_s:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_import, _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Error
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.restore import (
-    RestoreError, RestoreSource, restore_to_file,
+    RestoreError,
+    RestoreSource,
+    restore_to_file,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.vhd import VhdError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
 
 def main():

@@ -225,8 +225,8 @@ attempts:
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _snapshot_ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import snapshot as _snapshot_ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
 
 def main():

@@ -27,9 +27,7 @@ sys.path.insert(0, ROOT)
 import conftest  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
 
 # The repository's own file hash: the demo checks restored disks the way backup_verify checks points.
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import (  # noqa: E402 pylint: disable=wrong-import-position
-    file_sha256 as sha256,
-)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import file_sha256 as sha256
 
 __metaclass__ = type
 

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 import conftest  # noqa: E402,F401 pylint: disable=wrong-import-position,unused-import
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt  # noqa: E402 pylint: disable=wrong-import-position
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers import nbd_servers, pki  # noqa: E402 pylint: disable=wrong-import-position
 
 __metaclass__ = type

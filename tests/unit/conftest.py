@@ -26,7 +26,7 @@ from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers imp
     ServerFactory,
     make_disk_image,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import client as _xenapi
 from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.pki import make_pki
 

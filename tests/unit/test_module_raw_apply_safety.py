@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path, run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.full_disk import fill
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import (
@@ -77,7 +78,7 @@ def test_an_apply_killed_midway_is_finished_by_the_next_run(disk, tmp_path):
         snapshot_one = handle.read()
     script = (
         'import os, signal\n'
-        'from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export\n'
+        'from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export\n'
         'def checkpoint(step):\n'
         '    if step == "applying":\n'
         '        os.kill(os.getpid(), signal.SIGKILL)\n'

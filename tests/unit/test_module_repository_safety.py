@@ -16,7 +16,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import store
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.full_disk import fill

@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import client as _xenapi
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 
 __metaclass__ = type

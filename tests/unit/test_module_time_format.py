@@ -13,7 +13,8 @@ import os
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _time
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _time
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 

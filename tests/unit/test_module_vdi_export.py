@@ -6,7 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import (
     file_sha256, make_disk_image, rewrite_random_blocks,

@@ -15,10 +15,12 @@ import re
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import errors, tls
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import (
-    ConnectionTarget, NbdConnection, validate_options,
+    ConnectionTarget,
+    NbdConnection,
+    validate_options,
 )
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_nbd_server import FakeNbdServer, image_bytes

@@ -24,8 +24,16 @@ import time
 
 from . import protocol as p
 from .errors import (
-    NbdConnectError, NbdConnectionLost, NbdExportRefused, NbdHandshakeInterrupted, NbdHandshakeTimeout,
-    NbdOptionError, NbdProtocolError, NbdServerError, NbdTimeout, NbdTlsError,
+    NbdConnectError,
+    NbdConnectionLost,
+    NbdExportRefused,
+    NbdHandshakeInterrupted,
+    NbdHandshakeTimeout,
+    NbdOptionError,
+    NbdProtocolError,
+    NbdServerError,
+    NbdTimeout,
+    NbdTlsError,
 )
 from .tls import describe_session, is_legacy_cipher
 

@@ -14,7 +14,7 @@ from __future__ import absolute_import, division, print_function
 import os
 import time
 
-from .. import _export
+from .._backup import export as _export
 from . import retention
 from .._image.qcow2 import Qcow2Writer
 from .store import Repository, RepositoryError

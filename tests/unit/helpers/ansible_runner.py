@@ -9,7 +9,7 @@ import shutil
 import subprocess
 import sys
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
 
 __metaclass__ = type
 

@@ -15,9 +15,17 @@ import shutil
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
-    _backup_plan, _export, _nbd_access, _network_ops, _objects, _snapshot_ops, _time, _xenapi,
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _time
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import (
+    plan as _backup_plan,
+    export as _export,
 )
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import (
+    nbd_access as _nbd_access,
+    network as _network_ops,
+    snapshot as _snapshot_ops,
+)
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import model as _objects, client as _xenapi
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, retention, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import xenlab

@@ -4,9 +4,9 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _changed_blocks_ops as cbo
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import changed_blocks as cbo
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils.test_snapshot_ops import (
     K64, FakeClient, _uuid, host_error,
 )

@@ -8,7 +8,7 @@ import importlib
 import pytest
 import yaml
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
 __metaclass__ = type
 

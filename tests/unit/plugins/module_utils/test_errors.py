@@ -11,10 +11,10 @@ import os
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins import module_utils
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
 __metaclass__ = type
 
@@ -40,8 +40,8 @@ def exception_classes():
 
 def test_the_walk_finds_the_domain_errors():
     names = set(exception_classes())
-    for expected in ('_xenapi.XenApiError', 'store.RepositoryError', 'errors.NbdTimeout', 'qcow2.Qcow2Error',
-                     '_export.ExportError', '_cbt.BitmapError', '_errors.CbtBackupError'):
+    for expected in ('client.XenApiError', 'store.RepositoryError', 'errors.NbdTimeout', 'qcow2.Qcow2Error',
+                     'export.ExportError', 'cbt_bitmap.BitmapError', '_errors.CbtBackupError'):
         assert expected in names
 
 

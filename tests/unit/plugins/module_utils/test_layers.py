@@ -19,13 +19,12 @@ __metaclass__ = type
 
 LAYERS = (
     ('foundation', ('_errors', '_time', '_extents')),
-    ('protocols and formats', ('_xenapi', '_cbt', '_nbd.*', '_image.*')),
-    ('XenAPI operations', ('_objects', '_cbt_ops', '_network_ops', '_snapshot_ops', '_changed_blocks_ops',
-                           '_nbd_access', '_vdi_import')),
+    ('protocols and formats', ('_xenapi.client', '_xenapi.cbt_bitmap', '_nbd.*', '_image.*')),
+    ('XenAPI operations', ('_xenapi.model', '_xenapi.ops.*')),
     ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspection',
                     '_repository.rebuild', '_repository.report')),
-    ('use cases', ('_export', '_repository.backup', '_backup_plan', '_vdi_export', '_verify', '_role_advice')),
-    ('Ansible adapter', ('_xenapi_module',)),
+    ('use cases', ('_backup.*', '_repository.backup')),
+    ('Ansible adapter', ('_ansible.*',)),
 )
 ADAPTER = 'Ansible adapter'
 PREFIX = 'ansible_collections.xenserver.cbt_backup.plugins.module_utils.'
@@ -133,9 +132,9 @@ def test_only_the_adapter_imports_ansible():
 
 
 @pytest.mark.parametrize('graph, problem', [
-    ({'_errors': {'_xenapi'}, '_xenapi': {'_errors'}}, 'upward'),
-    ({'_repository.store': {'_export'}, '_export': set()}, 'upward'),
-    ({'_objects': {'_cbt_ops'}, '_cbt_ops': {'_objects'}}, 'cycle'),
+    ({'_errors': {'_xenapi.client'}, '_xenapi.client': {'_errors'}}, 'upward'),
+    ({'_repository.store': {'_backup.export'}, '_backup.export': set()}, 'upward'),
+    ({'_xenapi.model': {'_xenapi.ops.cbt'}, '_xenapi.ops.cbt': {'_xenapi.model'}}, 'cycle'),
 ])
 def test_the_checks_catch_what_they_are_for(graph, problem):
     if problem == 'upward':

@@ -4,8 +4,8 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _network_ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiClient, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
 
 __metaclass__ = type
 

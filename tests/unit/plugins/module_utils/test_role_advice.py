@@ -9,7 +9,7 @@ import re
 import yaml
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import report
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._role_advice import ROLE_ADVICE, role_advice
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.role_advice import ROLE_ADVICE, role_advice
 
 __metaclass__ = type
 

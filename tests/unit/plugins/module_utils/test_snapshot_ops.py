@@ -7,8 +7,8 @@ import xmlrpc.client
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _snapshot_ops as ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiClient, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import snapshot as ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
 
 __metaclass__ = type
 

@@ -15,9 +15,13 @@ import signal
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import (
-    _export, _nbd_access, _network_ops, _objects, _snapshot_ops, _xenapi,
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import (
+    nbd_access as _nbd_access,
+    network as _network_ops,
+    snapshot as _snapshot_ops,
 )
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import model as _objects, client as _xenapi
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 
 __metaclass__ = type

@@ -5,7 +5,8 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _objects, _snapshot_ops, _xenapi
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import model as _objects, client as _xenapi
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import snapshot as _snapshot_ops
 
 __metaclass__ = type
 

@@ -5,8 +5,8 @@ from __future__ import absolute_import, division, print_function
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _vdi_export
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import NULL_REF, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import NULL_REF, XenApiError
 
 __metaclass__ = type
 

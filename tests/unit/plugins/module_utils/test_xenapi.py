@@ -7,7 +7,8 @@ import threading
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _nbd_access, _objects, _xenapi
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import nbd_access as _nbd_access
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import model as _objects, client as _xenapi
 
 __metaclass__ = type
 

@@ -37,7 +37,7 @@ def main(argv):
     max_seconds = float(argv[3]) if len(argv) > 3 else 120.0
     sys.path.insert(0, collections_root())
     # pylint: disable-next=import-outside-toplevel
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._export import make_target
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.export import make_target
     # pylint: disable-next=import-outside-toplevel
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 

@@ -17,8 +17,8 @@ import traceback
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import errors
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import protocol as p
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection

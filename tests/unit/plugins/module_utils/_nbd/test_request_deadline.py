@@ -16,10 +16,11 @@ import time
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import errors
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import (
-    HANDSHAKE_TIMEOUTS, NbdConnection,
+    HANDSHAKE_TIMEOUTS,
+    NbdConnection,
 )
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import ExtentReader
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module

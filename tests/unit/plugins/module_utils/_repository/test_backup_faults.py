@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, store
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import collections_path
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
@@ -31,7 +32,7 @@ K64 = 64 * 1024
 CHILD = r'''
 import json, sys, time
 sys.path.insert(0, sys.argv[1])
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image import qcow2
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup
 args = json.loads(sys.argv[2])

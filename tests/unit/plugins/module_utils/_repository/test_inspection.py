@@ -13,7 +13,8 @@ import shutil
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, inspection, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Image

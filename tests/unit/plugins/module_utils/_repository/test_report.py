@@ -13,7 +13,7 @@ import stat
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, report, retention
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import Repository

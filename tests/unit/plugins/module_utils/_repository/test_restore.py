@@ -15,8 +15,10 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils import _cbt, _export, _vdi_import
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore, store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.raw_file import AtomicFile

@@ -14,12 +14,12 @@ from __future__ import absolute_import, division, print_function
 
 import os
 
-from ._objects import find_vm, vm_disks
-from ._time import parse_utc_or_none, utc_now
-from ._repository.retention import acceptable_file_sizes
-from ._repository.store import MANIFEST, Repository, RepositoryError
-from ._snapshot_ops import SNAPSHOT_MARKER, xenapi_time, skip_matches
-from ._xenapi import GONE_CODES, UUID_RE, XenApiError
+from .._xenapi.model import find_vm, vm_disks
+from .._time import parse_utc_or_none, utc_now
+from .._repository.retention import acceptable_file_sizes
+from .._repository.store import MANIFEST, Repository, RepositoryError
+from .._xenapi.ops.snapshot import SNAPSHOT_MARKER, xenapi_time, skip_matches
+from .._xenapi.client import GONE_CODES, UUID_RE, XenApiError
 
 __metaclass__ = type
 

@@ -9,8 +9,8 @@ Plain Python over an open XenApiClient (no Ansible imports).
 
 from __future__ import absolute_import, division, print_function
 
-from ._objects import USER_DISK_TYPES, find_vdi, find_vm, sr_allows, vm_disks
-from ._xenapi import XenApiError, explain
+from ..model import USER_DISK_TYPES, find_vdi, find_vm, sr_allows, vm_disks
+from ..client import XenApiError, explain
 
 __metaclass__ = type
 

@@ -9,7 +9,7 @@ Export names carry the caller's session reference: never log or return them outs
 
 from __future__ import absolute_import, division, print_function
 
-from ._xenapi import XenApiError
+from ..client import XenApiError
 
 __metaclass__ = type
 

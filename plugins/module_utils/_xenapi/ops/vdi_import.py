@@ -19,8 +19,8 @@ import socket
 import ssl
 import time
 
-from ._objects import live_vbds
-from ._xenapi import NULL_REF, XenApiError, explain
+from ..model import live_vbds
+from ..client import NULL_REF, XenApiError, explain
 
 try:
     import http.client as http_client
@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - Python 2 is not supported, kept for th
     http_client = None
     quote = urlsplit = None
 
-from ._errors import CbtBackupError
+from ..._errors import CbtBackupError
 
 __metaclass__ = type
 

@@ -13,7 +13,7 @@ import re
 import socket
 import ssl
 
-from ._errors import CbtBackupError
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 

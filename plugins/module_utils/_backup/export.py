@@ -32,14 +32,20 @@ import json
 import os
 import stat
 
-from . import _cbt
-from ._extents import CBT_BLOCK_SIZE, total_length
-from ._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
-from ._nbd.reader import DEFAULT_CONNECTIONS, DEFAULT_REQUEST_SIZE, DEFAULT_REQUESTS_IN_FLIGHT, DEFAULT_RETRIES, ExtentReader
-from ._nbd.tls import TlsSettings
-from ._image.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
-from ._repository.store import SPACE_ERRNOS, write_file_atomically
-from ._errors import CbtBackupError
+from .._xenapi import cbt_bitmap as _cbt
+from .._extents import CBT_BLOCK_SIZE, total_length
+from .._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
+from .._nbd.reader import (
+    DEFAULT_CONNECTIONS,
+    DEFAULT_REQUEST_SIZE,
+    DEFAULT_REQUESTS_IN_FLIGHT,
+    DEFAULT_RETRIES,
+    ExtentReader,
+)
+from .._nbd.tls import TlsSettings
+from .._image.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
+from .._repository.store import SPACE_ERRNOS, write_file_atomically
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 

@@ -9,8 +9,8 @@ Plain Python over an open XenApiClient (no Ansible imports).
 
 from __future__ import absolute_import, division, print_function
 
-from ._objects import find_network
-from ._xenapi import XenApiError, explain
+from ..model import find_network
+from ..client import XenApiError, explain
 
 __metaclass__ = type
 

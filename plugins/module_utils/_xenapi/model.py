@@ -9,7 +9,7 @@ Plain Python over an open XenApiClient; lookups accept a uuid or a name_label.
 
 from __future__ import absolute_import, division, print_function
 
-from ._xenapi import GONE_CODES, NULL_REF, UUID_RE, XenApiError
+from .client import GONE_CODES, NULL_REF, UUID_RE, XenApiError
 
 __metaclass__ = type
 

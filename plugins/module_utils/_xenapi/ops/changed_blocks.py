@@ -9,10 +9,10 @@ Plain Python over an open XenApiClient (no Ansible imports); failures are XenApi
 
 from __future__ import absolute_import, division, print_function
 
-from . import _cbt
-from ._objects import find_snapshot_if_exists, find_vdi
-from ._snapshot_ops import describe_snapshot, rewrap
-from ._xenapi import GONE_CODES, NULL_REF, XenApiError
+from .. import cbt_bitmap as _cbt
+from ..model import find_snapshot_if_exists, find_vdi
+from .snapshot import describe_snapshot, rewrap
+from ..client import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 

@@ -12,9 +12,11 @@ disk) is tested without an Ansible run.
 
 from __future__ import absolute_import, division, print_function
 
-from . import _changed_blocks_ops, _export, _nbd_access, _objects, _snapshot_ops
-from ._repository.backup import already_exported, export_to_repository
-from ._xenapi import GONE_CODES, NULL_REF, XenApiError
+from .._xenapi.ops import changed_blocks as _changed_blocks_ops, nbd_access as _nbd_access, snapshot as _snapshot_ops
+from . import export as _export
+from .._xenapi import model as _objects
+from .._repository.backup import already_exported, export_to_repository
+from .._xenapi.client import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 

@@ -10,10 +10,8 @@ from __future__ import absolute_import, division, print_function
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import (
-    HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError,
-)
+from .._errors import CbtBackupError
+from .._xenapi.client import HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError
 
 __metaclass__ = type
 

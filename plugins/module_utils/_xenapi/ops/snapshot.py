@@ -11,9 +11,9 @@ from __future__ import absolute_import, division, print_function
 
 import time
 
-from ._time import format_utc, parse_utc_or_none, utc_now
-from ._objects import find_snapshot_if_exists, find_vdi, find_vm, is_disk_vbd, vm_disks
-from ._xenapi import GONE_CODES, NULL_REF, XenApiError
+from ..._time import format_utc, parse_utc_or_none, utc_now
+from ..model import find_snapshot_if_exists, find_vdi, find_vm, is_disk_vbd, vm_disks
+from ..client import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 

@@ -16,8 +16,8 @@ import base64
 import binascii
 import re
 
-from ._extents import CBT_BLOCK_SIZE
-from ._errors import CbtBackupError
+from .._extents import CBT_BLOCK_SIZE
+from .._errors import CbtBackupError
 
 __metaclass__ = type
 

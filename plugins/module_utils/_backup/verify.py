@@ -8,11 +8,13 @@ Note that this module util is **PRIVATE** to the collection. It can have breakin
 
 from __future__ import absolute_import, division, print_function
 
-from . import _export, _nbd_access, _objects
-from ._nbd.connection import NbdConnection
-from ._repository import inspection
-from ._repository.store import Repository
-from ._xenapi import XenApiError
+from . import export as _export
+from .._xenapi.ops import nbd_access as _nbd_access
+from .._xenapi import model as _objects
+from .._nbd.connection import NbdConnection
+from .._repository import inspection
+from .._repository.store import Repository
+from .._xenapi.client import XenApiError
 
 __metaclass__ = type
 
