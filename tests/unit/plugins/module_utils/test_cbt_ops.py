@@ -1,11 +1,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vdi_cbt logic over a fake XenAPI client."""
+"""vdi_cbt logic over the fake XenAPI (tests/unit/helpers/fake_xenapi.py)."""
 from __future__ import absolute_import, division, print_function
 
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import cbt as _cbt_ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_xenapi import FakeXenApi
 
 __metaclass__ = type
 
@@ -23,14 +24,12 @@ def _vdi(n, name, sr='OpaqueRef:local', **fields):
     return record
 
 
-class FakeClient:
-    find = XenApiClient.find
+class FakeClient(FakeXenApi):
+    """Disks, a VM with a CD, a VM with an on_boot=reset disk, an SR without CBT; CBT switches per disk, with
+    host refusals per disk in ``fail_refs``."""
 
     def __init__(self):
-        self.calls = []
-        self.fail = {}
-        self.fail_refs = {}
-        self.objects = {
+        super(FakeClient, self).__init__({
             'SR': {
                 'OpaqueRef:local': {'uuid': _uuid(90), 'name_label': 'Local storage', 'type': 'ext',
                                     'allowed_operations': list(CBT_OPS)},
@@ -58,36 +57,23 @@ class FakeClient:
                 'OpaqueRef:b2': {'type': 'Disk', 'VDI': 'OpaqueRef:d0', 'userdevice': '0', 'empty': False},
                 'OpaqueRef:b3': {'type': 'Disk', 'VDI': 'OpaqueRef:scratch', 'userdevice': '1', 'empty': False},
             },
-        }
+        })
+        self.fail_refs = {}
 
-    def call(self, method, *args):
-        self.calls.append(method)
-        if method in self.fail:
-            raise self.fail[method]
-        cls, name = method.split('.')
-        table = self.objects[cls]
-        if name == 'get_by_uuid':
-            for ref, rec in table.items():
-                if rec['uuid'] == args[0]:
-                    return ref
-            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
-        if name == 'get_by_name_label':
-            return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
-        if name == 'get_record':
-            return dict(table[args[0]])
-        if name == 'get_allowed_operations':
-            return list(table[args[0]]['allowed_operations'])
-        if name == 'get_cbt_enabled':
-            return table[args[0]]['cbt_enabled']
-        if name in ('enable_cbt', 'disable_cbt'):
-            if args[0] in self.fail_refs:
-                raise self.fail_refs[args[0]]
-            table[args[0]]['cbt_enabled'] = name == 'enable_cbt'
-            return ''
-        raise AssertionError(method)
+    def _switch_cbt(self, vdi, enabled):
+        if vdi in self.fail_refs:
+            raise self.fail_refs[vdi]
+        self.objects['VDI'][vdi]['cbt_enabled'] = enabled
+        return ''
+
+    def _VDI_enable_cbt(self, vdi):
+        return self._switch_cbt(vdi, True)
+
+    def _VDI_disable_cbt(self, vdi):
+        return self._switch_cbt(vdi, False)
 
     def changes(self):
-        return [c for c in self.calls if c.endswith('able_cbt')]
+        return [method for method in self.methods() if method.endswith('able_cbt')]
 
 
 @pytest.fixture
@@ -144,7 +130,7 @@ def test_sr_without_cbt_is_named(client, check_mode):
 def test_disabling_a_disabled_disk_on_an_sr_without_cbt_is_fine(client):
     result = _cbt_ops.ensure_cbt(client, vdi='tools.iso', enabled=False)
     assert result['changed'] is False
-    assert 'SR.get_allowed_operations' not in client.calls
+    assert 'SR.get_allowed_operations' not in client.methods()
 
 
 def test_on_boot_reset_is_named_and_nothing_changes(client):
@@ -173,7 +159,7 @@ def test_host_refusal_is_translated_and_keeps_the_disks_done(client):
     ('VDI_IS_SHARABLE', ['OpaqueRef:d0'], 'sharable'),
 ])
 def test_other_host_errors_name_the_disk(client, code, params, words):
-    client.fail['VDI.enable_cbt'] = XenApiError(from_host=True, message='VDI.enable_cbt failed', code=code, params=params)
+    client.fail['VDI.enable_cbt'] = [XenApiError(from_host=True, message='VDI.enable_cbt failed', code=code, params=params)]
     with pytest.raises(_cbt_ops.CbtError) as info:
         _cbt_ops.ensure_cbt(client, vdi='disk0')
     assert info.value.code == code and info.value.params == params

@@ -1,11 +1,12 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""nbd_network logic over a fake XenAPI client."""
+"""nbd_network logic over the fake XenAPI (tests/unit/helpers/fake_xenapi.py)."""
 from __future__ import absolute_import, division, print_function
 
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_xenapi import FakeXenApi
 
 __metaclass__ = type
 
@@ -13,15 +14,11 @@ UUID_A = '11111111-1111-4111-8111-111111111111'
 UUID_B = '22222222-2222-4222-8222-222222222222'
 
 
-class FakeClient:
-    """Just enough XenAPI: networks and PIFs, purposes with xapi's pool-wide exclusion."""
-
-    find = XenApiClient.find
+class FakeClient(FakeXenApi):
+    """Networks and PIFs, purposes with xapi's pool-wide exclusion left to the code under test."""
 
     def __init__(self):
-        self.calls = []
-        self.fail_add = []  # errors add_purpose raises, first one first
-        self.objects = {
+        super(FakeClient, self).__init__({
             'network': {
                 'OpaqueRef:a': {'uuid': UUID_A, 'name_label': 'backup-net', 'purpose': [], 'PIFs': ['OpaqueRef:pa'],
                                 'managed': True},
@@ -32,37 +29,18 @@ class FakeClient:
                 'OpaqueRef:pa': {'currently_attached': True, 'IP': '192.0.2.10', 'IPv6': []},
                 'OpaqueRef:pb': {'currently_attached': True, 'IP': '', 'IPv6': ['2001:db8::1/64']},
             },
-        }
+        })
 
-    def call(self, method, *args):
-        self.calls.append(method)
-        cls, name = method.split('.')
-        table = self.objects[cls]
-        if name == 'get_by_uuid':
-            for ref, rec in table.items():
-                if rec['uuid'] == args[0]:
-                    return ref
-            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
-        if name == 'get_by_name_label':
-            return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
-        if name == 'get_record':
-            return dict(table[args[0]], purpose=list(table[args[0]].get('purpose', [])))
-        if name == 'get_all_records':
-            return dict((ref, dict(rec)) for ref, rec in table.items())
-        if name == 'get_purpose':
-            return list(table[args[0]]['purpose'])
-        if name == 'add_purpose':
-            if self.fail_add:
-                raise self.fail_add.pop(0)
-            table[args[0]]['purpose'].insert(0, args[1])
-            return ''
-        if name == 'remove_purpose':
-            table[args[0]]['purpose'].remove(args[1])
-            return ''
-        raise AssertionError(method)
+    def _network_add_purpose(self, network, purpose):
+        self.objects['network'][network]['purpose'].insert(0, purpose)
+        return ''
+
+    def _network_remove_purpose(self, network, purpose):
+        self.objects['network'][network]['purpose'].remove(purpose)
+        return ''
 
     def changes(self):
-        return [c for c in self.calls if c.endswith('_purpose') and c != 'network.get_purpose']
+        return [method for method in self.methods() if method.endswith('_purpose') and method != 'network.get_purpose']
 
 
 @pytest.fixture
@@ -136,7 +114,7 @@ def test_incompatible_purpose_reported_by_the_host(client):
         client.objects['network']['OpaqueRef:b']['purpose'] = ['insecure_nbd']
         return XenApiError(from_host=True, message='network.add_purpose failed', code='NETWORK_INCOMPATIBLE_PURPOSES',
                            params=['nbd', 'insecure_nbd'])
-    client.fail_add.append(racing_add())
+    client.fail['network.add_purpose'] = [racing_add()]
     with pytest.raises(XenApiError) as info:
         _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
     assert info.value.code == 'NETWORK_INCOMPATIBLE_PURPOSES'
@@ -144,7 +122,8 @@ def test_incompatible_purpose_reported_by_the_host(client):
 
 
 def test_other_host_errors_name_the_network(client):
-    client.fail_add.append(XenApiError(from_host=True, message='x', code='RBAC_PERMISSION_DENIED', params=['network.add_purpose', 'no role']))
+    client.fail['network.add_purpose'] = [XenApiError(from_host=True, message='x', code='RBAC_PERMISSION_DENIED',
+                                                      params=['network.add_purpose', 'no role'])]
     with pytest.raises(XenApiError) as info:
         _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
     assert info.value.code == 'RBAC_PERMISSION_DENIED'

@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""vdi_snapshot logic over a fake XenAPI client (also used by test_changed_blocks_ops)."""
+"""vdi_snapshot logic over the fake XenAPI (tests/unit/helpers/fake_xenapi.py; also used by
+test_changed_blocks_ops)."""
 from __future__ import absolute_import, division, print_function
 
 import datetime
@@ -8,7 +9,8 @@ import xmlrpc.client
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import snapshot as ops
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_xenapi import FakeXenApi, host_error
 
 __metaclass__ = type
 
@@ -28,16 +30,11 @@ def _vdi(n, name, **fields):
     return record
 
 
-class FakeClient:
-    """Just enough XenAPI: lookups, records, and the calls these modules make."""
-
-    find = XenApiClient.find
+class FakeClient(FakeXenApi):
+    """Two disks with CBT, a VM with a CD; snapshots, VM snapshots, marks, data_destroy and destroy."""
 
     def __init__(self):
-        self.calls = []
-        self.fail = {}  # method -> list of exceptions raised by successive calls
-        self.counter = 100
-        self.objects = {
+        super(FakeClient, self).__init__({
             'VDI': {
                 'OpaqueRef:d0': _vdi(1, 'disk0'),
                 'OpaqueRef:d1': _vdi(2, 'disk1', cbt_enabled=False),
@@ -53,7 +50,8 @@ class FakeClient:
                 'OpaqueRef:b1': {'type': 'Disk', 'VDI': 'OpaqueRef:d1', 'userdevice': '1', 'empty': False},
                 'OpaqueRef:bcd': {'type': 'CD', 'VDI': 'OpaqueRef:iso', 'userdevice': '3', 'empty': False},
             },
-        }
+        })
+        self.counter = 100
         self.bitmap = None
 
     def add_snapshot(self, of, when, **fields):
@@ -65,27 +63,6 @@ class FakeClient:
                                         snapshot_time=xmlrpc.client.DateTime(when),
                                         cbt_enabled=base['cbt_enabled'], **fields)
         return ref
-
-    def call(self, method, *args):
-        self.calls.append((method,) + args)
-        if self.fail.get(method):
-            raise self.fail[method].pop(0)
-        cls, name = method.split('.')
-        table = self.objects[cls]
-        if name == 'get_by_uuid':
-            for ref, rec in table.items():
-                if rec['uuid'] == args[0]:
-                    return ref
-            raise XenApiError(from_host=True, message='no uuid', code='UUID_INVALID', params=[cls, args[0]])
-        if name == 'get_by_name_label':
-            return [ref for ref, rec in table.items() if rec['name_label'] == args[0]]
-        if args and args[0] not in table:
-            raise XenApiError(from_host=True, message='gone', code='HANDLE_INVALID', params=[cls, args[0]])
-        if name == 'get_record':
-            return dict(table[args[0]])
-        if name in ('get_uuid', 'get_cbt_enabled'):
-            return table[args[0]][name[4:]]
-        return getattr(self, '_' + method.replace('.', '_'))(*args)
 
     def _VDI_snapshot(self, vdi, driver_params):
         assert driver_params == {}  # no 'type': CBT rotates only for the default snapshot type
@@ -134,10 +111,6 @@ class FakeClient:
 
     def _VDI_list_changed_blocks(self, vdi_from, vdi_to):
         return self.bitmap
-
-
-def host_error(code, *params):
-    return XenApiError('the host said %s' % code, code=code, params=params, from_host=True)
 
 
 def in_use(ref='OpaqueRef:x'):

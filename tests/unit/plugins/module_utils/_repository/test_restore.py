@@ -23,6 +23,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository i
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Writer
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.raw_file import AtomicFile
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.vhd import MAX_VHD_SIZE
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_xenapi import FakeXenApi
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import qemu_img
 
@@ -252,49 +253,46 @@ def test_format_choice():
 
 # -- upload into a VDI, against a small HTTP server and a fake XenAPI client ----------------------------------------
 
-class FakeClient:
-    """Just what _vdi_import uses of XenApiClient: url, session_id, TLS settings, timeout and call()."""
+EXISTING_VDI = '33333333-3333-4333-8333-333333333333'
+
+
+class FakeClient(FakeXenApi):
+    """What _vdi_import uses of XenApiClient: url, session_id, TLS settings, timeout and calls on an SR, a VDI
+    attached to a running VM, VDI.create/destroy and the import task, whose outcome is ``task_outcome``."""
 
     def __init__(self, url, task_outcome=('success', [])):
+        super(FakeClient, self).__init__({
+            'SR': {'OpaqueRef:sr': {'uuid': 'sr-uuid', 'name_label': 'Local storage', 'type': 'ext',
+                                    'allowed_operations': ['vdi_create'], 'content_type': 'user'}},
+            'VDI': {'OpaqueRef:existing': {'uuid': EXISTING_VDI, 'name_label': 'old disk', 'SR': 'OpaqueRef:sr',
+                                           'virtual_size': None, 'is_a_snapshot': False, 'read_only': False,
+                                           'type': 'user', 'VBDs': ['OpaqueRef:vbd'], 'managed': True}},
+            'VBD': {'OpaqueRef:vbd': {'currently_attached': True, 'VM': 'OpaqueRef:vm'}},
+            'VM': {'OpaqueRef:vm': {'name_label': 'vm1', 'power_state': 'Running'}},
+            'task': {'OpaqueRef:task': {'status': task_outcome[0], 'error_info': task_outcome[1], 'result': ''}},
+        })
         self.url = url
         self.session_id = 'OpaqueRef:secret-session'
         self.validate_certs = True
         self.ca_path = None
         self.timeout = 10
-        self.calls = []
-        self.task_outcome = task_outcome
-        self.vdis = {'OpaqueRef:existing': {'uuid': 'existing-uuid', 'name_label': 'old disk', 'SR': 'OpaqueRef:sr',
-                                            'virtual_size': None, 'is_a_snapshot': False, 'read_only': False,
-                                            'type': 'user', 'VBDs': ['OpaqueRef:vbd'], 'managed': True}}
 
-    def find(self, cls, ident, kind=None, predicate=None):
-        if cls == 'SR':
-            return 'OpaqueRef:sr', {'uuid': 'sr-uuid', 'name_label': ident, 'type': 'ext',
-                                    'allowed_operations': ['vdi_create'], 'content_type': 'user'}
-        return 'OpaqueRef:existing', self.vdis['OpaqueRef:existing']
+    def existing(self):
+        return self.objects['VDI']['OpaqueRef:existing']
 
-    def call(self, method, *args):
-        self.calls.append((method,) + args)
-        if method == 'VDI.create':
-            self.vdis['OpaqueRef:new'] = dict(args[0], uuid='new-uuid', VBDs=[])
-            return 'OpaqueRef:new'
-        if method == 'VDI.get_record':
-            return self.vdis[args[0]]
-        if method == 'SR.get_uuid':
-            return 'sr-uuid'
-        if method == 'VBD.get_record':
-            return {'currently_attached': True, 'VM': 'OpaqueRef:vm'}
-        if method == 'VM.get_record':
-            return {'name_label': 'vm1', 'power_state': 'Running'}
-        if method == 'task.create':
-            return 'OpaqueRef:task'
-        if method == 'task.get_status':
-            return self.task_outcome[0]
-        if method == 'task.get_error_info':
-            return self.task_outcome[1]
-        if method == 'task.get_result':
-            return ''
-        return None
+    def _VDI_create(self, record):
+        self.objects['VDI']['OpaqueRef:new'] = dict(record, uuid='new-uuid', VBDs=[])
+        return 'OpaqueRef:new'
+
+    def _VDI_destroy(self, vdi):
+        del self.objects['VDI'][vdi]
+        return ''
+
+    def _task_create(self, label, description):
+        return 'OpaqueRef:task'
+
+    def _task_destroy(self, task):
+        return ''
 
 
 @pytest.fixture
@@ -361,10 +359,10 @@ def test_a_refused_session_is_explained_without_the_session_id(repository, http_
     url, state = http_import
     state['status'] = 401
     client = FakeClient(url, task_outcome=('failure', ['SESSION_AUTHENTICATION_FAILED']))
-    client.vdis['OpaqueRef:existing']['virtual_size'] = str(len(list(expected.values())[0]))
+    client.existing()['virtual_size'] = str(len(list(expected.values())[0]))
     with restore.RestoreSource(repo_dir) as source:
         with pytest.raises(XenApiError) as info:
-            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid', force=True)
+            _vdi_import.restore_to_vdi(client, source, vdi=EXISTING_VDI, force=True)
     assert info.value.code == 'SESSION_INVALID' and 'log in again' in info.value.message
     assert 'secret-session' not in info.value.message
     assert 'does not hold restore point' in info.value.message
@@ -376,16 +374,16 @@ def test_an_existing_vdi_must_match_and_be_free(repository, http_import):
     url, state = http_import
     client = FakeClient(url)
     size = len(list(expected.values())[0])
-    client.vdis['OpaqueRef:existing']['virtual_size'] = str(size + 512)
+    client.existing()['virtual_size'] = str(size + 512)
     with restore.RestoreSource(repo_dir) as source:
         with pytest.raises(XenApiError) as info:
-            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid')
+            _vdi_import.restore_to_vdi(client, source, vdi=EXISTING_VDI)
         assert info.value.code == 'VDI_SIZE_MISMATCH'
-        client.vdis['OpaqueRef:existing']['virtual_size'] = str(size)
+        client.existing()['virtual_size'] = str(size)
         with pytest.raises(XenApiError) as info:
-            _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid')
+            _vdi_import.restore_to_vdi(client, source, vdi=EXISTING_VDI)
         assert info.value.code == 'VDI_IN_USE' and 'vm1 (Running)' in info.value.message
-        result = _vdi_import.restore_to_vdi(client, source, vdi='existing-uuid', check_mode=True, force=True)
+        result = _vdi_import.restore_to_vdi(client, source, vdi=EXISTING_VDI, check_mode=True, force=True)
     assert result['bytes_sent'] == 0 and result['bytes_to_send'] > size and not state['requests']
 
 
