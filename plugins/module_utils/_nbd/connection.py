@@ -45,6 +45,23 @@ MAX_TIMEOUT = 86400.0
 DEFAULT_MIN_RATE_MIB_S = 1.0
 # The handshake after the TCP connect must end within this many timeouts.
 HANDSHAKE_TIMEOUTS = 2
+# The states of a connection. Only two have a polite goodbye: OPTIONS (the client's option requests and the
+# server's replies are in step, NBD_OPT_ABORT ends the session) and TRANSMISSION (NBD_CMD_DISC). In the others
+# (waiting for the greeting, inside the TLS handshake, after the export name was sent, after any error that may
+# have left the stream out of step) the only safe end is closing the socket.
+CLOSED = 'closed'
+GREETING = 'greeting'
+OPTIONS = 'options'
+TLS_HANDSHAKE = 'tls handshake'
+EXPORT_REQUESTED = 'export requested'
+TRANSMISSION = 'transmission'
+BROKEN = 'broken'
+
+GOODBYES = {
+    OPTIONS: p.OPTION_REQUEST.pack(p.IHAVEOPT, p.OPT_ABORT, 0),
+    TRANSMISSION: p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0),
+}
+
 # Seconds: a reply deadline this close to the per-recv timeout does not shorten the wait (see _recv).
 DEADLINE_SLACK = 0.1
 MIB = 1024 * 1024
@@ -123,10 +140,11 @@ class ConnectionTarget:
 
 
 class NbdConnection:
-    """An open NBD connection in transmission phase."""
+    """An NBD connection; ``open`` returns one in TRANSMISSION. ``state`` is one of the states above."""
 
     def __init__(self, target):
         self.target = target
+        self.state = CLOSED
         self.export_size = None
         self.transmission_flags = 0
         self.tls_description = None
@@ -146,7 +164,7 @@ class NbdConnection:
             conn._connect()
             conn._negotiate()
         except BaseException:
-            conn.abort()
+            conn.close()  # NBD_OPT_ABORT when the option haggling is still in step, else just the socket
             raise
         return conn
 
@@ -162,6 +180,7 @@ class NbdConnection:
             raise NbdConnectError('cannot connect to %s: %s' % (where, exc.strerror or exc))
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
+        self.state = GREETING
 
     def _negotiate(self):
         where = self.target.where
@@ -179,11 +198,13 @@ class NbdConnection:
         no_zeroes = bool(handshake_flags & p.FLAG_NO_ZEROES)
         client_flags = p.FLAG_FIXED_NEWSTYLE | (p.FLAG_NO_ZEROES if no_zeroes else 0)
         self._send(p.CLIENT_FLAGS.pack(client_flags))
+        self.state = OPTIONS
 
         if self.target.tls is not None:
             self._starttls()
 
         name = self.target.exportname
+        self.state = EXPORT_REQUESTED  # the server answers with the export or closes: nothing to abort any more
         self._send(p.OPTION_REQUEST.pack(p.IHAVEOPT, p.OPT_EXPORT_NAME, len(name)) + name)
         reply_size = p.EXPORT_INFO.size + (0 if no_zeroes else p.EXPORT_INFO_ZEROES)
         try:
@@ -196,6 +217,7 @@ class NbdConnection:
         if self.export_size > p.MAX_EXPORT_SIZE:
             raise NbdProtocolError('%s announced an export of %d bytes, more than the %d this client accepts'
                                    % (where, self.export_size, p.MAX_EXPORT_SIZE))
+        self.state = TRANSMISSION
 
     def _export_refused_message(self, exc):
         where = self.target.where
@@ -225,6 +247,7 @@ class NbdConnection:
         remaining = self._handshake_deadline - time.monotonic()
         if remaining <= 0:
             raise self._handshake_too_slow('the TLS handshake')(0)
+        self.state = TLS_HANDSHAKE
         try:
             context = settings.make_context()
             # wrap_socket bounds the whole TLS handshake by the socket's timeout.
@@ -245,6 +268,7 @@ class NbdConnection:
         except OSError as exc:
             raise NbdHandshakeInterrupted('TLS handshake with %s failed: the connection broke (%s). A server that '
                                           'demands a TLS client certificate also closes here.' % (where, exc))
+        self.state = OPTIONS
         self.tls_verified_by = settings.verify(self._sock, where)
         self.tls_warnings = settings.warnings(self._sock, where, self.tls_verified_by)
         self.tls_description = describe_session(self._sock)
@@ -301,6 +325,7 @@ class NbdConnection:
         self._recv(memoryview(self._header), self.reply_deadline(size), self._reply_too_slow(None, 0))
         magic, error, cookie = p.SIMPLE_REPLY.unpack(self._header)
         if magic != p.SIMPLE_REPLY_MAGIC:
+            self.state = BROKEN
             if magic == p.STRUCTURED_REPLY_MAGIC:
                 raise NbdProtocolError('%s sent a structured reply, which was not negotiated' % self.target.where)
             raise NbdProtocolError('%s sent a reply with bad magic 0x%08x' % (self.target.where, magic))
@@ -311,6 +336,7 @@ class NbdConnection:
         self.send_read(0, offset, length)
         error, cookie = self.recv_reply_header()
         if cookie != 0:
+            self.state = BROKEN
             raise NbdProtocolError('%s answered cookie %d, expected 0' % (self.target.where, cookie))
         if error:
             raise server_error(self.target.where, error, offset, length)
@@ -360,8 +386,14 @@ class NbdConnection:
 
     def _recv(self, view, deadline=None, too_slow=None):
         """Fill ``view`` from the socket; past the monotonic ``deadline``, raise ``too_slow(bytes received)``."""
-        sock = self._sock
-        timeout = self.target.timeout
+        try:
+            self._recv_all(self._sock, view, deadline, too_slow, self.target.timeout)
+        except BaseException:
+            self.state = BROKEN  # part of a message may have arrived: the stream is out of step
+            raise
+
+    def _recv_all(self, sock, view, deadline, too_slow, timeout):
+        """``_recv`` without the state change."""
         bounded = False  # the socket timeout was lowered to end at the deadline
         received_total = 0
         try:
@@ -405,26 +437,32 @@ class NbdConnection:
         try:
             self._sock.sendall(data)
         except socket.timeout:
+            self.state = BROKEN  # part of the message may have gone out
             raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
         except OSError as exc:
+            self.state = BROKEN
             raise NbdConnectionLost('connection to %s broke: %s' % (self.target.where, exc.strerror or exc))
 
     # -- teardown ---------------------------------------------------------------------------------
 
     def close(self):
-        """Say goodbye with NBD_CMD_DISC (best effort) and close the socket."""
+        """Say goodbye as the state allows (NBD_OPT_ABORT while negotiating options, NBD_CMD_DISC in
+        transmission, nothing after an error), best effort, and close the socket."""
         if self._sock is None:
             return
-        try:
-            self._sock.settimeout(5)
-            self._sock.sendall(p.REQUEST.pack(p.REQUEST_MAGIC, 0, p.CMD_DISC, 0, 0, 0))
-        except (OSError, ValueError):
-            pass
+        goodbye = GOODBYES.get(self.state)
+        if goodbye is not None:
+            try:
+                self._sock.settimeout(5)
+                self._sock.sendall(goodbye)
+            except (OSError, ValueError):
+                pass
         self.abort()
 
     def abort(self):
         """Close the socket without a goodbye (after errors)."""
         sock, self._sock = self._sock, None
+        self.state = CLOSED
         if sock is not None:
             try:
                 sock.close()

@@ -36,8 +36,8 @@ Transmission
 
 Reads beyond the image get EINVAL.  What happened is recorded in ``connections``, ``options``, ``export_names``,
 ``requests``, ``replies``, ``out_of_order``, ``faults``, ``fault_offsets`` (offsets of the
-requests that were dropped or cut short; for a reset, of the last request answered) and ``disconnects``
-(connections whose serving thread ended).
+requests that were dropped or cut short; for a reset, of the last request answered), ``disconnects``
+(connections whose serving thread ended) and ``goodbyes`` (the NBD_OPT_ABORT and NBD_CMD_DISC clients sent).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -106,6 +106,7 @@ class FakeNbdServer:
         self.faults = 0
         self.fault_offsets = []
         self.disconnects = 0
+        self.goodbyes = []  # NBD_OPT_ABORT / NBD_CMD_DISC, as the clients sent them
         self.port = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -254,6 +255,8 @@ class FakeNbdServer:
                 if self.starttls_reply == p.REP_ACK:
                     return False  # a TLS handshake would start here; this server has no TLS
             elif option == p.OPT_ABORT:
+                with self._lock:
+                    self.goodbyes.append('NBD_OPT_ABORT')
                 self._option_reply(sock, option, p.REP_ACK)
                 return False
             else:
@@ -295,6 +298,8 @@ class FakeNbdServer:
                     self.out_of_order += 1
             for command, cookie, offset, length in batch:
                 if command == p.CMD_DISC:
+                    with self._lock:
+                        self.goodbyes.append('NBD_CMD_DISC')
                     return
                 self._answer(sock, answered, command, cookie, offset, length)
                 answered += 1

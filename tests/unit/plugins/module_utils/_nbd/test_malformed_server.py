@@ -21,6 +21,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi impor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import errors
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import protocol as p
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import connection
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import DEFAULT_REQUEST_SIZE, ExtentReader
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_nbd_server import FakeNbdServer, image_bytes
@@ -252,8 +253,47 @@ def test_stalled_greeting_is_not_reported_as_a_close():
 def test_starttls_refused_sends_nothing_in_clear(tmp_path, reply_type, name):
     with FakeNbdServer(IMAGE, starttls_reply=reply_type) as server:
         open_fails(tls_target(server, tmp_path), errors.NbdTlsError, 'refused STARTTLS', name)
-    assert server.options == [p.OPT_STARTTLS]
+        wait_disconnected(server)
+    # The option haggling was still in step: the client ends it with NBD_OPT_ABORT, not by hanging up.
+    assert server.options == [p.OPT_STARTTLS, p.OPT_ABORT]
+    assert server.goodbyes == ['NBD_OPT_ABORT']
     assert server.export_names == []
+
+
+def wait_disconnected(server, seconds=5):
+    deadline = time.monotonic() + seconds
+    while server.disconnects < server.connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.disconnects == server.connections
+
+
+def test_a_finished_connection_says_goodbye_with_disc():
+    with FakeNbdServer(IMAGE) as server:
+        conn = NbdConnection.open(plain_target(server))
+        assert conn.state == connection.TRANSMISSION
+        assert conn.read(0, BLOCK) == IMAGE[:BLOCK]
+        conn.close()
+        assert conn.state == connection.CLOSED
+        wait_disconnected(server)
+    assert server.goodbyes == ['NBD_CMD_DISC'] and server.options == [p.OPT_EXPORT_NAME]
+
+
+def test_a_reply_out_of_step_ends_without_a_goodbye():
+    with FakeNbdServer(IMAGE, reply_magic=0x12345678) as server:
+        conn = NbdConnection.open(plain_target(server))
+        with pytest.raises(errors.NbdProtocolError):
+            conn.read(0, BLOCK)
+        assert conn.state == connection.BROKEN  # the data that followed the bad header is still in the socket
+        conn.close()
+        wait_disconnected(server)
+    assert server.goodbyes == []
+
+
+def test_a_refused_export_name_ends_without_a_goodbye():
+    with FakeNbdServer(IMAGE, exportname='/another-export') as server:
+        open_fails(plain_target(server), errors.NbdExportRefused, 'closed the connection after the export name')
+        wait_disconnected(server)
+    assert server.goodbyes == [] and server.options == [p.OPT_EXPORT_NAME]
 
 
 def test_starttls_acked_then_closed(tmp_path):
