@@ -63,7 +63,8 @@ def test_wrong_certificate_fails_cleanly(tls_server, pki, tmp_path):
     info = dict(server.nbd_info(), cert=pki.wrong_cert_pem)
     result, output = run_module('vdi_export', {'nbd': info, 'dest': str(tmp_path / 'backup.raw')}, tmp_path, verbose=True)
     assert result['failed'] is True
-    assert 'not the one from VDI.get_nbd_info' in result['msg']
+    # the NBD layer's words, then the module's advice in XenServer terms
+    assert 'not the pinned certificate' in result['msg'] and 'the one VDI.get_nbd_info returned' in result['msg']
     assert 'Traceback' not in output
     assert 'SECRET' not in output
 

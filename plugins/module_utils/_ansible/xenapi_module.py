@@ -12,6 +12,7 @@ from ansible.module_utils.basic import env_fallback, missing_required_lib
 
 from .._errors import CbtBackupError
 from .._xenapi.client import HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError
+from .nbd_advice import with_advice
 
 __metaclass__ = type
 
@@ -85,7 +86,7 @@ def fail(module, exc, **result):
     result['error_type'] = type(exc).__name__
     if getattr(exc, 'from_host', False):
         result['xenapi_error'] = exc.as_dict()
-    module.fail_json(msg=exc.message, **result)
+    module.fail_json(msg=with_advice(exc.message, getattr(exc, 'situation', None)), **result)
 
 
 def run(module, action, on_success=None):

@@ -49,6 +49,9 @@ from .._errors import CbtBackupError
 
 __metaclass__ = type
 
+EXPIRED_CERTIFICATE_ADVICE = ('Renew the host certificate (for example with xe host-refresh-server-certificate); '
+                              'VDI.get_nbd_info then returns the new one.')
+
 MIB = 1024 * 1024
 
 
@@ -130,7 +133,8 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
         elif first.tls_legacy_cipher:
             result['warnings'].append('the NBD server only offers a TLS suite without forward secrecy (%s); '
                                       'consider updating the host' % first.tls_description)
-        result['warnings'].extend(first.tls_warnings)  # an expired pinned certificate
+        # an expired pinned certificate: the NBD layer says so, the XenServer remedy is added here
+        result['warnings'].extend('%s %s' % (warning, EXPIRED_CERTIFICATE_ADVICE) for warning in first.tls_warnings)
         if changed_blocks is None:
             extents = [(0, size)] if size else []
             result['blocks_changed'] = _cbt.block_count(size)

@@ -211,7 +211,7 @@ class NbdConnection:
             reply = self._recv_exact_bytes(reply_size, self._handshake_deadline,
                                            self._handshake_too_slow('the reply to the export name'))
         except NbdConnectionLost as exc:
-            raise NbdExportRefused(self._export_refused_message(exc))
+            raise self._export_refused(exc)
         self._handshake_deadline = None
         self.export_size, self.transmission_flags = p.EXPORT_INFO.unpack_from(reply)
         if self.export_size > p.MAX_EXPORT_SIZE:
@@ -219,30 +219,28 @@ class NbdConnection:
                                    % (where, self.export_size, p.MAX_EXPORT_SIZE))
         self.state = TRANSMISSION
 
-    def _export_refused_message(self, exc):
+    def _export_refused(self, exc):
         where = self.target.where
         if self.target.tls is None:
-            return ('%s closed the connection after the export name was sent in clear text (%s): the export name '
-                    'is unknown, its XenAPI session is no longer logged in, or the server requires TLS '
-                    '(its network has purpose "nbd"; use tls: true)' % (where, exc))
-        return ('%s closed the connection after the export name (%s): the export name is unknown, the disk '
-                'cannot be exported (for example a cbt_metadata snapshot), or the XenAPI session that called '
-                'VDI.get_nbd_info is no longer logged in (the export name is only valid while it is). A server that '
-                'demands a TLS client certificate also closes here.' % (where, exc))
+            return NbdExportRefused(
+                '%s closed the connection after the export name was sent in clear text (%s): the export name is '
+                'unknown or no longer valid, or the server requires TLS' % (where, exc),
+                situation='export_refused_plain')
+        return NbdExportRefused(
+            '%s closed the connection after the export name (%s): the export name is unknown or no longer valid, '
+            'the export cannot be served, or the server demands a TLS client certificate' % (where, exc),
+            situation='export_refused_tls')
 
     def _starttls(self):
         where = self.target.where
         self._send(p.OPTION_REQUEST.pack(p.IHAVEOPT, p.OPT_STARTTLS, 0))
         reply_type, _data = self._recv_option_reply(p.OPT_STARTTLS)
         if reply_type == p.REP_ERR_POLICY:
-            raise NbdTlsError(
-                '%s refused STARTTLS (NBD_REP_ERR_POLICY): it serves NBD without TLS. On XenServer this means the '
-                'network has purpose "insecure_nbd" (get_nbd_info still returns cert and subject for such networks). '
-                'Give the network purpose "nbd" to keep the export encrypted, or set tls: false to accept an '
-                'unencrypted export. Nothing was sent in clear text.' % where)
+            raise NbdTlsError('%s refused STARTTLS (NBD_REP_ERR_POLICY): it serves NBD without TLS. Nothing was sent '
+                              'in clear text.' % where, situation='starttls_policy')
         if reply_type != p.REP_ACK:
-            raise NbdTlsError('%s refused STARTTLS (%s); with tls: true the client does not fall back to clear text'
-                              % (where, p.option_reply_name(reply_type)))
+            raise NbdTlsError('%s refused STARTTLS (%s); the client does not fall back to clear text'
+                              % (where, p.option_reply_name(reply_type)), situation='starttls_refused')
         settings = self.target.tls
         remaining = self._handshake_deadline - time.monotonic()
         if remaining <= 0:
@@ -255,8 +253,9 @@ class NbdConnection:
             self._sock = context.wrap_socket(self._sock, server_hostname=settings.server_hostname())
             self._sock.settimeout(self.target.timeout)
         except socket.timeout:
-            raise NbdTlsError('TLS handshake with %s timed out (the handshake must end within %s s, %d times '
-                              'timeout)' % (where, HANDSHAKE_TIMEOUTS * self.target.timeout, HANDSHAKE_TIMEOUTS))
+            raise NbdTlsError('TLS handshake with %s timed out (the handshake must end within %s s, %d times the '
+                              'connection timeout)' % (where, HANDSHAKE_TIMEOUTS * self.target.timeout,
+                                                       HANDSHAKE_TIMEOUTS), situation='handshake_slow')
         except (ssl.SSLEOFError, ssl.SSLZeroReturnError) as exc:
             raise NbdHandshakeInterrupted(
                 '%s closed the connection during the TLS handshake (%s): it is restarting, or it accepts none of the '
@@ -303,10 +302,10 @@ class NbdConnection:
 
         def too_slow(received):
             return NbdHandshakeTimeout(
-                '%s did not complete the NBD handshake within %s s (%d times timeout): it was still sending %s '
-                '(%d bytes of it had arrived). The server is overloaded or the link is far too slow; raise timeout '
-                'if the link is known to be this slow.'
-                % (target.where, HANDSHAKE_TIMEOUTS * target.timeout, HANDSHAKE_TIMEOUTS, what, received))
+                '%s did not complete the NBD handshake within %s s (%d times the connection timeout): it was still '
+                'sending %s (%d bytes of it had arrived). The server is overloaded or the link is far too slow.'
+                % (target.where, HANDSHAKE_TIMEOUTS * target.timeout, HANDSHAKE_TIMEOUTS, what, received),
+                situation='handshake_slow')
         return too_slow
 
     # -- transmission ----------------------------------------------------------------------------
@@ -377,11 +376,10 @@ class NbdConnection:
             what = ('the reply to a read of %d bytes' % data_length if data_length is not None
                     else 'the header of a read reply')
             return NbdTimeout(
-                '%s sent data too slowly (if the link is this slow, lower min_rate_mib_s, 0 turns this bound off, or '
-                'raise timeout): %s was not complete after %.1f s with %d bytes arrived, and a reply must arrive '
-                'within timeout (%s s) plus its size at min_rate_mib_s (%g MiB/s)'
+                '%s sent data too slowly: %s was not complete after %.1f s with %d bytes arrived, and a reply must '
+                'arrive within the connection timeout (%s s) plus its size at the minimum rate (%g MiB/s)'
                 % (target.where, what, time.monotonic() - started, already + received, target.timeout,
-                   target.min_rate_mib_s))
+                   target.min_rate_mib_s), situation='reply_slow')
         return too_slow
 
     def _recv(self, view, deadline=None, too_slow=None):

@@ -7,7 +7,9 @@ Note that this module util is **PRIVATE** to the collection. It can have breakin
 No message ever contains the export name: on XenServer it carries a session reference.
 
 Every class names its condition in ``code``, which the modules return as ``error_code`` (the class name is
-returned as ``error_type``).
+returned as ``error_type``). Messages say what happened in NBD terms only; where the remedy depends on who
+called (module options, role variables, XenServer's network purposes), the error carries a ``situation`` key
+and the caller adds the advice (``_ansible/nbd_advice.py``).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -22,6 +24,12 @@ class NbdError(CbtBackupError):
 
     retryable = False
     code = 'NBD_ERROR'
+    situation = None  # a key the caller's advice is looked up by (see the module doc), or None
+
+    def __init__(self, message, code=None, result=None, situation=None):
+        super(NbdError, self).__init__(message, code=code, result=result)
+        if situation:
+            self.situation = situation
 
 
 class NbdOptionError(NbdError, ValueError):

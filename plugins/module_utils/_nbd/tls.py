@@ -54,9 +54,8 @@ class TlsSettings:
 
     def __init__(self, pinned_cert_pem=None, subject=None, ca_path=None, client_cert=None, client_key=None):
         if not pinned_cert_pem and not ca_path:
-            raise NbdTlsError(
-                'TLS needs something to verify the server against: the connection has no "cert" '
-                '(the PEM that VDI.get_nbd_info returns) and no CA bundle was given.')
+            raise NbdTlsError('TLS needs something to verify the server against: no pinned certificate and no CA '
+                              'bundle was given.', situation='nothing_to_verify')
         self.pinned_der = None
         if pinned_cert_pem:
             try:
@@ -106,10 +105,9 @@ class TlsSettings:
             self._verify_chain(peer_der, tls_socket, where)
             return 'ca'
         raise NbdTlsError(
-            '%s presented a TLS certificate (sha256 %s) that is not the one from VDI.get_nbd_info (sha256 %s) '
-            'and has another public key. Either the host certificate was replaced after get_nbd_info was '
-            'called (call it again) or this is not the host you expect. Refusing to send the export name.'
-            % (where, _fingerprint(peer_der), _fingerprint(self.pinned_der)))
+            '%s presented a TLS certificate (sha256 %s) that is not the pinned certificate (sha256 %s) and has '
+            'another public key. Refusing to send the export name.'
+            % (where, _fingerprint(peer_der), _fingerprint(self.pinned_der)), situation='certificate_mismatch')
 
     def warnings(self, tls_socket, where, verified_by, now=None):
         """Warnings about a certificate ``verify`` accepted: an expired pinned certificate is named, with its date.
@@ -150,8 +148,9 @@ class TlsSettings:
             verifier.verify(leaf, intermediates)
         except Exception as exc:  # cryptography raises VerificationError with the reason
             raise NbdTlsError(
-                '%s presented a TLS certificate (sha256 %s) that is neither the one from VDI.get_nbd_info nor '
-                'valid for "%s" under the CA bundle %s: %s' % (where, _fingerprint(peer_der), self.subject, self.ca_path, exc))
+                '%s presented a TLS certificate (sha256 %s) that is neither the pinned certificate nor valid for "%s" '
+                'under the CA bundle %s: %s' % (where, _fingerprint(peer_der), self.subject, self.ca_path, exc),
+                situation='certificate_mismatch')
 
 
 def expiry_warning(der, where, now=None):
@@ -161,9 +160,8 @@ def expiry_warning(der, where, now=None):
     if not_after is None or not_after > now:
         return None
     return ('%s presented a TLS certificate that expired on %s (sha256 %s). It was accepted because it is the '
-            'pinned certificate from VDI.get_nbd_info (or has its public key), but renew the host certificate '
-            '(for example with xe host-refresh-server-certificate) before clients that check expiry refuse it.'
-            % (where, format_utc(not_after), _fingerprint(der)))
+            'pinned certificate (or has its public key), but renew the server certificate before clients that check '
+            'expiry refuse it.' % (where, format_utc(not_after), _fingerprint(der)))
 
 
 def certificate_not_after(der):

@@ -7,12 +7,15 @@ import ast
 import importlib
 import inspect
 import os
+import re
 
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins import module_utils
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible.nbd_advice import NBD_ADVICE
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdTlsError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import RepositoryError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
@@ -81,6 +84,24 @@ def test_only_a_host_error_carries_xenapi_error():
     assert from_host['error_code'] == 'SR_FULL'
     ours = fail(XenApiError('cannot reach the XenAPI at https://h', code='CONNECTION_FAILED'))
     assert 'xenapi_error' not in ours and ours['error_code'] == 'CONNECTION_FAILED'
+
+
+def test_the_adapter_adds_the_advice_for_an_nbd_situation():
+    failed = fail(NbdTlsError('NBD server h:10809 refused STARTTLS (NBD_REP_ERR_POLICY)', situation='starttls_policy'))
+    assert failed['msg'].startswith('NBD server h:10809 refused STARTTLS (NBD_REP_ERR_POLICY) On XenServer')
+    assert 'tls: false' in failed['msg'] and failed['error_code'] == 'NBD_TLS_FAILED'
+    assert fail(NbdTlsError('plain', situation='no such situation'))['msg'] == 'plain'
+
+
+def test_every_situation_the_nbd_client_names_has_advice():
+    nbd = os.path.join(list(module_utils.__path__)[0], '_nbd')
+    named = set()
+    for name in os.listdir(nbd):
+        if name.endswith('.py'):
+            with open(os.path.join(nbd, name)) as handle:
+                named.update(re.findall(r"situation='([a-z_]+)'", handle.read()))
+    assert named and named == set(NBD_ADVICE), 'situations without advice: %s, advice without a situation: %s' % (
+        sorted(named - set(NBD_ADVICE)), sorted(set(NBD_ADVICE) - named))
 
 
 def test_a_default_code_comes_from_the_class():
