@@ -72,8 +72,7 @@ def vm_disks(client, vm_ref, vm_record=None):
     """``[(vdi_ref, vdi_record, vbd_record)]`` of a VM's user disks, in userdevice order."""
     vm_record = vm_record or client.call('VM.get_record', vm_ref)
     disks = []
-    for vbd_ref in vm_record['VBDs']:
-        vbd = client.call('VBD.get_record', vbd_ref)
+    for dummy, vbd in live_vbds(client, vm_record['VBDs']):
         if not is_disk_vbd(vbd):
             continue
         vdi = client.call('VDI.get_record', vbd['VDI'])

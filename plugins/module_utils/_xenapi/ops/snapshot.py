@@ -82,32 +82,29 @@ def _uuid_of(client, ref):
         raise
 
 
-def describe_snapshot(client, ref, record, time_override=None, snapshot_of=None):
-    """What the module returns for one snapshot; ``snapshot_of``: its disk's uuid when the caller knows it."""
+def _snapshot_view(record, uuid, ref, snapshot_of, time):
+    """The fields modules return for a snapshot; ``record`` is the snapshot's (or, planned, its disk's) record."""
     return {
-        'uuid': record['uuid'],
+        'uuid': uuid,
         'ref': ref,
         'name': record['name_label'],
-        'snapshot_of': snapshot_of or _uuid_of(client, record.get('snapshot_of')),
-        'time': time_override or xenapi_time(record.get('snapshot_time')),
+        'snapshot_of': snapshot_of,
+        'time': time,
         'type': record['type'],
         'cbt_enabled': bool(record['cbt_enabled']),
         'virtual_size': int(record['virtual_size']),
     }
+
+
+def describe_snapshot(client, ref, record, time_override=None, snapshot_of=None):
+    """What the module returns for one snapshot; ``snapshot_of``: its disk's uuid when the caller knows it."""
+    return _snapshot_view(record, record['uuid'], ref, snapshot_of or _uuid_of(client, record.get('snapshot_of')),
+                          time_override or xenapi_time(record.get('snapshot_time')))
 
 
 def describe_planned(ref, record):
-    """What check mode returns for a disk that would be snapshotted."""
-    return {
-        'uuid': None,
-        'ref': None,
-        'name': record['name_label'],
-        'snapshot_of': record['uuid'],
-        'time': None,
-        'type': record['type'],
-        'cbt_enabled': bool(record['cbt_enabled']),
-        'virtual_size': int(record['virtual_size']),
-    }
+    """What check mode returns for a disk that would be snapshotted (no uuid, ref or time yet)."""
+    return _snapshot_view(record, None, None, record['uuid'], None)
 
 
 def _no_cbt_warnings(snapshots):
