@@ -23,7 +23,8 @@ NBD_ADVICE = {
                         'export encrypted, or set tls: false to accept an unencrypted export.'),
     'starttls_refused': 'With tls: true the export is read encrypted or not at all.',
     'handshake_slow': 'Raise timeout if the link is known to be this slow.',
-    'reply_slow': 'If the link is this slow, lower min_rate_mib_s (0 turns this bound off) or raise timeout.',
+    'reply_slow': ('If the link is this slow, raise timeout, or lower min_rate_mib_s where the module has it '
+                   '(vdi_export; 0 turns this bound off).'),
     'certificate_mismatch': ('The pinned certificate is the one VDI.get_nbd_info returned: either the host '
                              'certificate was replaced after get_nbd_info was called (call it again), or this is '
                              'not the host you expect.'),

@@ -8,6 +8,9 @@ Module messages name module options (``connections``, ``tls``, ``skip_disks``); 
 instead, and some module options (``timeout``) are not role variables at all. backup_report, run by the role with
 ``role_advice=true``, adds the matching line of ``ROLE_ADVICE`` to each failure by its ``error_code``. Codes not
 listed here keep the module's message alone (it says what happened and, in XenServer's terms, what to do).
+A code is listed only where it alone decides the remedy: ``NBD_TLS_FAILED`` also means a certificate that is
+not the pinned one (never a reason to turn TLS off), and ``NBD_EXPORT_REFUSED`` an expired session as often as
+a busy server, so both keep the module's advice, which knows the situation.
 """
 
 from __future__ import absolute_import, division, print_function
@@ -44,10 +47,8 @@ ROLE_ADVICE = {
     'NO_NBD_ADDRESS': _NBD_NETWORK,
     'NBD_TLS_REQUIRED': _NBD_TLS,
     'NBD_TLS_UNAVAILABLE': _NBD_TLS,
-    'NBD_TLS_FAILED': _NBD_TLS,
     'NBD_CONNECT_FAILED': _NBD_REFUSED,
     'NBD_HANDSHAKE_INTERRUPTED': _NBD_REFUSED,
-    'NBD_EXPORT_REFUSED': _NBD_REFUSED,
     'NBD_TIMEOUT': _NBD_STALLED,
     'NBD_CONNECTION_LOST': _NBD_STALLED,
     'NO_SPACE': ('The backup storage under incremental_backup_repository is full: free space there, or keep fewer '

@@ -163,7 +163,9 @@ class NbdConnection:
         try:
             conn._connect()
             conn._negotiate()
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, NbdProtocolError):
+                conn.state = BROKEN  # the server said something unexpected: the stream is out of step
             conn.close()  # NBD_OPT_ABORT when the option haggling is still in step, else just the socket
             raise
         return conn

@@ -80,7 +80,7 @@ def _failure_record(item, advice=None):
     """A failure record: a warning's fields plus ``error_code`` and ``advice`` (``advice(code)``, or None)."""
     record = _record(item)
     record['error_code'] = _text(item.get('error_code')) or None
-    record['advice'] = (advice(record['error_code']) if advice and record['error_code'] else None) or None
+    record['advice'] = advice(record['error_code']) if advice and record['error_code'] else None
     return record
 
 

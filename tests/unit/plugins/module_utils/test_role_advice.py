@@ -54,16 +54,21 @@ def test_no_advice_speaks_in_module_options():
             assert option not in re.sub(r'incremental_backup_[a-z_]+', '@', text), '%s says %r' % (code, option)
 
 
+def test_codes_that_cover_several_situations_get_no_role_advice():
+    # NBD_TLS_FAILED is also a certificate that is not the pinned one: advice to turn TLS off would be wrong there.
+    assert role_advice('NBD_TLS_FAILED') is None and role_advice('NBD_EXPORT_REFUSED') is None
+
+
 def test_the_report_carries_the_advice_only_when_asked(tmp_path):
-    failures = [{'vm_uuid': 'vm-1', 'vdi_uuid': None, 'step': 'export', 'msg': 'TLS failed', 'error_code': 'NBD_TLS_FAILED'},
+    failures = [{'vm_uuid': 'vm-1', 'vdi_uuid': None, 'step': 'export', 'msg': 'TLS required', 'error_code': 'NBD_TLS_REQUIRED'},
                 {'vm_uuid': 'vm-1', 'vdi_uuid': None, 'step': 'export', 'msg': 'odd', 'error_code': 'SOMETHING_ELSE'},
                 {'vm_uuid': 'vm-1', 'vdi_uuid': None, 'step': 'export', 'msg': 'no code'}]
     plan = [{'uuid': 'vm-1', 'name': 'web01', 'disks': []}]
     with_advice = report.build_report(plan, failures=failures, started='2026-12-03T10:00:00Z', advice=role_advice)
-    assert [f['error_code'] for f in with_advice['failures']] == ['NBD_TLS_FAILED', 'SOMETHING_ELSE', None]
-    assert [f['advice'] for f in with_advice['failures']] == [ROLE_ADVICE['NBD_TLS_FAILED'], None, None]
+    assert [f['error_code'] for f in with_advice['failures']] == ['NBD_TLS_REQUIRED', 'SOMETHING_ELSE', None]
+    assert [f['advice'] for f in with_advice['failures']] == [ROLE_ADVICE['NBD_TLS_REQUIRED'], None, None]
     lines = [line for line in report.summary_lines(with_advice) if line.startswith('FAILED')]
-    assert lines[0].endswith('TLS failed What to do: ' + ROLE_ADVICE['NBD_TLS_FAILED'])
+    assert lines[0].endswith('TLS required What to do: ' + ROLE_ADVICE['NBD_TLS_REQUIRED'])
     assert lines[1].endswith(': odd') and lines[2].endswith(': no code')
     plain = report.build_report(plan, failures=failures, started='2026-12-03T10:00:00Z')
     assert [f['advice'] for f in plain['failures']] == [None, None, None]

@@ -289,11 +289,13 @@ def test_a_reply_out_of_step_ends_without_a_goodbye():
     assert server.goodbyes == []
 
 
-def test_a_refused_export_name_ends_without_a_goodbye():
-    with FakeNbdServer(IMAGE, exportname='/another-export') as server:
-        open_fails(plain_target(server), errors.NbdExportRefused, 'closed the connection after the export name')
+@pytest.mark.parametrize('fault', [{'option_reply_magic': 0x0102030405060708}, {'option_reply_length': 0xFFFFFFFF}])
+def test_an_option_reply_out_of_step_ends_without_a_goodbye(tmp_path, fault):
+    # The server keeps reading options after its bad reply: an NBD_OPT_ABORT sent now would reach it.
+    with FakeNbdServer(IMAGE, starttls_reply=p.REP_ERR_UNSUP, **fault) as server:
+        open_fails(tls_target(server, tmp_path), errors.NbdProtocolError)
         wait_disconnected(server)
-    assert server.goodbyes == [] and server.options == [p.OPT_EXPORT_NAME]
+    assert server.options == [p.OPT_STARTTLS] and server.goodbyes == []
 
 
 def test_starttls_acked_then_closed(tmp_path):
