@@ -83,6 +83,10 @@ SOURCE_NONE = -1   # unallocated everywhere: zeros
 SOURCE_ZERO = -2   # zero flag: zeros
 
 _HEADER = struct.Struct('>4sIQIIQIIQQIIQQQQII')  # version 3 header up to header_length (104 bytes)
+# l1_table_offset, refcount_table_offset, refcount_table_clusters: the 20 header bytes an in-place fold rewrites
+# in one write (inside the first sector, so the switch from the old tables to the new ones is atomic)
+HEADER_TABLES = struct.Struct('>QQI')
+HEADER_TABLES_OFFSET = 40
 _V2_HEADER_LENGTH = 72
 _ZERO_MARK = 0xffffffff                          # writer table value: zero-flag cluster
 _MAX_IOV = 512
@@ -510,15 +514,28 @@ class _Header:
             pos += 8 + ext_length + (-ext_length % 8)
 
 
-class Qcow2Image:
-    """One qcow2 file opened for reading (its backing file is not opened; see :class:`Qcow2Chain`)."""
+def patch_header(head, patch):
+    """``head`` (the file's first bytes) with a :data:`HEADER_TABLES` patch laid over it (None: unchanged)."""
+    if patch is None:
+        return head
+    start = HEADER_TABLES_OFFSET
+    return head[:start] + patch + head[start + len(patch):]
 
-    def __init__(self, path):
+
+class Qcow2Image:
+    """One qcow2 file opened for reading (its backing file is not opened; see :class:`Qcow2Chain`).
+
+    ``header_patch``: read the file as if the table fields of its header (:data:`HEADER_TABLES`) held these
+    bytes, i.e. as it will read once an in-place fold (qcow2_fold.py) switches its header.
+    """
+
+    def __init__(self, path, header_patch=None):
         self.path = path
+        self.header_patch = header_patch
         self._fd = os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
         try:
             self.file_size = os.fstat(self._fd).st_size
-            head = os.pread(self._fd, 2 * 1024 * 1024, 0)
+            head = patch_header(os.pread(self._fd, 2 * 1024 * 1024, 0), header_patch)
             header = _Header(head, self.file_size)
             self.header = header
             head = head[:header.cluster_size]
@@ -845,6 +862,81 @@ def check(path):
         return [str(exc)]
     finally:
         image.close()
+
+
+class FileScan:
+    """What one sequential read of an image file found (:func:`scan`)."""
+
+    def __init__(self, sha256, digest, clusters_stored, bytes_stored, file_size):
+        self.sha256 = sha256
+        self.digest = digest
+        self.clusters_stored = clusters_stored
+        self.bytes_stored = bytes_stored
+        self.file_size = file_size
+
+
+def scan(path, header_patch=None, chunk_size=MAX_RUN):
+    """The file's sha256 and its stored-blocks digest (module docstring) from one sequential read of the file.
+
+    The L2 tables are read first (a map of 4 bytes per host cluster), then the file front to back: every byte
+    is read once for both hashes (compressed clusters are read again to decompress them). ``header_patch``:
+    scan the file as it will be once that patch is written over its header (see :class:`Qcow2Image`).
+    """
+    with Qcow2Image(path, header_patch) as image:
+        cs = image.cluster_size
+        file_clusters = _ceil_div(image.file_size, cs)
+        guest_of = array.array('I', [0]) * file_clusters  # host cluster -> guest cluster + 1 (0: none)
+        if guest_of.itemsize < 4:  # pragma: no cover
+            raise Qcow2Error('array typecode I is too small here')
+        digest = ClusterDigest(cs, image.virtual_size)
+        compressed = []
+        stored = bytes_stored = 0
+        for l1_index in range(min(len(image.l1), _ceil_div(image.guest_clusters, image.l2_entries))):
+            table = image._l2_table(l1_index)
+            if table is None:
+                continue
+            base = l1_index * image.l2_entries
+            for slot, entry in enumerate(table):
+                index = base + slot
+                if not entry or index >= image.guest_clusters:
+                    continue
+                kind, host = image._classify(entry)
+                if kind is None:
+                    continue
+                stored += 1
+                length = image._cluster_length(index)
+                if kind == KIND_ZERO:
+                    digest.add(index * cs, bytes(length))
+                    continue
+                bytes_stored += length
+                if kind == KIND_COMPRESSED:
+                    compressed.append(index)
+                elif host % cs or host // cs >= file_clusters:
+                    raise Qcow2Error('%s: data cluster at host offset %d is not aligned inside the file' % (path, host))
+                else:
+                    guest_of[host // cs] = index + 1
+        sha = hashlib.sha256()
+        fd = image.fileno()
+        chunk_size -= chunk_size % cs
+        offset = 0
+        while offset < image.file_size:
+            chunk = _pread_exact(fd, min(chunk_size, image.file_size - offset), offset)
+            if offset == 0:
+                chunk = patch_header(chunk, header_patch)
+            sha.update(chunk)
+            view = memoryview(chunk)
+            total = count = 0
+            for pos in range(0, len(chunk), cs):
+                guest = guest_of[(offset + pos) // cs]
+                if guest:
+                    length = image._cluster_length(guest - 1)
+                    total += ClusterDigest.cluster_value((guest - 1) * cs, view[pos:pos + length])
+                    count += 1
+            digest.add_values(total, count)
+            offset += len(chunk)
+        for index in compressed:
+            digest.add(index * cs, image.read_cluster(index))
+        return FileScan(sha.hexdigest(), digest.hexdigest(), stored, bytes_stored, image.file_size)
 
 
 class Qcow2Chain:
