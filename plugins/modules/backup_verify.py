@@ -51,6 +51,15 @@ options:
       - Verify only this restore point (its id, or V(latest)) and the points it builds on.
       - By default every point of the repository is verified.
     type: str
+  read_data:
+    description:
+      - V(true) (the default) reads every file completely, once, for its sha256 and the digest of its stored blocks.
+      - V(false) checks only what the image tables say (file sizes, qcow2 structure and refcounts, the number of stored
+        blocks, the chain links) and reads no data, which costs a few milliseconds per point whatever the disk size. The
+        role uses it right after an export, whose hashes were just taken from the file it wrote
+        (C(incremental_backup_verify=structure)).
+    type: bool
+    default: true
   rebuild_manifest:
     description:
       - When C(manifest.json) is missing or damaged, rebuild it from the restore point files (their qcow2 headers,
@@ -90,8 +99,9 @@ options:
     type: float
     default: 60
 notes:
-  - Verification reads every file of the repository completely (twice for the stored blocks), so it takes about as
-    long as reading the repository from its storage.
+  - Verification reads every file of the repository completely, once (the file hash and the stored blocks' digest
+    come from the same read), so it takes about as long as reading the repository from its storage; with
+    O(read_data=false) it reads only the tables.
   - The repository format is described in C(docs/repository.md).
 seealso:
   - module: xenserver.cbt_backup.backup_info
@@ -102,6 +112,12 @@ EXAMPLES = r'''
 - name: Verify every restore point of a disk
   xenserver.cbt_backup.backup_verify:
     repository: /backups/vm1/disk0
+
+- name: Check the structure of the newest point's chain without reading its data (right after a backup)
+  xenserver.cbt_backup.backup_verify:
+    repository: /backups/vm1/disk0
+    point: latest
+    read_data: false
 
 - name: Verify the newest point's chain and compare 32 blocks with its snapshot, if it still holds data
   xenserver.cbt_backup.backup_verify:
@@ -122,6 +138,11 @@ EXAMPLES = r'''
 RETURN = r'''
 ok:
   description: Whether every verified point is sound (and the spot check, if it ran, found no difference).
+  type: bool
+  returned: always
+  sample: true
+data_read:
+  description: Whether the files were read and hashed (O(read_data)), or only their tables checked.
   type: bool
   returned: always
   sample: true
@@ -276,6 +297,7 @@ def main():
         argument_spec=_xenapi_module.argument_spec(
             repository=dict(type='path', required=True),
             point=dict(type='str'),
+            read_data=dict(type='bool', default=True),
             rebuild_manifest=dict(type='bool', default=False),
             spot_check=dict(type='int', default=0),
             nbd_network=dict(type='str'),
@@ -304,7 +326,8 @@ def main():
             rebuilt = rebuild.rebuild_manifest(params['repository'], check_mode=module.check_mode)
             if rebuilt['changed'] and module.check_mode:
                 module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
-        result = inspection.verify_repository(params['repository'], point=params['point'])
+        result = inspection.verify_repository(params['repository'], point=params['point'],
+                                               read_data=params['read_data'])
     except CbtBackupError as exc:
         _xenapi_module.fail(module, exc, ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
     except OSError as exc:

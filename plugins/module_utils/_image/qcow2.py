@@ -1012,6 +1012,14 @@ class Qcow2Chain:
         del self.images[count:]
         self._region_index = self._region = None
 
+    def skip(self, start, stop):
+        """Leave out the images ``start..stop-1`` (the image before them now reads through ``stop``)."""
+        for image in self.images[start:stop]:
+            if self._owns:
+                image.close()
+        del self.images[start:stop]
+        self._region_index = self._region = None
+
     def __enter__(self):
         return self
 

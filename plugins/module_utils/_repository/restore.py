@@ -62,7 +62,8 @@ class RestoreSource:
                     for path in self.paths:
                         pinned.append(os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0)))
                 except OSError as exc:
-                    if not last and self._manifest_changed(manifest):
+                    # a prune renames files while its journal (pending_merge) is in the manifest
+                    if not last and (self._manifest_changed(manifest) or self.journal):
                         continue
                     raise RestoreError('restore point %s needs the file %s, which cannot be opened (%s); the point '
                                        'cannot be restored%s' % (self.point['id'], exc.filename, exc.strerror,
@@ -163,18 +164,31 @@ class RestoreSource:
     def _check_links(self, reader):
         """Each file must name the next one of the manifest's chain as its backing file (qemu follows those names).
 
-        The one exception is a point being merged forward (a ``pending_merge`` journal): its file is already the
-        standalone merged image, so the chain ends there.
+        The one exception is a point being merged (a ``pending_merge`` journal) whose file is already the merged
+        image: standalone (the chain ends there) or an overlay of a kept ancestor (the dropped points between
+        are no longer read).
         """
-        for index, image in enumerate(reader.images):
+        index = 0
+        while index < len(reader.images):
+            image = reader.images[index]
             parent = self.chain[index + 1]['file'] if index + 1 < len(self.chain) else None
             if image.backing_file == parent:
+                index += 1
                 continue
-            if image.backing_file is None and self.journal.get('point') == self.chain[index]['id']:
+            merged_here = self.journal.get('point') == self.chain[index]['id']
+            if image.backing_file is None and merged_here:
                 reader.truncate(index + 1)
                 self.chain = self.chain[:index + 1]
                 self.paths = self.paths[:index + 1]
                 return
+            names = [p['file'] for p in self.chain[index + 1:]]
+            if merged_here and self.journal.get('parent') and image.backing_file in names:
+                stop = index + 1 + names.index(image.backing_file)
+                reader.skip(index + 1, stop)
+                del self.chain[index + 1:stop]
+                del self.paths[index + 1:stop]
+                index += 1
+                continue
             raise RestoreError('restore point %s: the file %s names %s as its backing file, but the manifest says its '
                                'parent is %s%s' % (self.chain[index]['id'], self.paths[index],
                                                    image.backing_file or 'nothing', parent or 'none', self._verify_hint()))

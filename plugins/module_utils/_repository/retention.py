@@ -17,40 +17,51 @@ A point is kept if any rule keeps it; the newest point is always kept (it is the
 incremental builds on).  Days, weeks and months without a point do not count, so a repository whose
 backups stopped is not emptied by the passing of time.
 
-Dropping (:func:`prune`): a kept point whose parent is dropped is merged forward.  Its complete
-content is read through its chain and written as a standalone full image (only non-zero clusters)
-to a temporary file, which then replaces the point's file under the same name; the point's
-children name that file as their backing file and read the same content from it.  Step by step::
+Dropping (:func:`prune`): a kept point whose parent is dropped is merged, at the cost of the clusters
+the merge folds, not of the disk (:func:`plan` and :func:`merge_method` choose how):
+
+* **fold** (the dropped points reach the full at the chain's root): the clusters of the kept point and
+  of the dropped incrementals are folded into the full's file in place (qcow2_fold.py: unused clusters,
+  new tables, one header switch), and that file is renamed to the kept point's name, so the points
+  above it keep their backing names.  Steps and recovery: :func:`fold_point`.
+* **overlay** (a kept ancestor remains): a new overlay of the ancestor holding the kept point's clusters
+  and those of the dropped points between that it does not override is written to a temporary file and
+  renamed over the point's file;
+* **rewrite** (only where a file of the chain also serves a point outside it): the point's whole
+  content as a standalone full, written and renamed the same way.
+
+Overlay and rewrite, step by step::
 
     0. journal the point's file in ``pending_files`` (so its temporary file is known to be ours);
     1. write the merged image to .<file>.partial-XXXX, fsync it and the directory, hash it;
-    2. journal: manifest['pending_merge'] = {point, temp_file, sha256, blocks, bytes, blocks_digest,
-       file_size, merged, drops}, saved atomically (Repository.save);
+    2. journal: manifest['pending_merge'] = {point, kind, parent, temp_file, sha256, blocks, bytes,
+       blocks_digest, file_size, merged}, saved atomically (Repository.save);
     3. rename the temporary file over <file>, fsync the directory;
-    4. manifest: the point becomes a full (parent null, new sha256/blocks/bytes/blocks_digest/file_size;
+    4. manifest: the point takes the journal's facts (a full, or an incremental of its new parent;
        ``export`` keeps the type/bytes/blocks its export stored, unless it has one already), the
-       journal's drops leave the list, the journal is removed; saved atomically;
-    5. (after the last merge, or at once when nothing needs merging) delete the dropped files, fsync the directory.
+       journal is removed; saved atomically.
 
-Only the last merge of a run carries the drops; a manifest saved between merges is consistent on
-its own.  :func:`recover` finishes or rolls back an interrupted run: if the point's file already
+After the merges, the dropped points still listed leave the manifest (their files enter ``pending_files``
+in the same save), then the files ``pending_files`` names and nothing uses are deleted.
+A manifest saved between merges is consistent on its own.  :func:`recover` finishes or rolls back an
+interrupted run: a fold is finished (:func:`fold_point`); for the others, if the point's file already
 has the journal's sha256 it finishes step 4; elif the temporary file exists with that sha256 it
 renames it (step 3) and finishes; else it drops the journal (the old files are intact).  Then the files
-the repository's ``pending_files`` journal names and no listed point uses are deleted (the dropped points,
-journaled in the save that unlists them; temporary files of journaled names); nothing else is touched.  At any moment every
-point of the manifest is restorable: before step 3 the old files are untouched, after it the
-point's file holds the same disk content as before.
+the repository's ``pending_files`` journal names and nothing uses are deleted; nothing else is touched.
+At any moment every point of the manifest is restorable.
 
 Fault injection: ``prune(..., checkpoint=f)`` calls ``f(step)`` at each step of :data:`KILL_POINTS`
-(tests pass a callable that kills the process there); without it nothing is called.
+and :data:`FOLD_KILL_POINTS` (tests pass a callable that kills the process there); without it nothing is called.
 """
 
 from __future__ import absolute_import, division, print_function
 
+import binascii
 import datetime
 import os
 
-from .._image.qcow2 import Qcow2Chain, Qcow2Writer
+from .._image import qcow2, qcow2_fold
+from .._image.qcow2 import SOURCE_NONE, Qcow2Chain, Qcow2Writer
 from .._image.raw_file import AtomicFile, fsync_directory
 from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256
 from .._time import TimeFormatError, parse_utc, utc_now
@@ -59,7 +70,11 @@ __metaclass__ = type
 
 JOURNAL = 'pending_merge'
 RULES = ('keep_last', 'keep_days', 'keep_daily', 'keep_weekly', 'keep_monthly')
-KILL_POINTS = ('merge-write', 'merge-written', 'journal-saved', 'renamed', 'manifest-saved', 'deleting')
+# rewrite and overlay merges
+KILL_POINTS = ('merge-write', 'merge-written', 'journal-saved', 'renamed', 'manifest-saved', 'drops-saved', 'deleting')
+# folds
+FOLD_KILL_POINTS = ('fold-journaled', 'fold-write', 'fold-written', 'journal-saved', 'header-switched', 'renamed',
+                    'manifest-saved', 'drops-saved', 'deleting')
 MERGE_PIECE_CLUSTERS = 16
 
 
@@ -147,8 +162,10 @@ def select(points, rules, now=None):
 def plan(points, keep_ids):
     """What dropping the points not in ``keep_ids`` takes: ``(drops, merges)``.
 
-    ``drops``: ids to remove, oldest first; ``merges``: ``[(id, [ids read through, newest first])]``
-    for every kept point whose parent is dropped (it becomes a standalone full), oldest first.
+    ``drops``: ids to remove, oldest first; ``merges``: ``[(id, [the id, then the dropped ids it reads
+    through, newest first])]`` for every kept point whose parent is dropped, oldest first.  The walk stops
+    at a kept ancestor (the merged point is re-pointed at it) or includes the full at the chain's root (the
+    point then becomes a full).
     """
     keep_ids = set(keep_ids)
     by_id = dict((p['id'], p) for p in points)
@@ -158,7 +175,7 @@ def plan(points, keep_ids):
         if point['id'] in keep_ids and point.get('parent') and point['parent'] not in keep_ids:
             chain = [point['id']]
             current = point
-            while current.get('parent'):
+            while current.get('parent') and current['parent'] not in keep_ids:
                 current = by_id.get(current['parent'])
                 if current is None:
                     raise RepositoryError('restore point %s depends on a point the manifest does not list'
@@ -166,6 +183,23 @@ def plan(points, keep_ids):
                 chain.append(current['id'])
             merges.append((point['id'], chain))
     return drops, merges
+
+
+def merge_method(points, chain):
+    """How a merge of ``chain`` (see :func:`plan`) is done, in proportion to what it folds where it can.
+
+    ``overlay``: a kept ancestor remains; the point's file is rewritten with the dropped points' clusters
+    it does not override, backed by the ancestor's file.  ``fold``: the chain reaches the full at its root;
+    the clusters of the point and the dropped ones are folded into the full's file, which then takes the
+    point's name.  ``rewrite`` (a whole standalone image) only where a folded file also serves a point
+    outside the chain.
+    """
+    by_id = dict((p['id'], p) for p in points)
+    if by_id[chain[-1]].get('parent'):
+        return 'overlay'
+    if any(p.get('parent') in chain[1:] and p['id'] not in chain for p in points):
+        return 'rewrite'
+    return 'fold'
 
 
 # -- recovery ---------------------------------------------------------------------------------------
@@ -186,25 +220,27 @@ def merged_view(point, journal):
     if 'export' not in view:
         # what the export of this point stored, before the merge overwrites it (a run's report shows it)
         view['export'] = {'type': point.get('type'), 'bytes': point.get('bytes'), 'blocks': point.get('blocks')}
+    parent = journal.get('parent')
     view.update({
-        'type': 'full',
-        'parent': None,
-        'base_snapshot_uuid': None,
+        'type': 'incremental' if parent else 'full',
+        'parent': parent,
+        'base_snapshot_uuid': journal.get('base_snapshot_uuid') if parent else None,
         'sha256': journal['sha256'],
         'blocks': journal['blocks'],
         'bytes': journal['bytes'],
         'blocks_digest': journal['blocks_digest'],
         'file_size': journal['file_size'],
-        'merged': journal.get('merged') or [],
+        'merged': list(point.get('merged') or []) + list(journal.get('merged') or []),
     })
     return view
 
 
 def _finish_merge(repo, journal):
-    """Step 4: record the merged point and the drops in the manifest (atomically).
+    """Record the merged point (and a run's drops) in the manifest, atomically.
 
-    The dropped points' files enter the ``pending_files`` journal in the same save that unlists them,
-    so that the clean-up (step 5) deletes only files this collection recorded.
+    Files of points that leave the manifest (the journal's drops, a fold's chain) enter the
+    ``pending_files`` journal in the same save, so that the clean-up deletes only files this
+    collection recorded.
     """
     drops = set(journal.get('drops') or [])
     points = []
@@ -213,14 +249,15 @@ def _finish_merge(repo, journal):
             point = merged_view(point, journal)
         points.append(point)
     repo.record_pending(p['file'] for p in points if p['id'] in drops)
+    repo.record_pending(record['file'] for record in journal.get('chain') or [] if record['file'] != journal.get('base_file'))
     repo.manifest['points'] = [p for p in points if p['id'] not in drops]
     repo.manifest.pop(JOURNAL, None)
     repo.save()
 
 
 def _delete_leftovers(repo, checkpoint=_no_checkpoint):
-    """Step 5 (and clean-up): delete the files the repository's journal says this collection wrote and no
-    listed point uses (dropped points, interrupted exports and merges). Nothing else is ever deleted."""
+    """Clean-up: delete the files the repository's journal says this collection wrote and nothing uses
+    (dropped points, interrupted exports and merges). Nothing else is ever deleted."""
     if repo.leftovers():
         checkpoint('deleting')
     return repo.remove_leftovers()
@@ -236,7 +273,11 @@ def recover(repo):
         raise RepositoryError('recovering the repository %s needs its write lock (Repository(path, write=True))' % repo.path)
     journal = repo.manifest.get(JOURNAL)
     action, ident = 'none', None
-    if journal:
+    if journal and journal.get('kind') == 'fold':
+        ident = journal['point']
+        _recover_fold(repo, journal)
+        action = 'finished'
+    elif journal:
         ident = journal.get('point')
         target = None
         for point in repo.points:
@@ -261,49 +302,67 @@ def recover(repo):
     return {'action': action, 'point': ident, 'deleted': deleted}
 
 
-# -- pruning ----------------------------------------------------------------------------------------
+# -- merging: rewrite and overlay (a new file, renamed over the point's) -----------------------------
 
-def write_merged(chain_path, out_fd, progress=None):
-    """Write the complete content of the chain ending at ``chain_path`` as a standalone qcow2 into ``out_fd``."""
-    with Qcow2Chain.open(chain_path) as chain:
-        size = chain.virtual_size
-        cs = chain.cluster_size
-        writer = Qcow2Writer(out_fd, size)
+def _feed(chain, writer, offset, length, progress, defined):
+    """Feed ``writer`` the content of [offset, offset+length) for the clusters ``defined(source)`` selects."""
+    cs = chain.cluster_size
+    for run in chain.runs(offset, length):
+        run_offset, run_length, source = run[0], run[1], run[2]
+        if source is not None:
+            if not defined(source):
+                continue
+            data = bytearray(run_length)
+            chain.read_run_into(memoryview(data), run)
+            writer(run_offset, memoryview(data))
+        else:  # zeros: unallocated (nothing to write) or zero flags, which an overlay must keep
+            for start in range(run_offset, run_offset + run_length, cs):
+                sources = chain.region(start // chain.region_size)[0]
+                if defined(sources[(start % chain.region_size) // cs]):
+                    writer(start, memoryview(bytearray(min(cs, chain.virtual_size - start))))
+        if progress is not None:
+            progress(run_offset, run_length)
+
+
+def write_merged(chain_paths, out_fd, backing_file=None, progress=None):
+    """Write the content of ``chain_paths`` (newest first; a whole chain, or the part above ``backing_file``)
+    into ``out_fd`` as one qcow2: standalone (the disk's allocated clusters) or an overlay of
+    ``backing_file`` (every cluster the paths define, zero flags included)."""
+    with Qcow2Chain(chain_paths) as chain:
+        writer = Qcow2Writer(out_fd, chain.virtual_size, backing_file=backing_file)
         try:
-            run_start, run_len = None, 0
-
-            def flush(start, length):
-                if length:
-                    writer(start, chain.read(start, length))
-                    if progress is not None:
-                        progress(start, length)
-
-            for offset in chain.iter_allocated():
-                length = min(cs, size - offset)
-                if run_start is not None and run_start + run_len == offset and run_len < MERGE_PIECE_CLUSTERS * cs:
-                    run_len += length
-                    continue
-                flush(run_start, run_len)
-                run_start, run_len = offset, length
-            flush(run_start, run_len)
+            if backing_file is None:
+                defined = lambda source: source >= 0  # noqa: E731 - data; zero flags read as the zeros they are
+            else:
+                defined = lambda source: source != SOURCE_NONE  # noqa: E731
+            step = MERGE_PIECE_CLUSTERS * chain.cluster_size
+            for offset in range(0, chain.virtual_size, step):
+                _feed(chain, writer, offset, min(step, chain.virtual_size - offset), progress, defined)
             return writer.finish()
         except BaseException:
             writer.abort()
             raise
 
 
-def _space_error(exc, what, repo):
+def _space_error(exc, what, repo, outcome='the repository was left as it was and every restore point is intact'):
     if getattr(exc, 'errno', None) in SPACE_ERRNOS:
-        return PruneError('not enough space in %s to write %s (%s); the repository was left as it was and every '
-                          'restore point is intact. Free some space (or prune with a smaller retention from a place '
-                          'with room) and run again.' % (repo.path, what, os.strerror(exc.errno)), exc.errno)
+        return PruneError('not enough space in %s to write %s (%s); %s. Free some space (or prune with a smaller '
+                          'retention from a place with room) and run again.'
+                          % (repo.path, what, os.strerror(exc.errno), outcome), exc.errno)
     return None
 
 
-def merge_point(repo, ident, chain_ids, drops=None, checkpoint=_no_checkpoint):
-    """Merge point ``ident`` forward into a standalone full under its own file name (steps 1-4)."""
+def merge_point(repo, ident, chain_ids, method='rewrite', checkpoint=_no_checkpoint):
+    """Rewrite point ``ident`` under its own file name: as a standalone full (``rewrite``) or as an overlay
+    of its kept ancestor holding the dropped points' clusters (``overlay``).  Returns the journal."""
     point = repo.point(ident)
     path = repo.file_path(point)
+    by_id = dict((p['id'], p) for p in repo.points)
+    ancestor = by_id.get(by_id[chain_ids[-1]].get('parent')) if method == 'overlay' else None
+    if method == 'overlay':
+        chain = [point] + [by_id[i] for i in chain_ids[1:]]
+    else:
+        chain = repo.chain(point)
     repo.record_pending([point['file']])  # its temporary file .<file>.partial-* is then ours to clean up
     repo.save()
     out = AtomicFile(path, prefix=PARTIAL_MARK)
@@ -315,12 +374,16 @@ def merge_point(repo, ident, chain_ids, drops=None, checkpoint=_no_checkpoint):
             if not halfway[0] and offset + length >= point['virtual_size'] // 2:
                 halfway[0] = True
                 checkpoint('merge-write')
-        written = write_merged(path, out.fd, progress)
+        written = write_merged([repo.file_path(p) for p in chain], out.fd,
+                               backing_file=ancestor['file'] if ancestor else None, progress=progress)
         os.fsync(out.fd)
         fsync_directory(repo.path)
         checkpoint('merge-written')
         journal = {
             'point': ident,
+            'kind': method,
+            'parent': ancestor['id'] if ancestor else None,
+            'base_snapshot_uuid': ancestor.get('snapshot_uuid') if ancestor else None,
             'temp_file': os.path.basename(out.temp_path),
             'sha256': file_sha256(out.temp_path),
             'blocks': written.clusters_stored,
@@ -328,7 +391,7 @@ def merge_point(repo, ident, chain_ids, drops=None, checkpoint=_no_checkpoint):
             'blocks_digest': written.digest,
             'file_size': written.file_size,
             'merged': chain_ids[1:],
-            'drops': list(drops or []),
+            'drops': [],
         }
         repo.manifest[JOURNAL] = journal
         repo.save()
@@ -347,14 +410,135 @@ def merge_point(repo, ident, chain_ids, drops=None, checkpoint=_no_checkpoint):
     checkpoint('renamed')
     _finish_merge(repo, journal)
     checkpoint('manifest-saved')
+    journal['bytes_written'] = written.file_size
     return journal
 
+
+# -- merging: fold (the dropped full's file takes the kept point's clusters and name) -----------------
+
+def fold_point(repo, ident, chain_ids, checkpoint=_no_checkpoint):
+    """Fold point ``ident`` and the dropped points below it into the full at the chain's root, in place.
+
+    Steps (each a kill point of the fault tests)::
+
+        1. manifest: the dropped points leave the list; the journal (kind fold, phase writing) keeps their
+           records for the readers (Repository.chain) and names the base file and its size;  fold-journaled
+        2. qcow2_fold.prepare writes the folded clusters and new tables into unused clusters of the base
+           file and fsyncs it; the base still reads as before;                         fold-write, fold-written
+        3. the future file is hashed (qcow2.scan with the new header) and the journal becomes phase
+           ready with the hashes and both header patches;                              journal-saved
+        4. the header switch (one write in the first sector) and fsync;                header-switched
+        5. the base file is renamed to the point's file name, fsync of the directory;  renamed
+        6. manifest: the point becomes the full the journal describes, the journal goes; manifest-saved
+
+    The point restores at every instant: before 4 through its unchanged chain, between 4 and 5 through the
+    chain whose base already holds the folded clusters (the overlays above override the same clusters with
+    the same data), after 5 from its merged file.  :func:`recover` redoes step 2 on (the base is first cut
+    back to its size) or finishes from the journal's hashes.
+    """
+    point = repo.point(ident)
+    by_id = dict((p['id'], p) for p in repo.points)
+    records = [dict(by_id[i]) for i in chain_ids[1:]]
+    # the base file changes (in unused clusters) before its header switch: its file hash is no longer the
+    # recorded one, while its blocks digest and its content stay what they were
+    records[-1]['sha256'] = None
+    records[-1]['file_size'] = None
+    base_path = repo.file_path(records[-1])
+    journal = {
+        'point': ident, 'kind': 'fold', 'phase': 'writing', 'parent': None,
+        'base_file': records[-1]['file'], 'base_file_size': os.path.getsize(base_path),
+        'chain': records, 'merged': chain_ids[1:], 'drops': [],
+    }
+    folded = set(chain_ids[1:])
+    repo.manifest['points'] = [p for p in repo.points if p['id'] not in folded]
+    repo.manifest[JOURNAL] = journal
+    repo.save()
+    checkpoint('fold-journaled')
+    return _run_fold(repo, journal, point, checkpoint)
+
+
+def _run_fold(repo, journal, point, checkpoint):
+    """Steps 2-6 of :func:`fold_point` (also what recovery redoes)."""
+    base_path = os.path.join(repo.path, journal['base_file'])
+    target = repo.file_path(point)
+    overlays = [target] + [os.path.join(repo.path, record['file']) for record in journal['chain'][:-1]]
+    if os.path.getsize(base_path) > journal['base_file_size']:
+        os.truncate(base_path, journal['base_file_size'])  # what an interrupted step 2 appended
+    halfway = [False]
+
+    def progress(done, total):
+        if not halfway[0] and done * 2 >= total:
+            halfway[0] = True
+            checkpoint('fold-write')
+    try:
+        result = qcow2_fold.prepare(base_path, overlays, progress=progress)
+    except (IOError, OSError) as exc:
+        if os.path.getsize(base_path) > journal['base_file_size']:
+            os.truncate(base_path, journal['base_file_size'])
+        error = _space_error(exc, 'the clusters folded into %s' % journal['base_file'], repo,
+                             outcome='every listed restore point is intact, and the next run with room finishes '
+                                     'the merge')
+        if error is not None:
+            raise error
+        raise
+    checkpoint('fold-written')
+    found = qcow2.scan(base_path, header_patch=result.patch)
+    journal.update({
+        'phase': 'ready', 'patch': binascii.hexlify(result.patch).decode('ascii'),
+        'restore_patch': binascii.hexlify(result.restore_patch).decode('ascii'),
+        'sha256': found.sha256, 'blocks': found.clusters_stored, 'bytes': found.bytes_stored,
+        'blocks_digest': found.digest, 'file_size': found.file_size,
+    })
+    repo.manifest[JOURNAL] = journal
+    repo.save()
+    checkpoint('journal-saved')
+    qcow2_fold.switch(base_path, result.patch)
+    checkpoint('header-switched')
+    os.rename(base_path, target)
+    fsync_directory(repo.path)
+    checkpoint('renamed')
+    _finish_merge(repo, journal)
+    checkpoint('manifest-saved')
+    journal['bytes_written'] = result.bytes_written
+    return journal
+
+
+def _recover_fold(repo, journal):
+    """Finish an interrupted fold: from the journal's hashes when they are known, else by redoing the fold."""
+    point = repo.point(journal['point'])
+    target = repo.file_path(point)
+    base_path = os.path.join(repo.path, journal['base_file'])
+    if journal['phase'] == 'ready':
+        if file_sha256(target) == journal['sha256']:
+            _finish_merge(repo, journal)
+            return
+        if os.path.exists(base_path):
+            patch = binascii.unhexlify(journal['patch'])
+            if qcow2_fold.current_patch(base_path) != patch:
+                qcow2_fold.switch(base_path, patch)  # the prepared clusters were fsynced before the journal
+            if file_sha256(base_path) == journal['sha256']:
+                os.rename(base_path, target)
+                fsync_directory(repo.path)
+                _finish_merge(repo, journal)
+                return
+            qcow2_fold.switch(base_path, binascii.unhexlify(journal['restore_patch']))
+    if not os.path.exists(base_path):
+        raise RepositoryError('an interrupted prune was folding restore point %s into %s, which is gone; the point '
+                              'cannot be finished. Run xenserver.cbt_backup.backup_verify on %s.'
+                              % (point['id'], journal['base_file'], repo.path), code='REPOSITORY_DAMAGED')
+    for name in ('phase', 'patch', 'restore_patch', 'sha256', 'blocks', 'bytes', 'blocks_digest', 'file_size'):
+        journal.pop(name, None)
+    journal['phase'] = 'writing'
+    _run_fold(repo, journal, point, _no_checkpoint)
+
+
+# -- pruning ----------------------------------------------------------------------------------------
 
 def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
     """Apply the retention ``rules`` to the open Repository ``repo`` (write-locked unless ``check_mode``).
 
-    Returns a dict: kept, removed, merged (id -> info), bytes_freed, reasons, recovered, deleted_files.
-    ``checkpoint``: see the module docstring.
+    Returns a dict: kept, removed, merged (id -> info), bytes_freed, bytes_written, reasons, recovered,
+    deleted_files.  ``checkpoint``: see the module docstring.
     """
     checkpoint = checkpoint or _no_checkpoint
     recovered = {'action': 'none', 'point': None, 'deleted': []}
@@ -368,13 +552,15 @@ def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
     drops, merges = plan(points, reasons)
     kept = [p['id'] for p in points if p['id'] in reasons]
     sizes = dict((p['id'], p.get('file_size') or 0) for p in points)
+    methods = dict((ident, merge_method(points, chain)) for ident, chain in merges)
     result = {
         'kept': kept,
         'removed': drops,
         'reasons': dict((ident, reasons[ident]) for ident in kept),
-        'merged': dict((ident, {'merged': chain[1:]}) for ident, chain in merges),
+        'merged': dict((ident, {'merged': chain[1:], 'method': methods[ident]}) for ident, chain in merges),
         'recovered': recovered,
         'changed': bool(drops) or pending or recovered['action'] != 'none' or bool(recovered['deleted']),
+        'bytes_written': 0,
     }
     if check_mode:
         result['bytes_freed'] = sum(sizes[ident] for ident in drops)  # an upper bound: merged files grow
@@ -382,17 +568,20 @@ def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
         return result
     before = sum(sizes[ident] for ident in drops) + sum(sizes[ident] for ident, chain in merges)
     after = 0
-    for number, (ident, chain) in enumerate(merges):
-        last = number == len(merges) - 1
-        journal = merge_point(repo, ident, chain, drops=drops if last else None, checkpoint=checkpoint)
+    for ident, chain in merges:
+        if methods[ident] == 'fold':
+            journal = fold_point(repo, ident, chain, checkpoint=checkpoint)
+        else:
+            journal = merge_point(repo, ident, chain, method=methods[ident], checkpoint=checkpoint)
         result['merged'][ident].update(dict((key, journal[key]) for key in ('sha256', 'blocks', 'bytes', 'file_size')))
+        result['bytes_written'] += journal['bytes_written']
         after += journal['file_size']
-    if drops and not merges:
-        drop_set = set(drops)
-        repo.record_pending(p['file'] for p in repo.points if p['id'] in drop_set)
-        repo.manifest['points'] = [p for p in repo.points if p['id'] not in drop_set]
+    remaining = set(drops) & set(p['id'] for p in repo.points)
+    if remaining:
+        repo.record_pending(p['file'] for p in repo.points if p['id'] in remaining)
+        repo.manifest['points'] = [p for p in repo.points if p['id'] not in remaining]
         repo.save()
-        checkpoint('manifest-saved')
+        checkpoint('drops-saved')
     result['deleted_files'] = _delete_leftovers(repo, checkpoint) if drops else []
     result['bytes_freed'] = before - after
     return result

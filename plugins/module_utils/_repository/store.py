@@ -155,10 +155,13 @@ _POINT_FIELDS = (
     ('bytes', False, (int, type(None))),
     ('snapshot_uuid', False, _OPTIONAL_TEXT),
 )
-# the merge journal retention.py writes (a prune between its rename and its manifest update)
+# the merge journal retention.py writes: a rewrite or overlay merge between its rename and its manifest update,
+# or a fold (kind "fold") from the save that unlists the folded points until the manifest records the result
 _JOURNAL_FIELDS = (('point', _TEXT), ('sha256', _TEXT), ('blocks_digest', _TEXT), ('blocks', (int,)), ('bytes', (int,)),
-                   ('file_size', (int,)),
+                   ('file_size', (int,)), ('kind', _OPTIONAL_TEXT), ('parent', _OPTIONAL_TEXT),
                    ('temp_file', _OPTIONAL_TEXT), ('drops', (list, type(None))), ('merged', (list, type(None))))
+_FOLD_WRITING_OPTIONAL = ('sha256', 'blocks_digest', 'blocks', 'bytes', 'file_size')
+_FOLD_FIELDS = (('phase', ('writing', 'ready')), ('base_file', _TEXT), ('base_file_size', (int,)), ('chain', (list,)))
 _TYPE_NAMES = {str: 'a string', int: 'a whole number', type(None): 'null', dict: 'an object', list: 'a list'}
 
 
@@ -209,9 +212,33 @@ def manifest_problem(manifest):
                                                   for k in entry if k in ('file', 'temp')):
             return '%s[%d]: expected an object of plain file names' % (PENDING, index)
     journal = manifest.get('pending_merge')
-    for name, types in _JOURNAL_FIELDS if journal is not None else ():
+    return _journal_problem(journal) if journal is not None else None
+
+
+def _journal_problem(journal):
+    fold = journal.get('kind') == 'fold'
+    writing = fold and journal.get('phase') == 'writing'
+    for name, types in _JOURNAL_FIELDS:
+        if writing and name in _FOLD_WRITING_OPTIONAL and journal.get(name) is None:
+            continue
         if not isinstance(journal.get(name), types) or isinstance(journal.get(name), bool):
             return 'pending_merge.%s: %s, expected %s' % (name, _kind((type(journal.get(name)),)), _kind(types))
+    if journal.get('kind') not in (None, 'rewrite', 'overlay', 'fold'):
+        return 'pending_merge.kind: %r, expected "rewrite", "overlay" or "fold"' % (journal.get('kind'),)
+    for name, allowed in _FOLD_FIELDS if fold else ():
+        value = journal.get(name)
+        if isinstance(allowed[0], str):
+            if value not in allowed:
+                return 'pending_merge.%s: %r, expected "%s"' % (name, value, '" or "'.join(allowed))
+        elif not isinstance(value, allowed) or isinstance(value, bool):
+            return 'pending_merge.%s: %s, expected %s' % (name, _kind((type(value),)), _kind(allowed))
+    for index, record in enumerate(journal.get('chain') or [] if fold else []):
+        if not isinstance(record, dict) or not isinstance(record.get('id'), str) \
+                or not isinstance(record.get('file'), str) or os.path.basename(record['file']) != record['file']:
+            return 'pending_merge.chain[%d]: expected a restore point with a plain file name' % index
+    if fold and (not journal['chain'] or journal['chain'][-1].get('file') != journal['base_file']
+                 or os.path.basename(journal['base_file']) != journal['base_file']):
+        return 'pending_merge.base_file: expected the plain file name of the last point of the chain'
     return None
 
 
@@ -435,16 +462,29 @@ class Repository:
                               code='POINT_NOT_FOUND')
 
     def chain(self, point):
-        """The points a restore of ``point`` reads, newest first (the point, its parent, ... the full)."""
+        """The points a restore of ``point`` reads, newest first (the point, its parent, ... the full).
+
+        While a prune folds the point's ancestors into its base file (a ``pending_merge`` journal of kind
+        ``fold``, retention.py), they are no longer listed: the journal holds them, until the base file has
+        been renamed to the point's file, which then holds the whole disk.
+        """
+        journal = self.manifest.get('pending_merge') or {}
+        folding = journal.get('point') if journal.get('kind') == 'fold' else None
         by_id = dict((p['id'], p) for p in self.points)
         chain = [point]
-        while chain[-1].get('parent'):
-            parent = by_id.get(chain[-1]['parent'])
-            if parent is None:
+        while True:
+            current = chain[-1]
+            if current['id'] == folding:
+                if os.path.exists(os.path.join(self.path, journal['base_file'])):
+                    chain.extend(journal['chain'])
+                return chain
+            if not current.get('parent'):
+                return chain
+            parent = by_id.get(current['parent'])
+            if parent is None or parent in chain:
                 raise RepositoryError('restore point %s depends on %s, which the manifest does not list'
-                                      % (chain[-1]['id'], chain[-1]['parent']), code='REPOSITORY_DAMAGED')
+                                      % (current['id'], current['parent']), code='REPOSITORY_DAMAGED')
             chain.append(parent)
-        return chain
 
     def file_path(self, point):
         return os.path.join(self.path, point['file'])
@@ -474,9 +514,16 @@ class Repository:
             if name not in known:
                 pending.append({'file': name, 'since': format_utc(utc_now())})
 
+    def in_use(self):
+        """Names of the files that listed points and an unfinished prune (``pending_merge``) read."""
+        names = set(p['file'] for p in self.points)
+        journal = self.manifest.get('pending_merge') or {}
+        names.update(record['file'] for record in journal.get('chain') or [])
+        return names
+
     def _pending_names(self):
-        """Existing files that the journal names and no listed point uses, with their temporary files."""
-        listed = set(p['file'] for p in self.points)
+        """Existing files that the journal names and nothing uses (:meth:`in_use`), with their temporary files."""
+        listed = self.in_use()
         journaled = set(entry['file'] for entry in self.manifest.get(PENDING) or [] if entry.get('file'))
         found = []
         for name in sorted(os.listdir(self.path)) if self.exists else []:
@@ -496,8 +543,7 @@ class Repository:
         """Files neither listed nor journaled nor the repository's own: reported, never deleted."""
         if not self.exists:
             return []
-        listed = set(p['file'] for p in self.points)
-        ours = set(OWN_FILES) | listed | set(self._pending_names())
+        ours = set(OWN_FILES) | self.in_use() | set(self._pending_names())
         return sorted(name for name in os.listdir(self.path) if name not in ours and not name.endswith('.link'))
 
     def notices(self):

@@ -99,10 +99,16 @@ def test_plan_merges_a_kept_point_whose_parent_is_dropped():
         {'id': 'f1', 'parent': None}, {'id': 'i1', 'parent': 'f1'}, {'id': 'i2', 'parent': 'i1'},
         {'id': 'i3', 'parent': 'i2'}, {'id': 'f2', 'parent': None}, {'id': 'i4', 'parent': 'f2'},
     ]
-    assert retention.plan(points, ['f1', 'i2', 'f2', 'i4']) == (['i1', 'i3'], [('i2', ['i2', 'i1', 'f1'])])
+    # a kept ancestor ends the walk (i2 is re-pointed at f1); a dropped root is part of it (i3 becomes a full)
+    assert retention.plan(points, ['f1', 'i2', 'f2', 'i4']) == (['i1', 'i3'], [('i2', ['i2', 'i1'])])
     assert retention.plan(points, ['i3', 'i4']) == (['f1', 'i1', 'i2', 'f2'], [('i3', ['i3', 'i2', 'i1', 'f1']),
                                                                                ('i4', ['i4', 'f2'])])
     assert retention.plan(points, [p['id'] for p in points]) == ([], [])
+    assert retention.merge_method(points, ['i2', 'i1']) == 'overlay'
+    assert retention.merge_method(points, ['i3', 'i2', 'i1', 'f1']) == 'fold'
+    # a file of the chain that also serves a point outside it cannot take the clusters in place
+    branched = points + [{'id': 'b1', 'parent': 'i1'}]
+    assert retention.merge_method(branched, ['i3', 'i2', 'i1', 'f1']) == 'rewrite'
 
 
 # -- merging on real chains -------------------------------------------------------------------------
@@ -192,7 +198,11 @@ def test_keep_last_merges_the_oldest_kept_point_into_a_full(nbd_server_factory, 
     result = prune(repo_dir, keep_last=3)
     assert result['changed'] and result['removed'] == ids[:2] and result['kept'] == ids[2:]
     assert result['merged'][ids[2]]['merged'] == [ids[1], ids[0]]
-    assert sorted(result['deleted_files']) == sorted([files[ids[0]], files[ids[1]]])
+    # folded in place: the full's file took the kept point's clusters and its name, the incremental went
+    assert result['merged'][ids[2]]['method'] == 'fold'
+    assert result['deleted_files'] == [files[ids[1]]]
+    assert sorted(n for n in os.listdir(repo_dir) if n not in store.OWN_FILES) == sorted(files[i] for i in ids[2:])
+    assert 0 < result['bytes_written'] < 2 * (exported['bytes'] + 1024 * 1024)
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-2', 'snap-3', 'snap-4']
     with store.Repository(repo_dir) as repo:
         merged = repo.point(ids[2])
@@ -225,8 +235,13 @@ def test_daily_rule_merges_several_kept_points(nbd_server_factory, tmp_path):
     # Kept: snap-0 (day 1, the full), snap-2 (day 2), snap-5 (day 3, newest).
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-0', 'snap-2', 'snap-5']
     assert sorted(result['merged']) == sorted(ids[1:])
+    assert [result['merged'][i]['method'] for i in ids[1:]] == ['overlay', 'overlay']
     with store.Repository(repo_dir) as repo:
-        assert [p['type'] for p in repo.points] == ['full', 'full', 'full']
+        # each kept point is re-pointed at the kept one before it, holding the dropped points' clusters
+        assert [p['type'] for p in repo.points] == ['full', 'incremental', 'incremental']
+        assert [p['parent'] for p in repo.points] == [None, ids[0], ids[1]]
+        old_id = dict((uuid, point['id']) for uuid, point in before.items())
+        assert [p.get('merged') for p in repo.points[1:]] == [[old_id['snap-1']], [old_id['snap-4'], old_id['snap-3']]]
         # the full was taken as one and merged nothing: no export record; each merged point got its own
         assert 'export' not in repo.points[0]
         for point in repo.points[1:]:
