@@ -535,7 +535,10 @@ class Qcow2Image:
         self._fd = os.open(path, os.O_RDONLY | getattr(os, 'O_CLOEXEC', 0))
         try:
             self.file_size = os.fstat(self._fd).st_size
-            head = patch_header(os.pread(self._fd, 2 * 1024 * 1024, 0), header_patch)
+            head = os.pread(self._fd, DEFAULT_CLUSTER_SIZE, 0)  # the header lives in the first cluster
+            if len(head) >= 24 and DEFAULT_CLUSTER_SIZE < (1 << min(32, struct.unpack_from('>I', head, 20)[0])) <= 2 * 1024 * 1024:
+                head = os.pread(self._fd, 1 << struct.unpack_from('>I', head, 20)[0], 0)
+            head = patch_header(head, header_patch)
             header = _Header(head, self.file_size)
             self.header = header
             head = head[:header.cluster_size]
@@ -827,15 +830,16 @@ class _Checker:
                         self.problem('leaked cluster at offset %d (refcount %d, not referenced)' % (offset, have))
                     else:
                         self.problem('cluster at offset %d has refcount %d but %d references' % (offset, have, want))
-        refcount_of = {}
+        block_cache = {}  # rt index -> its refcounts (each block is read once per run of clusters it covers)
         for what, cluster, copied in self.copied_checks:
-            if cluster not in refcount_of:
-                rt_index, pos = divmod(cluster, per_block)
-                refcount_of[cluster] = self._refcounts(blocks[rt_index], order)[pos] if rt_index in blocks else 0
-            if copied != (refcount_of[cluster] == 1):
-                self.problem('%s: copied flag is %s but the refcount is %d' % (what, 'set' if copied else 'clear', refcount_of[cluster]))
-            if len(refcount_of) > 4096:
-                refcount_of.clear()
+            rt_index, pos = divmod(cluster, per_block)
+            if rt_index not in block_cache:
+                if len(block_cache) >= 16:
+                    block_cache.clear()
+                block_cache[rt_index] = self._refcounts(blocks[rt_index], order) if rt_index in blocks else None
+            refcount = block_cache[rt_index][pos] if block_cache[rt_index] is not None else 0
+            if copied != (refcount == 1):
+                self.problem('%s: copied flag is %s but the refcount is %d' % (what, 'set' if copied else 'clear', refcount))
 
     def _refcounts(self, offset, order):
         data = _pread_exact(self.image._fd, self.cs, offset)  # pylint: disable=protected-access
