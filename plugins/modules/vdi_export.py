@@ -129,6 +129,19 @@ options:
     type: str
     choices: [fail, full]
     default: fail
+  allocation_map:
+    description:
+      - What a full export (no O(base), no O(changed_blocks)) reads, with O(snapshot).
+      - V(auto) (the default) first reads the snapshot's block allocation table from the host
+        (C(GET /export_raw_vdi?format=vhd), only the VHD header and table, then the connection is closed), and reads
+        over NBD only the 2 MiB blocks it lists; what it does not list reads as zeros. Where the host gives no map (an
+        older host, an SR whose VHD export fails), the whole disk is read and RV(allocation_fallback_reason) and a
+        warning say why.
+      - V(none) reads every byte of the disk (xapi-nbd offers no NBD block status to skip holes).
+      - The O(nbd) form has no XenAPI snapshot to ask and always reads everything.
+    type: str
+    choices: [auto, none]
+    default: auto
   min_rate_mib_s:
     description:
       - The slowest a read reply may arrive, in MiB/s, so that a server that trickles data (a few bytes now and
@@ -291,6 +304,18 @@ cleaned_up:
   elements: str
   returned: with O(repository)
   sample: [.20261125T140233Z-incr.qcow2.partial-x1y2z3]
+allocation_source:
+  description:
+    - For a full export, what told it which blocks to read; C(vhd_bat) (the host's VHD allocation table) or C(none)
+      (every byte was read). Recorded in the restore point too.
+  type: str
+  returned: success, for a full export
+  sample: vhd_bat
+allocation_fallback_reason:
+  description: Why a full export with O(allocation_map=auto) read the whole disk.
+  type: str
+  returned: when the host gave no allocation map
+  sample: the host answered HTTP 404 Not Found to the VHD export
 fallback_reason:
   description: Why the changed blocks could not be listed, when O(on_broken_chain=full) turned the export into a full one.
   type: str
@@ -341,6 +366,7 @@ def argument_spec():
         dest=dict(type='path'),
         repository=dict(type='path'),
         min_rate_mib_s=dict(type='float', default=1.0),
+        allocation_map=dict(type='str', default='auto', choices=['auto', 'none']),
         on_broken_chain=dict(type='str', default='fail', choices=['fail', 'full']),
         run=dict(type='str'),
     )

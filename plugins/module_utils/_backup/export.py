@@ -83,7 +83,7 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
                    requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
-                   checkpoint=None):
+                   checkpoint=None, allocation=None):
     """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN)."""
     _check_dest(dest)
     finished = None
@@ -102,7 +102,8 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
         def check(size):
             _check_incremental_dest(dest, size)
     result = run_export(target, changed_blocks, write, check=check, connections=connections,
-                        requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode)
+                        requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode,
+                        allocation=allocation)
     if check_mode and changed_blocks is not None:
         _check_space(dest, result['bytes_to_read'])  # check mode fails where the run would, for lack of space
     if finished:
@@ -112,12 +113,33 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
     return result
 
 
+def full_extents(allocation, size):
+    """What a full export of ``size`` bytes reads: ``(extents, allocation_source, fallback_reason)``.
+
+    ``allocation``: None (read everything), ``{'map': VhdAllocation}`` (read only its blocks, when it
+    describes this very disk) or ``{'reason': text}`` (the host gave no map: read everything, say why).
+    """
+    everything = [(0, size)] if size else []
+    if not allocation:
+        return everything, 'none', None
+    found = allocation.get('map')
+    if found is None:
+        return everything, 'none', allocation.get('reason')
+    if found.virtual_size != size:
+        return everything, 'none', ('the allocation map describes %d bytes but the NBD export has %d'
+                                    % (found.virtual_size, size))
+    return found.extents(), allocation.get('source') or 'vhd_bat', None
+
+
 def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
-               requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False):
-    """Plan what to read (all of the export, or the bitmap's blocks) and hand it to a destination.
+               requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
+               allocation=None):
+    """Plan what to read (all of the export, its allocated blocks, or the bitmap's blocks) and hand it to a
+    destination.
 
     ``check(size)`` may refuse the export before any data is read; ``write(reader, extents, size)``
     reads and stores, returning ``(stats, bytes_written)`` or ``(stats, bytes_written, extra_result)``.
+    ``allocation``: for a full, see :func:`full_extents`.
     """
     first = NbdConnection.open(target)
     try:
@@ -136,8 +158,13 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
         # an expired pinned certificate: the NBD layer says so, the XenServer remedy is added here
         result['warnings'].extend('%s %s' % (warning, EXPIRED_CERTIFICATE_ADVICE) for warning in first.tls_warnings)
         if changed_blocks is None:
-            extents = [(0, size)] if size else []
+            extents, source, reason = full_extents(allocation, size)
             result['blocks_changed'] = _cbt.block_count(size)
+            result['allocation_source'] = source
+            if reason:
+                result['allocation_fallback_reason'] = reason
+                result['warnings'].append('the host gave no allocation map (%s): the full export reads the whole '
+                                          'disk' % reason)
         else:
             raw = _cbt.decode(changed_blocks)
             extents = _cbt.to_extents(raw, size)

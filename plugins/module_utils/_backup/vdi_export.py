@@ -12,7 +12,8 @@ disk) is tested without an Ansible run.
 
 from __future__ import absolute_import, division, print_function
 
-from .._xenapi.ops import changed_blocks as _changed_blocks_ops, nbd_access as _nbd_access, snapshot as _snapshot_ops
+from .._xenapi.ops import allocation as _allocation, changed_blocks as _changed_blocks_ops, nbd_access as _nbd_access
+from .._xenapi.ops import snapshot as _snapshot_ops
 from . import export as _export
 from .._xenapi import model as _objects
 from .._repository.backup import already_exported, export_to_repository
@@ -23,12 +24,15 @@ __metaclass__ = type
 DEFAULT_NBD_PORT = 10809
 
 
-def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False):
-    """Read the export ``nbd`` (address, port, exportname, cert, subject) into the repository or dest."""
+def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False,
+               allocation=None):
+    """Read the export ``nbd`` (address, port, exportname, cert, subject) into the repository or dest.
+
+    ``allocation``: what a full reads (export.full_extents); None reads everything."""
     target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
                                  min_rate_mib_s=params['min_rate_mib_s'])
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
-                   retries=params['retries'], check_mode=check_mode)
+                   retries=params['retries'], check_mode=check_mode, allocation=allocation)
     if params['repository']:
         if snapshot is None and params['run']:
             snapshot = {'run': params['run']}  # the nbd form records the run too
@@ -77,6 +81,10 @@ def export_snapshot(client, params, check_mode=False):
     if params['base']:
         changed_blocks, base_uuid, fallback_reason = changed_blocks_or_fallback(
             client, params['base'], snap_ref, snap, params['on_broken_chain'])
+    allocation = None
+    if changed_blocks is None and params.get('allocation_map', 'auto') == 'auto':
+        # before any NBD connection, as for list_changed_blocks
+        allocation = full_allocation(client, snap_ref)
     info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
     check_purpose(info, params['tls'])
     nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
@@ -92,7 +100,7 @@ def export_snapshot(client, params, check_mode=False):
     if params['run']:
         snapshot['run'] = params['run']
     result = export_nbd(params, nbd, changed_blocks, snapshot=snapshot, base_uuid=base_uuid, disk=disk,
-                        check_mode=check_mode)
+                        check_mode=check_mode, allocation=allocation)
     result['snapshot'] = snap['uuid']
     if base_uuid is not None:
         result['base'] = base_uuid
@@ -101,6 +109,14 @@ def export_snapshot(client, params, check_mode=False):
         result['warnings'].append('the CBT chain from %s is broken (%s): a full backup was taken instead, which '
                                   'starts a new chain' % (params['base'], fallback_reason))
     return result
+
+
+def full_allocation(client, snap_ref):
+    """What a full export of the snapshot may skip: ``{'map': VhdAllocation}``, or ``{'reason': why not}``."""
+    try:
+        return {'map': _allocation.vdi_allocation(client, snap_ref), 'source': _allocation.SOURCE}
+    except (_allocation.AllocationUnavailable, XenApiError) as exc:
+        return {'reason': str(exc)}
 
 
 def disk_user(client, disk_ref):

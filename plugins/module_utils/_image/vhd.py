@@ -197,3 +197,101 @@ class VhdStream:
         if written != self.length:  # pragma: no cover - a layout bug
             raise VhdError('wrote %d bytes, announced %d' % (written, self.length))
         return written
+
+
+# -- reading the allocation map at the start of a dynamic VHD stream --------------------------------------
+
+MAX_BAT_ENTRIES = MAX_VHD_SIZE // SECTOR  # bounds what a header may make us read
+
+
+class VhdAllocation:
+    """Which blocks of a disk a dynamic VHD holds (``present``: sorted block indexes)."""
+
+    def __init__(self, virtual_size, block_size, present):
+        self.virtual_size = virtual_size
+        self.block_size = block_size
+        self.present = present
+
+    @property
+    def allocated_bytes(self):
+        return sum(min(self.block_size, self.virtual_size - index * self.block_size) for index in self.present)
+
+    def extents(self):
+        """``[(offset, length)]`` of the present blocks, neighbours merged, cut at the virtual size."""
+        runs = []
+        for index in self.present:
+            start = index * self.block_size
+            length = min(self.block_size, self.virtual_size - start)
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((start, length))
+        return runs
+
+
+class _ForwardReader:
+    """Exact reads from a stream that only goes forward (an HTTP response)."""
+
+    def __init__(self, read):
+        self._read = read
+        self.position = 0
+
+    def read(self, length, what):
+        chunks, got = [], 0
+        while got < length:
+            data = self._read(min(length - got, _READ_CHUNK))
+            if not data:
+                raise VhdError('the VHD stream ends inside its %s (at byte %d)' % (what, self.position + got))
+            chunks.append(data)
+            got += len(data)
+        self.position += got
+        return b''.join(chunks)
+
+    def skip_to(self, offset, what):
+        if offset < self.position:
+            raise VhdError('the VHD %s at byte %d lies before what was read already' % (what, offset))
+        while self.position < offset:
+            self.read(min(offset - self.position, _READ_CHUNK), what)
+
+
+def _checked(data, position, what):
+    zeroed = bytearray(data)
+    stored, = struct.unpack_from('>I', data, position)
+    struct.pack_into('>I', zeroed, position, 0)
+    if checksum(zeroed) != stored:
+        raise VhdError('the VHD %s has a wrong checksum' % what)
+
+
+def read_allocation(read):
+    """The allocation map of the dynamic VHD stream that ``read(n)`` yields: footer copy, dynamic header and
+    block allocation table, nothing after them.  Raises VhdError for anything else (a fixed VHD has no map)."""
+    stream = _ForwardReader(read)
+    footer = stream.read(SECTOR, 'footer')
+    if footer[:8] != b'conectix':
+        raise VhdError('the stream does not start with a VHD footer (no "conectix" cookie)')
+    _checked(footer, _FOOTER_CHECKSUM_AT, 'footer')
+    data_offset, = struct.unpack_from('>Q', footer, 16)
+    virtual_size, = struct.unpack_from('>Q', footer, 48)
+    disk_type, = struct.unpack_from('>I', footer, 60)
+    if disk_type != DISK_TYPE_DYNAMIC:
+        raise VhdError('the VHD is of type %d, not dynamic (3): it carries no block allocation table' % disk_type)
+    stream.skip_to(data_offset, 'dynamic header')
+    header = stream.read(1024, 'dynamic header')
+    if header[:8] != b'cxsparse':
+        raise VhdError('no dynamic VHD header ("cxsparse") where the footer points')
+    _checked(header, _HEADER_CHECKSUM_AT, 'dynamic header')
+    table_offset, = struct.unpack_from('>Q', header, 16)
+    entries, block_size = struct.unpack_from('>II', header, 28)
+    if block_size < SECTOR or block_size & (block_size - 1):
+        raise VhdError('the VHD block size %d is not a power of two of at least 512' % block_size)
+    if entries > MAX_BAT_ENTRIES or entries * block_size < virtual_size:
+        raise VhdError('the VHD table of %d entries of %d bytes does not describe a disk of %d bytes'
+                       % (entries, block_size, virtual_size))
+    stream.skip_to(table_offset, 'block allocation table')
+    table = array.array('I')
+    table.frombytes(stream.read(entries * 4, 'block allocation table'))
+    if sys.byteorder == 'little':
+        table.byteswap()
+    present = [index for index, entry in enumerate(table)
+               if entry != UNUSED_BAT_ENTRY and index * block_size < virtual_size]
+    return VhdAllocation(virtual_size, block_size, present)

@@ -123,6 +123,9 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 # the whole export: reading, writing, finishing, fsync and rename of the image
                 'seconds': round(time.monotonic() - started, 3),
             }
+            if kind == 'full':
+                # vhd_bat: only the blocks the host's allocation map lists were read; none: every byte
+                point['allocation_source'] = _export.full_extents(options.get('allocation'), size)[1]
             if snapshot.get('run'):
                 point['run'] = normalize_if_time(snapshot['run'])  # the backup run; one VM snapshot's disks share it
             if snapshot.get('fallback_reason'):

@@ -124,3 +124,35 @@ def test_import_vhd(lab, web, tmp_path):
         assert api.task.get_status(task) == 'success', api.task.get_error_info(task)
         assert lab.content(api.VDI.get_uuid(vdi)) == bytes(data)
     api.VDI.destroy(vdi)
+
+
+def test_export_vhd_lists_the_allocated_blocks(lab, web, tmp_path):
+    require('qemu-img')
+    client, api = web
+    size = 9 * MIB
+    vdi = new_vdi(api, size)
+    vdi_uuid = api.VDI.get_uuid(vdi)
+    data = bytearray(size)
+    data[100:5000] = random.Random(3).randbytes(4900)                     # block 0
+    data[5 * MIB - 10:5 * MIB + 10] = random.Random(4).randbytes(20)      # block 2
+    data[9 * MIB - 512:] = random.Random(5).randbytes(512)               # block 4 (the short last one)
+    response, _body = client.request('PUT', '/import_raw_vdi', body=bytes(data), vdi=vdi_uuid, format='raw')
+    assert response.status == 200
+    response, stream = client.request('GET', '/export_raw_vdi', vdi=vdi_uuid, format='vhd')
+    assert response.status == 200 and int(response.getheader('content-length')) == len(stream)
+    assert response.getheader('content-disposition') == 'attachment; filename="%s.vhd"' % vdi_uuid
+    assert stream[:8] == b'conectix' and stream[512:520] == b'cxsparse'
+    table_offset = int.from_bytes(stream[512 + 16:512 + 24], 'big')
+    entries = int.from_bytes(stream[512 + 28:512 + 32], 'big')
+    bat = [int.from_bytes(stream[table_offset + 4 * i:table_offset + 4 * i + 4], 'big') for i in range(entries)]
+    assert entries == 5 and [i for i, e in enumerate(bat) if e != 0xFFFFFFFF] == [0, 2, 4]
+    # a VHD that qemu reads as the disk
+    vhd = tmp_path / 'export.vhd'
+    vhd.write_bytes(stream)
+    raw = tmp_path / 'export.raw'
+    subprocess.check_call(['qemu-img', 'convert', '-f', 'vpc', '-O', 'raw', str(vhd), str(raw)])
+    assert raw.read_bytes()[:size] == bytes(data)
+    assert api.task.get_status(response.getheader('task-id')) == 'success'
+    response, _body = client.request('GET', '/export_raw_vdi', vdi=vdi_uuid, format='vhd', session_id='OpaqueRef:bad')
+    assert response.status == 401
+    api.VDI.destroy(vdi)

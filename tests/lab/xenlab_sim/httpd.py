@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import socketserver
+import time
+import uuid
 import xmlrpc.client
 from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -14,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .lab import LabError
 from .store import XenAPIError
-from .vhd import VhdError, apply_vhd
+from .vhd import VhdError, apply_vhd, export_stream
 
 __metaclass__ = type
 
@@ -174,7 +176,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     def _export(self, req):
         lab, task, vdi = self.lab, req['task'], req['vdi']
-        if req['format'] != 'raw':
+        if req['format'] not in ('raw', 'vhd'):
             lab.task_finish(task, error=['INTERNAL_ERROR', 'Unknown format %s' % req['format']])
             self._plain(404, 'format not supported by the lab', extra={'task-id': task}, close=True)
             return
@@ -186,20 +188,34 @@ class ApiHandler(BaseHTTPRequestHandler):
             self._plain(500, 'VDI has no data', extra={'task-id': task}, close=True)
             return
         size = rec['virtual_size']
+        if req['format'] == 'vhd':
+            # like vhd-tool stream: a dynamic VHD whose BAT lists the allocated 2 MiB blocks, sparse ones absent
+            length, chunks = export_stream(path, size, uuid.UUID(rec['uuid']).bytes, int(time.time()) - 946684800)
+        else:
+            length = size
+
+            def chunks():
+                with open(path, 'rb') as handle:
+                    sent = 0
+                    while sent < size:
+                        data = handle.read(min(CHUNK, size - sent)) or bytes(min(CHUNK, size - sent))
+                        yield data
+                        sent += len(data)
         self.send_response(200)
         self.send_header('task-id', task)
         self.send_header('Content-Type', 'application/octet-stream')
-        self.send_header('Content-Disposition', 'attachment; filename="%s.raw"' % rec['uuid'])
-        self.send_header('Content-Length', str(size))
+        self.send_header('Content-Disposition', 'attachment; filename="%s.%s"' % (rec['uuid'], req['format']))
+        self.send_header('Content-Length', str(length))
         self.send_header('Connection', 'close')
         self.close_connection = True
         self.end_headers()
-        with open(path, 'rb') as handle:
-            sent = 0
-            while sent < size:
-                data = handle.read(min(CHUNK, size - sent)) or bytes(min(CHUNK, size - sent))
+        try:
+            for data in chunks():
                 self.wfile.write(data)
-                sent += len(data)
+            self.wfile.flush()
+        except (OSError, ValueError):  # the client hung up (a reader of the allocation map stops after the BAT)
+            lab.task_finish(task, error=['TASK_CANCELLED', task])
+            return
         lab.task_finish(task, result='')
 
     # ----- PUT /import_raw_vdi -------------------------------------------------------------------

@@ -7,6 +7,7 @@ BAT before the data blocks, so blocks are taken in file order. Differencing VHDs
 
 from __future__ import absolute_import, division, print_function
 
+import os
 import struct
 
 __metaclass__ = type
@@ -123,3 +124,68 @@ def _apply_fixed(reader, head, length, capacity, write):
     current_size, disk_type, _unused = parse_footer(footer[-SECTOR:])
     if disk_type != 2 or current_size != size:
         raise VhdError('bad fixed VHD footer')
+
+
+# ----- GET /export_raw_vdi?format=vhd: a dynamic VHD of a sparse raw VDI ---------------------------------
+
+EXPORT_BLOCK = 2 * 1024 * 1024
+_BAT_OFFSET = 3 * SECTOR
+
+
+def _checksum(data):
+    return (~sum(bytearray(data))) & 0xFFFFFFFF
+
+
+def _with_checksum(data, at):
+    return data[:at] + struct.pack('>I', _checksum(data)) + data[at + 4:]
+
+
+def allocated_blocks(path, size, block=EXPORT_BLOCK):
+    """Indexes of the ``block``-sized blocks of the sparse file holding data (SEEK_DATA / SEEK_HOLE)."""
+    present = set()
+    with open(path, 'rb') as handle:
+        fd = handle.fileno()
+        end = min(size, os.fstat(fd).st_size)
+        pos = 0
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: no data after pos
+                break
+            stop = min(end, os.lseek(fd, start, os.SEEK_HOLE))
+            present.update(range(start // block, (stop - 1) // block + 1))
+            pos = stop
+    return sorted(b for b in present if b * block < size)
+
+
+def export_stream(path, size, unique_id, timestamp):
+    """(length, chunks()) of a dynamic VHD of the raw file ``path``: footer copy, dynamic header, BAT whose
+    present entries are the file's allocated 2 MiB blocks, those blocks (bitmap sector + data), footer."""
+    entries = -(-size // EXPORT_BLOCK)
+    present = allocated_blocks(path, size)
+    bat_bytes = -(-entries * 4 // SECTOR) * SECTOR
+    first_sector = (_BAT_OFFSET + bat_bytes) // SECTOR
+    per_block = 1 + EXPORT_BLOCK // SECTOR
+    bat = [UNUSED] * entries
+    for number, index in enumerate(present):
+        bat[index] = first_sector + number * per_block
+    cylinders, heads, sectors = min(65535, size // (16 * 63 * SECTOR)), 16, 63
+    footer = struct.pack('>8sIIQI4sI4sQQHBBII16sB427x', b'conectix', 2, 0x00010000, SECTOR, timestamp, b'tap\x00',
+                         0x00010003, b'Lnux', size, size, cylinders, heads, sectors, 3, 0, unique_id, 0)
+    footer = _with_checksum(footer, 64)
+    header = struct.pack('>8sQQIIII16sII512s192x256x', b'cxsparse', 0xFFFFFFFFFFFFFFFF, _BAT_OFFSET, 0x00010000,
+                         entries, EXPORT_BLOCK, 0, bytes(16), 0, 0, bytes(512))
+    header = _with_checksum(header, 36)
+    head = footer + header + struct.pack('>%dI' % entries, *bat) + bytes(bat_bytes - entries * 4)
+    length = len(head) + len(present) * per_block * SECTOR + SECTOR
+
+    def chunks():
+        yield head
+        with open(path, 'rb') as handle:
+            for index in present:
+                yield b'\xff' * SECTOR
+                handle.seek(index * EXPORT_BLOCK)
+                data = handle.read(min(EXPORT_BLOCK, size - index * EXPORT_BLOCK))
+                yield data + bytes(EXPORT_BLOCK - len(data))
+        yield footer
+    return length, chunks

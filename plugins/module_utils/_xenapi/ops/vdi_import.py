@@ -20,21 +20,21 @@ import ssl
 import time
 
 from ..model import live_vbds
+from .host_http import MAX_REDIRECTS, REDIRECTS, HostConnection, redact
 from ..client import NULL_REF, XenApiError, explain
 
 try:
     import http.client as http_client
-    from urllib.parse import quote, urlsplit
+    from urllib.parse import quote
 except ImportError:  # pragma: no cover - Python 2 is not supported, kept for the import sanity test
     http_client = None
-    quote = urlsplit = None
+    quote = None
 
 from ..._errors import CbtBackupError
 
 __metaclass__ = type
 
 TASK_POLL = 0.5
-MAX_REDIRECTS = 2
 
 
 def find_sr(client, ident):
@@ -93,23 +93,6 @@ def attached_to_running_vms(client, vdi_record):
                 pass
         users.append(name)
     return users
-
-
-class _Connection:
-    """One HTTP(S) connection to the host, with the XenAPI client's TLS settings."""
-
-    def __init__(self, client, url):
-        parts = urlsplit(url)
-        self.scheme = parts.scheme
-        self.netloc = parts.netloc
-        host, port = parts.hostname, parts.port
-        if parts.scheme == 'https':
-            self.conn = http_client.HTTPSConnection(host, port, timeout=client.timeout, context=client.tls_context())
-        else:
-            self.conn = http_client.HTTPConnection(host, port, timeout=client.timeout)
-
-    def close(self):
-        self.conn.close()
 
 
 class SourceError(CbtBackupError):
@@ -217,10 +200,6 @@ def find_target_vdi(client, ident, size, force):
     return ref, record
 
 
-def _redact(text, client):
-    return text.replace(client.session_id, '********') if client.session_id else text
-
-
 def upload(client, vdi_ref, fmt, length, chunks, task_label='xenserver.cbt_backup restore'):
     """``PUT /import_raw_vdi`` ``length`` bytes from ``chunks()`` (an iterable factory) into ``vdi_ref``.
 
@@ -246,14 +225,13 @@ def _put(client, vdi_ref, fmt, length, chunks, task_ref):
     query = 'session_id=%s&vdi=%s&format=%s&task_id=%s' % (quote(client.session_id, safe=''), quote(vdi_ref, safe=''),
                                                            fmt, quote(task_ref, safe=''))
     for dummy in range(MAX_REDIRECTS + 1):
-        connection = _Connection(client, url)
+        connection = HostConnection(client, url)
         try:
             status, reason, location, sent = _send(connection, '/import_raw_vdi?' + query, length, chunks, client)
         finally:
             connection.close()
-        if status in (301, 302, 303, 307, 308) and location:
-            parts = urlsplit(location)
-            url = '%s://%s' % (parts.scheme or connection.scheme, parts.netloc or connection.netloc)
+        if status in REDIRECTS and location:
+            url = connection.redirected_url(location)
             continue
         if status == 200:
             return sent
@@ -308,7 +286,7 @@ def _send(connection, path, length, chunks, client):
             pass
     except (OSError, http_client.HTTPException) as exc:
         error = send_error or exc
-        raise XenApiError(_redact('import_raw_vdi failed: the connection to %s broke after %d of %d bytes: %s'
+        raise XenApiError(redact('import_raw_vdi failed: the connection to %s broke after %d of %d bytes: %s'
                                   % (client.url, sent, length, getattr(error, 'strerror', None) or error), client),
                           code='IMPORT_CONNECTION_LOST')
     if status == 200 and sent != length:

@@ -135,3 +135,63 @@ def test_geometry_and_limits():
         vhd.VhdStream(None, MIB, [], block_size=3000)
     big = vhd.VhdStream(None, 2000 * 1024 * MIB, [0])
     assert big.length == 1536 + 1000 * 1024 * 4 + 512 + BLOCK + 512
+
+
+# -- the allocation map at the start of a VHD stream --------------------------------------------------------
+
+def reader_of(data, step=777):
+    """``read(n)`` over ``data`` that returns at most ``step`` bytes a call (as a socket does)."""
+    position = [0]
+
+    def read(length):
+        chunk = data[position[0]:position[0] + min(length, step)]
+        position[0] += len(chunk)
+        return chunk
+    return read, position
+
+
+def test_allocation_map_of_our_stream_and_of_qemu_img(tmp_path):
+    size = 9 * MIB
+    allocated = [0, 5 * MIB, 9 * MIB - 512]  # blocks 0, 2 and the short last block 4
+    stream = vhd.VhdStream(lambda offset, length: bytes(length), size, allocated)
+    data = b''.join(stream.chunks())
+    read, position = reader_of(data)
+    found = vhd.read_allocation(read)
+    assert (found.virtual_size, found.block_size, found.present) == (size, BLOCK, [0, 2, 4])
+    assert found.extents() == [(0, BLOCK), (4 * MIB, BLOCK), (8 * MIB, MIB)]
+    assert found.allocated_bytes == 5 * MIB
+    assert position[0] == stream.bat_offset + 4 * stream.max_table_entries  # footer, header and table: no data
+    # qemu-img's dynamic VHD (a different layout: its table is where its header says)
+    raw = tmp_path / 'disk.raw'
+    content = bytearray(size)
+    content[3 * MIB:3 * MIB + 100] = b'x' * 100
+    raw.write_bytes(bytes(content))
+    out = tmp_path / 'disk.vhd'
+    qemu_img('convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=dynamic,force_size=on', str(raw), str(out))
+    with open(str(out), 'rb') as handle:
+        found = vhd.read_allocation(handle.read)
+    assert found.virtual_size == size and found.present == [1]
+
+
+def test_allocation_map_refusals(tmp_path):
+    stream = vhd.VhdStream(lambda offset, length: bytes(length), 4 * MIB, [0])
+    data = bytearray(b''.join(stream.chunks()))
+    bad = bytearray(data)
+    bad[512 + 30] ^= 1  # a table entry count the header checksum does not cover
+    with pytest.raises(vhd.VhdError, match='checksum'):
+        vhd.read_allocation(reader_of(bytes(bad))[0])
+    with pytest.raises(vhd.VhdError, match='ends inside its block allocation table'):
+        vhd.read_allocation(reader_of(bytes(data[:stream.bat_offset + 2]))[0])
+    with pytest.raises(vhd.VhdError, match='footer'):
+        vhd.read_allocation(reader_of(bytes(4096))[0])
+    raw = tmp_path / 'disk.raw'
+    raw.write_bytes(bytes(MIB))
+    fixed = tmp_path / 'fixed.vhd'
+    qemu_img('convert', '-f', 'raw', '-O', 'vpc', '-o', 'subformat=fixed,force_size=on', str(raw), str(fixed))
+    with open(str(fixed), 'rb') as handle:
+        head = handle.read()
+    # a fixed VHD has its footer at the end only: the stream starts with data
+    with pytest.raises(vhd.VhdError, match='footer'):
+        vhd.read_allocation(reader_of(head)[0])
+    with pytest.raises(vhd.VhdError, match='not dynamic'):
+        vhd.read_allocation(reader_of(head[-512:])[0])
