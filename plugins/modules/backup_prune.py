@@ -17,9 +17,14 @@ description:
   - A point is kept if any rule keeps it. The newest point is always kept, it is the CBT anchor the next incremental
     backup builds on. Days, weeks and months are UTC and taken from each point's C(time); periods without a point do
     not count, so a repository whose backups stopped is not emptied by the passing of time.
-  - A kept incremental point whose older points are removed is merged forward. Its complete content is written as a
-    standalone full image that replaces the point's file under the same name, so the points built on it stay
-    unchanged. Only then the manifest is updated and the removed files are deleted.
+  - A kept incremental point whose older points are removed is merged, at the cost of the blocks the merge folds,
+    not of the disk. When the removed points reach the chain's full, the kept point's blocks and those of the removed
+    incrementals are folded into the full's file in place (into unused space, then one header write switches the file
+    over), and that file takes the kept point's name, so the points built on it stay unchanged; the point becomes a
+    full (RV(merged) method C(fold)). When a kept older point remains, the kept point's file is rewritten as an
+    overlay of it holding the removed points' blocks it does not override (method C(overlay)). Only where a removed
+    point's file also serves a point outside the chain is the kept point rewritten as a whole full image
+    (method C(rewrite)). The removed files are deleted last.
   - The merge is journaled in the manifest. If a run is interrupted at any moment every kept point stays restorable,
     and the next run (of this module or any run that calls the recovery) finishes or rolls back the merge and
     deletes files that no longer belong to a restore point.
@@ -65,9 +70,13 @@ notes:
   - The XenAPI connection options are accepted so that C(group/xenserver.cbt_backup.all) in C(module_defaults) can
     set them for every module of the collection; this module does not connect to the XenAPI and ignores them.
   - At least one of O(keep_last), O(keep_days), O(keep_daily), O(keep_weekly) and O(keep_monthly) is required.
-  - A merge needs free space for one full image of the merged point next to it in the repository. Without it the
-    module fails with a message saying so and the repository is left as it was.
-  - The ids of merged points keep their suffix (for example C(-incr)); their C(type) in the manifest becomes C(full).
+  - A merge needs free space for the blocks it folds (a fold or an overlay) or for a whole image (a rewrite). Without
+    it the module fails with a message saying so; every listed point stays restorable and the next run with room
+    finishes a fold that had started.
+  - A fold writes the folded blocks plus the image's tables (2 bytes of refcounts per 64 KiB of the file, 3 MiB per
+    100 GiB), then reads the merged file once to record its sha256 and block digest.
+  - The ids of merged points keep their suffix (for example C(-incr)); their C(type) in the manifest becomes C(full)
+    after a fold or a rewrite and stays C(incremental), with the kept older point as parent, after an overlay.
 '''
 
 EXAMPLES = r'''
@@ -110,12 +119,20 @@ reasons:
   sample: {20261125T020000Z-incr: [newest, keep_last]}
 merged:
   description:
-    - Kept points that became standalone full images, by id. C(merged) lists the points whose content was folded in;
-      outside check mode C(sha256), C(blocks), C(bytes) and C(file_size) describe the new file.
+    - Kept points whose removed parents were merged into them, by id. C(merged) lists the points whose blocks were
+      folded in, C(method) how (C(fold), C(overlay) or C(rewrite), see the description); outside check mode
+      C(sha256), C(blocks), C(bytes) and C(file_size) describe the point's new file.
   type: dict
   returned: success
-  sample: {20261121T020000Z-incr: {merged: [20261120T020000Z-incr, 20261119T020000Z-full], blocks: 310,
+  sample: {20261121T020000Z-incr: {merged: [20261120T020000Z-incr, 20261119T020000Z-full], method: fold, blocks: 310,
            bytes: 20316160, file_size: 20578304, sha256: 5d41402abc4b2a76b9719d911017c592}}
+bytes_written:
+  description:
+    - Bytes the merges wrote into repository files (folded blocks and image tables; a whole image for a rewrite).
+      Manifest saves are not counted. 0 in check mode.
+  type: int
+  returned: success
+  sample: 6566335
 bytes_freed:
   description:
     - Bytes of repository files freed (removed files minus the growth of merged ones). In check mode the size of the
