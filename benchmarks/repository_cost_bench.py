@@ -24,7 +24,8 @@ Bytes written are what each child wrote through system calls (``wchar`` of ``/pr
 included); for qemu-img, ``wchar`` is sampled from ``/proc/PID/io`` until it exits.  ``verify`` runs backup_verify's
 engine on the repository and reports ``rchar`` over the size of the files.  Targets (issue "costs that follow
 the change"): prune writes <= 4 x the folded points' data + 16 MiB on a disk holding >= 20 x that; verify reads
-<= 1.05 x the files; the full of a 10 % allocated disk reads <= 1.1 x the allocated bytes rounded up to 2 MiB blocks.  The exit status is 0 whatever the results; each ratio is printed with PASS or BELOW TARGET.
+<= 1.05 x the files; the full of a 10 % allocated disk reads <= 1.1 x the allocated bytes rounded up to 2 MiB
+blocks.  The exit status is 0 whatever the results; each ratio is printed with PASS or BELOW TARGET.
 """
 
 from __future__ import absolute_import, division, print_function

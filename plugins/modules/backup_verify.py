@@ -326,8 +326,7 @@ def main():
             rebuilt = rebuild.rebuild_manifest(params['repository'], check_mode=module.check_mode)
             if rebuilt['changed'] and module.check_mode:
                 module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
-        result = inspection.verify_repository(params['repository'], point=params['point'],
-                                               read_data=params['read_data'])
+        result = inspection.verify_repository(params['repository'], point=params['point'], read_data=params['read_data'])
     except CbtBackupError as exc:
         _xenapi_module.fail(module, exc, ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
     except OSError as exc:

@@ -76,6 +76,22 @@ def _ordered(found):
     return ordered, []
 
 
+def _keep_unfinished_fold(repo, previous, result, check_mode):
+    """The previous manifest holds a prune's unfinished fold: the folded points' files no longer hold their
+    snapshots (the full's file may already hold the merged disk), so the files cannot tell the points apart.
+    The previous manifest, journal included, is the truth; the next writing run finishes the fold."""
+    result.update({'changed': True, 'points': [p['id'] for p in previous.get('points') or []],
+                   'cbt_anchor': previous.get('cbt_anchor'), 'carried': [p['id'] for p in previous.get('points') or []]})
+    if not check_mode:
+        repo.manifest = previous
+        repo.save()
+    result['message'] = ('%s: the manifest of %s %s restored from manifest.json.prev, which records a merge that '
+                         'backup_prune had not finished (its files cannot be told apart by their content); the next '
+                         'backup_prune or vdi_export finishes the merge'
+                         % (repo.damage, repo.path, 'would be' if check_mode else 'was'))
+    return result
+
+
 def rebuild_manifest(path, check_mode=False):
     """Rebuild the manifest of the repository ``path`` if it is missing or damaged; return what was done.
 
@@ -89,6 +105,8 @@ def rebuild_manifest(path, check_mode=False):
             result['message'] = 'the manifest of %s is sound; nothing was rebuilt' % repo.path
             return result
         previous = repo.manifest  # manifest.json.prev when it could be read, else empty
+        if (previous.get('pending_merge') or {}).get('kind') == 'fold':
+            return _keep_unfinished_fold(repo, previous, result, check_mode)
         known = dict((p['file'], p) for p in previous.get('points') or [])
 
         found, unrestorable = {}, []

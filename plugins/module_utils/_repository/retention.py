@@ -324,6 +324,16 @@ def _feed(chain, writer, offset, length, progress, defined):
             progress(run_offset, run_length)
 
 
+def _data_only(source):
+    """What a standalone image stores: data (zero flags and unallocated clusters read as zeros anyway)."""
+    return source >= 0
+
+
+def _defined_here(source):
+    """What an overlay must store: every cluster the merged files define, zero flags included (they shadow)."""
+    return source != SOURCE_NONE
+
+
 def write_merged(chain_paths, out_fd, backing_file=None, progress=None):
     """Write the content of ``chain_paths`` (newest first; a whole chain, or the part above ``backing_file``)
     into ``out_fd`` as one qcow2: standalone (the disk's allocated clusters) or an overlay of
@@ -331,10 +341,7 @@ def write_merged(chain_paths, out_fd, backing_file=None, progress=None):
     with Qcow2Chain(chain_paths) as chain:
         writer = Qcow2Writer(out_fd, chain.virtual_size, backing_file=backing_file)
         try:
-            if backing_file is None:
-                defined = lambda source: source >= 0  # noqa: E731 - data; zero flags read as the zeros they are
-            else:
-                defined = lambda source: source != SOURCE_NONE  # noqa: E731
+            defined = _data_only if backing_file is None else _defined_here
             step = MERGE_PIECE_CLUSTERS * chain.cluster_size
             for offset in range(0, chain.virtual_size, step):
                 _feed(chain, writer, offset, min(step, chain.virtual_size - offset), progress, defined)
@@ -447,6 +454,8 @@ def fold_point(repo, ident, chain_ids, checkpoint=_no_checkpoint):
     journal = {
         'point': ident, 'kind': 'fold', 'phase': 'writing', 'parent': None,
         'base_file': records[-1]['file'], 'base_file_size': os.path.getsize(base_path),
+        # the header's table fields now: while the file still has them, its header was not switched
+        'base_patch': binascii.hexlify(qcow2_fold.current_patch(base_path)).decode('ascii'),
         'chain': records, 'merged': chain_ids[1:], 'drops': [],
     }
     folded = set(chain_ids[1:])
@@ -504,32 +513,49 @@ def _run_fold(repo, journal, point, checkpoint):
 
 
 def _recover_fold(repo, journal):
-    """Finish an interrupted fold: from the journal's hashes when they are known, else by redoing the fold."""
+    """Finish an interrupted fold, from whatever the files show.
+
+    The base file not switched yet (its header has the table fields of ``base_patch``, or of the ready
+    journal's ``restore_patch``): the fold is done again (or, when ready, just switched).  Switched, or
+    already renamed to the point's file: the file holds the merged disk; it is renamed and recorded, with the
+    journal's hashes or, when the journal was saved before they were known, hashes taken now.
+    """
     point = repo.point(journal['point'])
     target = repo.file_path(point)
     base_path = os.path.join(repo.path, journal['base_file'])
-    if journal['phase'] == 'ready':
-        if file_sha256(target) == journal['sha256']:
+    ready = journal['phase'] == 'ready'
+    if not os.path.exists(base_path):
+        if not ready or file_sha256(target) != journal['sha256']:
+            _record_scanned(journal, target)
+        _finish_merge(repo, journal)
+        return
+    now = qcow2_fold.current_patch(base_path)
+    original = [binascii.unhexlify(journal[key]) for key in ('base_patch', 'restore_patch') if journal.get(key)]
+    if ready and now in original:
+        qcow2_fold.switch(base_path, binascii.unhexlify(journal['patch']))  # prepared and fsynced before the journal
+        now = binascii.unhexlify(journal['patch'])
+    if now not in original:  # switched: the base file reads as the merged point
+        if ready and file_sha256(base_path) != journal['sha256']:
+            # not what was hashed (damaged since): back to the old tables, which the fold never touched
+            qcow2_fold.switch(base_path, binascii.unhexlify(journal['restore_patch']))
+        else:
+            if not ready:
+                _record_scanned(journal, base_path)
+            os.rename(base_path, target)
+            fsync_directory(repo.path)
             _finish_merge(repo, journal)
             return
-        if os.path.exists(base_path):
-            patch = binascii.unhexlify(journal['patch'])
-            if qcow2_fold.current_patch(base_path) != patch:
-                qcow2_fold.switch(base_path, patch)  # the prepared clusters were fsynced before the journal
-            if file_sha256(base_path) == journal['sha256']:
-                os.rename(base_path, target)
-                fsync_directory(repo.path)
-                _finish_merge(repo, journal)
-                return
-            qcow2_fold.switch(base_path, binascii.unhexlify(journal['restore_patch']))
-    if not os.path.exists(base_path):
-        raise RepositoryError('an interrupted prune was folding restore point %s into %s, which is gone; the point '
-                              'cannot be finished. Run xenserver.cbt_backup.backup_verify on %s.'
-                              % (point['id'], journal['base_file'], repo.path), code='REPOSITORY_DAMAGED')
     for name in ('phase', 'patch', 'restore_patch', 'sha256', 'blocks', 'bytes', 'blocks_digest', 'file_size'):
         journal.pop(name, None)
     journal['phase'] = 'writing'
     _run_fold(repo, journal, point, _no_checkpoint)
+
+
+def _record_scanned(journal, path):
+    """Put the hashes of the merged file at ``path`` into the journal (saved by _finish_merge)."""
+    found = qcow2.scan(path)
+    journal.update({'sha256': found.sha256, 'blocks': found.clusters_stored, 'bytes': found.bytes_stored,
+                    'blocks_digest': found.digest, 'file_size': found.file_size})
 
 
 # -- pruning ----------------------------------------------------------------------------------------

@@ -79,8 +79,8 @@ def _read_map(client, vdi_ref, task_ref):
             except socket.timeout:
                 raise AllocationUnavailable('the VHD export did not answer within %s s' % client.timeout)
             except (OSError, ssl.SSLError, http_client.HTTPException) as exc:
-                raise AllocationUnavailable(redact('the VHD export failed: %s' % (getattr(exc, 'strerror', None)
-                                                                                 or exc), client))
+                detail = getattr(exc, 'strerror', None) or exc
+                raise AllocationUnavailable(redact('the VHD export failed: %s' % detail, client))
         finally:
             connection.close()
     raise AllocationUnavailable('the VHD export was redirected more than %d times' % MAX_REDIRECTS)

@@ -287,7 +287,7 @@ def _send(connection, path, length, chunks, client):
     except (OSError, http_client.HTTPException) as exc:
         error = send_error or exc
         raise XenApiError(redact('import_raw_vdi failed: the connection to %s broke after %d of %d bytes: %s'
-                                  % (client.url, sent, length, getattr(error, 'strerror', None) or error), client),
+                                 % (client.url, sent, length, getattr(error, 'strerror', None) or error), client),
                           code='IMPORT_CONNECTION_LOST')
     if status == 200 and sent != length:
         raise XenApiError('import_raw_vdi failed: the connection broke after %d of %d bytes: %s'

@@ -164,6 +164,29 @@ def test_sigkill_at_each_step_of_a_fold(pristine, tmp_path, kill_at):
         assert len([n for n in os.listdir(repo_dir) if n not in store.OWN_FILES]) == 2
 
 
+@pytest.mark.parametrize('kill_at', ['journal-saved', 'header-switched', 'renamed', 'manifest-saved'])
+def test_a_manifest_lost_after_a_killed_fold_is_rebuilt_from_the_journal(pristine, tmp_path, kill_at):
+    pristine_dir, expected = pristine
+    repo_dir = copy_repo(pristine_dir, tmp_path, 'repo-' + kill_at)
+    child = start_child(repo_dir, {'keep_last': 2}, kill_at=kill_at)
+    child.communicate(timeout=120)
+    os.unlink(os.path.join(repo_dir, 'manifest.json'))  # lost: readers fall back to manifest.json.prev
+    with store.Repository(repo_dir) as repo:
+        # the previous save: from before the hashes were known (phase writing) unless the manifest was final
+        assert repo.from_previous and repo.manifest[retention.JOURNAL]['phase'] == (
+            'ready' if kill_at == 'manifest-saved' else 'writing')
+    listed, journal = assert_listed_points_restorable(repo_dir, expected, tmp_path)
+    assert listed == ['snap-3', 'snap-4'] and journal['kind'] == 'fold'
+    # rebuilding cannot tell folded files apart by content: it keeps the journal's manifest ...
+    rebuilt, output = run_module('backup_verify', {'repository': repo_dir, 'rebuild_manifest': True}, tmp_path)
+    assert rebuilt['failed'] is False and rebuilt['rebuilt']['points'] == listed_ids(repo_dir), rebuilt.get('msg')
+    assert 'had not finished' in rebuilt['rebuilt']['message']
+    # ... and the next writing run finishes the fold from whatever the files show
+    with store.Repository(repo_dir, write=True) as repo:
+        assert retention.recover(repo)['action'] == 'finished'
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-3', 'snap-4']
+
+
 # Days: snap-0 | snap-1 snap-2 | snap-3 snap-4, keep_daily 3: snap-0, snap-2 and snap-4 stay; snap-2 takes snap-1's
 # clusters and snap-4 takes snap-3's, each as a new overlay of the kept point before it, renamed over its file.
 OVERLAY_RECOVERY = {
