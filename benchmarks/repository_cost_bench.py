@@ -193,7 +193,7 @@ def bench_allocated_fulls(work, size, allocated_ratio, runs):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--size', type=parse_size, default=512 * MIB)
     parser.add_argument('--data', type=float, default=0.5, help='fraction of the disk holding data')
     parser.add_argument('--incrementals', type=int, default=4)
@@ -235,12 +235,12 @@ def main(argv=None):
         print('%-16s %10s %10s %12s %14s' % ('case', 'seconds', 'CPU s', 'written', 'written/folded'))
         for name in ('prune/fold', 'prune/rewrite', 'qemu-img commit'):
             rows = results[name]
-            written = statistics.median(r['wchar'] for r in rows if r['wchar'] is not None) if any(
-                r['wchar'] is not None for r in rows) else float('nan')
-            print('%-16s %10.3f %10.3f %12s %14.2f' % (name, statistics.median(r['seconds'] for r in rows),
-                                                       statistics.median(r['cpu'] for r in rows),
-                                                       human_size(int(written)) if written == written else 'n/a',
-                                                       written / folded))
+            sampled = [r['wchar'] for r in rows if r['wchar'] is not None]
+            written = statistics.median(sampled) if sampled else None
+            print('%-16s %10.3f %10.3f %12s %14s' % (name, statistics.median(r['seconds'] for r in rows),
+                                                     statistics.median(r['cpu'] for r in rows),
+                                                     human_size(int(written)) if written is not None else 'n/a',
+                                                     '%.2f' % (written / folded) if written is not None else 'n/a'))
         fold_written = statistics.median(r['wchar'] for r in results['prune/fold'])
         limit = 4 * folded + 16 * MIB
         print('target prune/fold: written %s <= 4 x folded + 16 MiB = %s (disk holds >= 20 x folded: %s): %s'

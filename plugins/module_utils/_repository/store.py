@@ -161,7 +161,8 @@ _JOURNAL_FIELDS = (('point', _TEXT), ('sha256', _TEXT), ('blocks_digest', _TEXT)
                    ('file_size', (int,)), ('kind', _OPTIONAL_TEXT), ('parent', _OPTIONAL_TEXT),
                    ('temp_file', _OPTIONAL_TEXT), ('drops', (list, type(None))), ('merged', (list, type(None))))
 _FOLD_WRITING_OPTIONAL = ('sha256', 'blocks_digest', 'blocks', 'bytes', 'file_size')
-_FOLD_FIELDS = (('phase', ('writing', 'ready')), ('base_file', _TEXT), ('base_file_size', (int,)), ('chain', (list,)))
+_FOLD_PHASES = ('writing', 'ready')
+_FOLD_FIELDS = (('base_file', _TEXT), ('base_file_size', (int,)), ('chain', (list,)))
 _TYPE_NAMES = {str: 'a string', int: 'a whole number', type(None): 'null', dict: 'an object', list: 'a list'}
 
 
@@ -218,20 +219,19 @@ def manifest_problem(manifest):
 def _journal_problem(journal):
     fold = journal.get('kind') == 'fold'
     writing = fold and journal.get('phase') == 'writing'
+    if journal.get('kind') not in (None, 'rewrite', 'overlay', 'fold'):
+        return 'pending_merge.kind: %r, expected "rewrite", "overlay" or "fold"' % (journal.get('kind'),)
+    if fold and journal.get('phase') not in _FOLD_PHASES:
+        return 'pending_merge.phase: %r, expected "%s"' % (journal.get('phase'), '" or "'.join(_FOLD_PHASES))
     for name, types in _JOURNAL_FIELDS:
         if writing and name in _FOLD_WRITING_OPTIONAL and journal.get(name) is None:
             continue
         if not isinstance(journal.get(name), types) or isinstance(journal.get(name), bool):
             return 'pending_merge.%s: %s, expected %s' % (name, _kind((type(journal.get(name)),)), _kind(types))
-    if journal.get('kind') not in (None, 'rewrite', 'overlay', 'fold'):
-        return 'pending_merge.kind: %r, expected "rewrite", "overlay" or "fold"' % (journal.get('kind'),)
-    for name, allowed in _FOLD_FIELDS if fold else ():
+    for name, types in _FOLD_FIELDS if fold else ():
         value = journal.get(name)
-        if isinstance(allowed[0], str):
-            if value not in allowed:
-                return 'pending_merge.%s: %r, expected "%s"' % (name, value, '" or "'.join(allowed))
-        elif not isinstance(value, allowed) or isinstance(value, bool):
-            return 'pending_merge.%s: %s, expected %s' % (name, _kind((type(value),)), _kind(allowed))
+        if not isinstance(value, types) or isinstance(value, bool):
+            return 'pending_merge.%s: %s, expected %s' % (name, _kind((type(value),)), _kind(types))
     for index, record in enumerate(journal.get('chain') or [] if fold else []):
         if not isinstance(record, dict) or not isinstance(record.get('id'), str) \
                 or not isinstance(record.get('file'), str) or os.path.basename(record['file']) != record['file']:

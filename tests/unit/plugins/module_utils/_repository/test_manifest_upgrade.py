@@ -122,3 +122,29 @@ def test_a_manifest_of_a_newer_release_is_refused_by_name(v1_repository):
         with store.Repository(v1_repository, allow_previous=False):
             pass
     assert info.value.code == 'REPOSITORY_DAMAGED' and 'newer release' in str(info.value)
+
+
+def fold_manifest(**journal):
+    record = {'id': 'p0', 'type': 'full', 'time': '2026-01-01T00:00:00Z', 'virtual_size': 512, 'file': 'p0.qcow2'}
+    fold = {'point': 'p1', 'kind': 'fold', 'phase': 'writing', 'parent': None, 'base_file': 'p0.qcow2',
+            'base_file_size': 4096, 'chain': [record], 'merged': ['p0'], 'drops': []}
+    fold.update(journal)
+    point = dict(record, id='p1', file='p1.qcow2', type='incremental', parent='p0')
+    return {'format': store.FORMAT, 'version': store.FORMAT_VERSION, 'points': [point], 'pending_merge': fold}
+
+
+@pytest.mark.parametrize('journal, problem', [
+    ({}, None),  # a fold still writing: no hashes yet
+    ({'phase': 'ready'}, 'pending_merge.sha256: null, expected a string'),
+    ({'phase': 'done'}, 'pending_merge.phase'),
+    ({'kind': 'squash'}, 'pending_merge.kind'),
+    ({'chain': [{'id': 'p0', 'file': '../p0.qcow2'}]}, 'pending_merge.chain[0]'),
+    ({'base_file': 'other.qcow2'}, 'pending_merge.base_file'),
+    ({'base_file_size': '4096'}, 'pending_merge.base_file_size'),
+])
+def test_the_fold_journal_is_checked_at_load(journal, problem):
+    found = store.manifest_problem(fold_manifest(**journal))
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None and found.startswith(problem), found
