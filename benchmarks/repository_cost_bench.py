@@ -20,11 +20,16 @@ rewritten 64 KiB blocks each.  On fresh copies of that repository, alternating, 
 the XenServer lab: a full ``vdi_export`` into a repository with ``allocation_map: auto`` (the VHD allocation table
 first, then NBD reads of the listed 2 MiB blocks) and with ``allocation_map: none`` (every byte), alternating.
 
+``compress/*`` (``--compress-size``, default 256 MiB of a guest-like mix: 70 % log text, 15 % written zeros, 15 %
+random) is a full export from qemu-nbd into a repository with ``compress: none``, ``zlib`` and ``zstd``, alternating:
+seconds, CPU and the point file's size against the raw data.
+
 Bytes written are what each child wrote through system calls (``wchar`` of ``/proc/self/io``, manifest saves
 included); for qemu-img, ``wchar`` is sampled from ``/proc/PID/io`` until it exits.  ``verify`` runs backup_verify's
 engine on the repository and reports ``rchar`` over the size of the files.  Targets (issue "costs that follow
 the change"): prune writes <= 4 x the folded points' data + 16 MiB on a disk holding >= 20 x that; verify reads
-<= 1.05 x the files; the full of a 10 % allocated disk reads <= 1.1 x the allocated bytes rounded up to 2 MiB
+<= 1.05 x the files; zstd points of a text-heavy disk <= 40 % of the raw data at >= 0.7 x the uncompressed export's
+throughput; the full of a 10 % allocated disk reads <= 1.1 x the allocated bytes rounded up to 2 MiB
 blocks.  The exit status is 0 whatever the results; each ratio is printed with PASS or BELOW TARGET.
 """
 
@@ -33,6 +38,7 @@ from __future__ import absolute_import, division, print_function
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -152,6 +158,49 @@ def run_qemu_commit(repo_dir, points, keep):
             'wchar': samples[-1]['wchar'] if samples else None}
 
 
+def make_guest_mix(path, size):
+    """A raw image of log text (70 %), written zeros (15 %) and random data (15 %), in 64 KiB blocks."""
+    rnd = random.Random(7)
+    with open(path, 'wb') as handle:
+        for index in range(size // BLOCK):
+            pick = index % 20
+            if pick < 14:
+                line = b'2026-12-03T02:%02d:%02dZ web-%d GET /api/v1/items/%d 200 %d ms\n' % (
+                    index % 60, pick, index % 7, rnd.randint(1, 10 ** 6), rnd.randint(1, 900))
+                handle.write((line * (BLOCK // len(line) + 1))[:BLOCK])
+            elif pick < 17:
+                handle.write(bytes(BLOCK))
+            else:
+                handle.write(rnd.randbytes(BLOCK))
+
+
+def bench_compression(work, size, runs):
+    """Full exports of a guest-like image with each compression: {name: [(seconds, cpu, file size)]}."""
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
+    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup
+    from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import ServerFactory
+    image = os.path.join(work, 'mix.raw')
+    make_guest_mix(image, size)
+    factory = ServerFactory(os.path.join(work, 'servers-mix'))
+    rows = dict((name, []) for name in ('none', 'zlib', 'zstd'))
+    try:
+        server = factory('qemu-plain', image)
+        for run in range(runs):
+            order = ['none', 'zlib', 'zstd'] if run % 2 == 0 else ['zstd', 'zlib', 'none']
+            for name in order:
+                repo = os.path.join(work, 'mix-%s' % name)
+                shutil.rmtree(repo, ignore_errors=True)
+                target = _export.make_target(server.nbd_info(), tls=False, timeout=60)
+                started, cpu = time.monotonic(), time.process_time()
+                result = backup.export_to_repository(target, repo, snapshot={'uuid': 'mix'},
+                                                     compression=None if name == 'none' else name)
+                rows[name].append((time.monotonic() - started, time.process_time() - cpu,
+                                   result['point']['file_size'] if 'point' in result else None))
+    finally:
+        factory.stop_all()
+    return rows
+
+
 def bench_allocated_fulls(work, size, allocated_ratio, runs):
     """Full exports from the lab with and without the allocation map: rows of (case, seconds, bytes_read)."""
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
@@ -203,6 +252,7 @@ def main(argv=None):
     parser.add_argument('--full-size', type=parse_size, default=1024 * MIB, help='disk of the allocation-map case')
     parser.add_argument('--allocated', type=float, default=0.1, help='fraction of that disk the guest wrote')
     parser.add_argument('--no-lab', action='store_true', help='skip the allocation-map case (it starts the lab)')
+    parser.add_argument('--compress-size', type=parse_size, default=256 * MIB, help='image of the compression case')
     args = parser.parse_args(argv)
     if shutil.which('qemu-img') is None or shutil.which('qemu-nbd') is None:
         sys.exit('qemu-img and qemu-nbd are needed (apt install qemu-utils)')
@@ -251,6 +301,22 @@ def main(argv=None):
               % (human_size(int(read)), human_size(files), read / float(files), 'PASS' if read <= 1.05 * files
                  else 'BELOW TARGET', statistics.median(r['seconds'] for r in results['verify']),
                  statistics.median(r['cpu'] for r in results['verify']) / (files / float(1 << 30))))
+        rows = bench_compression(work, args.compress_size, args.runs)
+        plain = statistics.median(r[0] for r in rows['none'])
+        print('compress (guest mix of %s: 70 %% text, 15 %% written zeros, 15 %% random; raw data = the image)'
+              % human_size(args.compress_size))
+        for name in ('none', 'zlib', 'zstd'):
+            seconds = statistics.median(r[0] for r in rows[name])
+            stored = statistics.median(r[2] for r in rows[name])
+            print('  %-5s %8.3f s  %7.1f MiB/s (%.2fx none)  CPU %.2f s/GiB  point %.1f MiB = %.1f %% of the raw data'
+                  % (name, seconds, args.compress_size / MIB / seconds, plain / seconds,
+                     statistics.median(r[1] for r in rows[name]) / (args.compress_size / float(1 << 30)),
+                     stored / float(MIB), 100.0 * stored / args.compress_size))
+        zstd_size = statistics.median(r[2] for r in rows['zstd'])
+        zstd_speed = plain / statistics.median(r[0] for r in rows['zstd'])
+        print('target compress/zstd: <= 40 %% of the raw data: %s; >= 0.7 x uncompressed throughput: %s'
+              % ('PASS' if zstd_size <= 0.4 * args.compress_size else 'BELOW TARGET',
+                 'PASS' if zstd_speed >= 0.7 else 'BELOW TARGET'))
         if not args.no_lab:
             rows, allocated = bench_allocated_fulls(work, args.full_size, args.allocated, args.runs)
             print('full/allocated: disk %s, %s allocated in 2 MiB blocks' % (human_size(args.full_size), human_size(allocated)))

@@ -84,6 +84,7 @@ def test_plain_export_warns(nbd_server_factory, tmp_path):
     ({'connections': 17}, 'between 1 and 16'),
     ({'nbd': {'address': '127.0.0.1', 'exportname': SECRET}}, 'no "cert"'),
     ({'changed_blocks': '***not base64***'}, 'base64'),
+    ({'compress': 'zstd'}, 'compress: zstd needs repository'),
 ])
 def test_bad_parameters_fail_with_a_message(tls_server, tmp_path, args, message):
     server, dummy = tls_server
@@ -95,3 +96,15 @@ def test_bad_parameters_fail_with_a_message(tls_server, tmp_path, args, message)
     assert message in result['msg']
     assert 'Traceback' not in output
     assert 'SECRET' not in output
+
+
+def test_a_compressed_repository_point_through_ansible(tls_server, tmp_path):
+    server, image = tls_server
+    repo = str(tmp_path / 'repo')
+    result, output = run_module('vdi_export', {'nbd': server.nbd_info(), 'repository': repo, 'compress': 'zstd'},
+                                tmp_path)
+    assert result['failed'] is False and result['point']['compression'] == 'zstd', result
+    restored = str(tmp_path / 'restored.raw')
+    result, output = run_module('vdi_restore', {'repository': repo, 'dest': restored}, tmp_path)
+    assert result['failed'] is False, result
+    assert file_sha256(restored) == image.sha256

@@ -34,6 +34,8 @@ def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=check_mode, allocation=allocation)
     if params['repository']:
+        if params.get('compress') not in (None, 'none'):
+            options['compression'] = params['compress']
         if snapshot is None and params['run']:
             snapshot = {'run': params['run']}  # the nbd form records the run too
         result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,

@@ -52,6 +52,11 @@ import zlib
 from .raw_file import pwrite_all
 from .._errors import CbtBackupError
 
+try:
+    import zstandard
+except ImportError:  # optional: only zstd-compressed points need it
+    zstandard = None
+
 __metaclass__ = type
 
 DEFAULT_CLUSTER_SIZE = 64 * 1024
@@ -74,6 +79,10 @@ INCOMPAT_EXTERNAL_DATA = 4
 INCOMPAT_COMPRESSION_TYPE = 8
 INCOMPAT_EXTENDED_L2 = 16
 
+COMPRESSIONS = ('zlib', 'zstd')  # what Qcow2Writer(compression=...) writes; None stores clusters as they are
+COMPRESSION_TYPES = {'zlib': 0, 'zstd': 1}  # the header's compression_type byte (zstd: qemu 5.1 or later)
+ZLIB_WINDOW_BITS = -12  # raw deflate with a 4 KiB window, as qemu writes and expects compressed clusters
+
 KIND_DATA = 'data'
 KIND_ZERO = 'zero'
 KIND_COMPRESSED = 'compressed'
@@ -89,6 +98,7 @@ HEADER_TABLES = struct.Struct('>QQI')
 HEADER_TABLES_OFFSET = 40
 _V2_HEADER_LENGTH = 72
 _ZERO_MARK = 0xffffffff                          # writer table value: zero-flag cluster
+_COMPRESSED_MARK = 0xfffffffe                    # writer table value: compressed cluster (descriptor kept apart)
 _MAX_IOV = 512
 _L2_CACHE = 64
 _DIGEST_DOMAIN = b'xenserver.cbt_backup clusters v1\n'
@@ -162,6 +172,41 @@ def _pread_exact(fd, length, offset):
     return data
 
 
+def _decompress(compression_type, data, cluster_size):
+    """One compressed cluster (``data`` may run on into the next one's bytes: decompression stops at a cluster)."""
+    if compression_type == 1:
+        if zstandard is None:
+            raise Qcow2Error('this image holds zstd-compressed clusters: reading it needs the Python package zstandard '
+                             '(pip install zstandard)', code='LIBRARY_MISSING')
+        try:
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)[:cluster_size]
+        except zstandard.ZstdError as exc:
+            raise ValueError(str(exc))
+    return zlib.decompressobj(-15).decompress(data, cluster_size)
+
+
+def compressor(compression):
+    """A function compressing one cluster the way qemu reads it, for ``compression`` (zlib or zstd)."""
+    if compression == 'zstd':
+        if zstandard is None:
+            raise Qcow2Error('compress: zstd needs the Python package zstandard (pip install zstandard), or use '
+                             'compress: zlib', code='LIBRARY_MISSING')
+        context = threading.local()
+
+        def zstd(data):
+            if getattr(context, 'compressor', None) is None:
+                context.compressor = zstandard.ZstdCompressor(level=3)
+            return context.compressor.compress(data)
+        return zstd
+    if compression == 'zlib':
+        def deflate(data):
+            packer = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, ZLIB_WINDOW_BITS, 9)
+            return packer.compress(data) + packer.flush()
+        return deflate
+    raise Qcow2Error('compression must be one of %s, not %r' % (', '.join(COMPRESSIONS), compression),
+                     code='INVALID_OPTION')
+
+
 class ClusterDigest:
     """The order-independent digest of stored clusters defined in the module docstring. Thread-safe."""
 
@@ -228,9 +273,14 @@ class Qcow2Writer:
     (``view.obj``), which is used to find all-zero clusters without copying.  Each cluster may be
     written once.  Data goes to the file immediately; only a 4-byte host index per guest cluster of
     each touched 512 MiB region (one L2 table) stays in memory.
+
+    ``compression`` (``zlib`` or ``zstd``) stores every data cluster that compresses by at least a sector as a
+    standard qcow2 compressed cluster (packed byte by byte, as qemu-img convert -c does; zstd sets the
+    header's compression type, which qemu reads from 5.1 on); the others are stored as they are.
     """
 
-    def __init__(self, path_or_fd, virtual_size, backing_file=None, cluster_size=DEFAULT_CLUSTER_SIZE, store_zeros=None):
+    def __init__(self, path_or_fd, virtual_size, backing_file=None, cluster_size=DEFAULT_CLUSTER_SIZE, store_zeros=None,
+                 compression=None):
         if cluster_size < 512 or cluster_size > 2 * 1024 * 1024 or cluster_size & (cluster_size - 1):
             raise Qcow2Error('cluster size must be a power of two between 512 bytes and 2 MiB, not %r' % cluster_size)
         if virtual_size < 0:
@@ -256,6 +306,11 @@ class Qcow2Writer:
         self._digest = ClusterDigest(cluster_size, virtual_size)
         self._tables = {}   # l1 index -> array('I') of host cluster indexes (0: unallocated, _ZERO_MARK: zero flag)
         self._next_host = 1  # cluster 0 is the header
+        self.compression = compression
+        self._compress = compressor(compression) if compression else None
+        self._compressed = {}  # guest cluster -> L2 descriptor of its compressed bytes
+        self._compressed_refs = collections.Counter()  # host cluster -> compressed clusters with bytes in it
+        self._compressed_end = None  # file offset where the next compressed bytes may go
         self._lock = threading.Lock()
         self._zero = bytes(cluster_size)
         self._result = None
@@ -307,13 +362,28 @@ class Qcow2Writer:
             pos = stop
         if not data_indexes and not zero_indexes:
             return
+        packed = []  # (guest index, compressed bytes) of the clusters that compress by a sector or more
+        if self._compress is not None:
+            kept_views, kept_indexes = [], []
+            for index, piece in zip(data_indexes, data_views):
+                squeezed = self._compress(piece)
+                if len(squeezed) <= len(piece) - 512:
+                    packed.append((index, squeezed))
+                else:
+                    kept_views.append(piece)
+                    kept_indexes.append(index)
+            stored_bytes = sum(len(v) for v in data_views)
+            data_views, data_indexes = kept_views, kept_indexes
+        else:
+            stored_bytes = sum(len(v) for v in data_views)
         with self._lock:
             if self._closed:
                 raise Qcow2Error('the writer is already finished')
-            for index in data_indexes + zero_indexes:  # check all first: nothing is half-recorded
+            for index in data_indexes + zero_indexes + [i for i, dummy in packed]:  # check all first
                 table = self._tables.get(index // self.l2_entries)
                 if table is not None and table[index % self.l2_entries]:
                     raise Qcow2Error('guest cluster at offset %d was written twice' % (index * cs))
+            placed = [(self._place_compressed(index, len(squeezed)), squeezed) for index, squeezed in packed]
             host_start = self._next_host
             self._next_host += len(data_indexes)
             if self._next_host >= _ZERO_MARK:
@@ -322,12 +392,35 @@ class Qcow2Writer:
                 self._table_for(index)[index % self.l2_entries] = host_start + pos
             for index in zero_indexes:
                 self._table_for(index)[index % self.l2_entries] = _ZERO_MARK
-            self.clusters_stored += len(data_indexes) + len(zero_indexes)
+            self.clusters_stored += len(data_indexes) + len(zero_indexes) + len(packed)
             self.zero_clusters += len(zero_indexes)
-            self.bytes_stored += sum(len(v) for v in data_views)
-        self._digest.add_values(partial_sum, len(data_indexes) + len(zero_indexes))
+            self.bytes_stored += stored_bytes
+        self._digest.add_values(partial_sum, len(data_indexes) + len(zero_indexes) + len(packed))
         if data_views:
             _pwritev_all(self.fd, data_views, host_start * cs)
+        for start, squeezed in placed:
+            pwrite_all(self.fd, squeezed, start)
+
+    def _place_compressed(self, index, length):
+        """Reserve ``length`` bytes for guest cluster ``index``'s compressed data (under the lock); return the
+        file offset.  Compressed clusters are packed back to back; they run on into the next host cluster only
+        when nothing else was placed there."""
+        cs = self.cluster_size
+        start = self._compressed_end
+        if start is None or start % cs == 0 or (
+                (start + length - 1) // cs != start // cs and start // cs != self._next_host - 1):
+            start = self._next_host * cs
+        end = start + length
+        self._next_host = max(self._next_host, (end - 1) // cs + 1)
+        if self._next_host >= _COMPRESSED_MARK:
+            raise Qcow2Error('image file would exceed %d clusters' % (_COMPRESSED_MARK - 1))
+        for host in range(start // cs, (end - 1) // cs + 1):
+            self._compressed_refs[host] += 1
+        offset_bits = 62 - (self.cluster_bits - 8)
+        self._compressed[index] = FLAG_COMPRESSED | (((end - 1) // 512 - start // 512) << offset_bits) | start
+        self._table_for(index)[index % self.l2_entries] = _COMPRESSED_MARK
+        self._compressed_end = end
+        return start
 
     def _table_for(self, index):
         l1_index = index // self.l2_entries
@@ -417,8 +510,10 @@ class Qcow2Writer:
         for position, l1_index in enumerate(sorted(self._tables)):
             table = self._tables[l1_index]
             entries = _u64_array()
-            entries.extend([0 if not host else (FLAG_ZERO if host == _ZERO_MARK else (host * cs) | FLAG_COPIED)
-                            for host in table])
+            base = l1_index * self.l2_entries
+            entries.extend([0 if not host else (FLAG_ZERO if host == _ZERO_MARK else (
+                self._compressed[base + slot] if host == _COMPRESSED_MARK else (host * cs) | FLAG_COPIED))
+                for slot, host in enumerate(table)])
             pwrite_all(self.fd, _to_be_bytes(entries), (l2_start + position) * cs)
             l1[l1_index] = ((l2_start + position) * cs) | FLAG_COPIED
         if self.l1_size:
@@ -429,9 +524,18 @@ class Qcow2Writer:
         pwrite_all(self.fd, _to_be_bytes(rt), rt_start * cs)
         per_block = cs * 8 // 16
         one = b'\x00\x01'
+        shared = collections.defaultdict(list)  # refcount block -> host clusters holding compressed clusters
+        for host, count in self._compressed_refs.items():
+            shared[host // per_block].append((host, count))
         for block in range(blocks):
             used = min(per_block, total - block * per_block)
-            pwrite_all(self.fd, one * used, (rb_start + block) * cs)
+            if block in shared:
+                counts = array.array('H', [1]) * used
+                for host, count in shared[block]:  # one reference per compressed cluster packed into it
+                    counts[host - block * per_block] = count
+                pwrite_all(self.fd, _to_be_bytes(counts), (rb_start + block) * cs)
+            else:
+                pwrite_all(self.fd, one * used, (rb_start + block) * cs)
         os.ftruncate(self.fd, total * cs)
         pwrite_all(self.fd, self._header(l1_start * cs if self.l1_size else 0, rt_start * cs, rt_clusters), 0)
         return total * cs
@@ -447,8 +551,15 @@ class Qcow2Writer:
         if self._backing_name is not None:
             backing_offset = HEADER_V3_LENGTH + len(extensions)
             backing_size = len(self._backing_name)
+        zstd = self.compression == 'zstd'
+        length = HEADER_V3_LENGTH + (8 if zstd else 0)  # zstd: the compression_type byte and its padding
+        if self._backing_name is not None:
+            backing_offset += length - HEADER_V3_LENGTH
         header = _HEADER.pack(QCOW2_MAGIC, 3, backing_offset, backing_size, self.cluster_bits, self.virtual_size, 0,
-                              self.l1_size, l1_offset, rt_offset, rt_clusters, 0, 0, 0, 0, 0, 4, HEADER_V3_LENGTH)
+                              self.l1_size, l1_offset, rt_offset, rt_clusters, 0, 0,
+                              INCOMPAT_COMPRESSION_TYPE if zstd else 0, 0, 0, 4, length)
+        if zstd:
+            header += struct.pack('>B7x', COMPRESSION_TYPES['zstd'])
         header += extensions + (self._backing_name or b'')
         if len(header) > self.cluster_size:
             raise Qcow2Error('header does not fit in one cluster')
@@ -482,11 +593,12 @@ class _Header:
         if self.crypt_method:
             raise Qcow2Error('encrypted images are not supported')
         unsupported = self.incompatible_features & ~(INCOMPAT_DIRTY | INCOMPAT_CORRUPT)
-        if unsupported & INCOMPAT_COMPRESSION_TYPE and self.header_length > HEADER_V3_LENGTH and data[HEADER_V3_LENGTH] == 0:
+        self.compression_type = data[HEADER_V3_LENGTH] if self.header_length > HEADER_V3_LENGTH else 0
+        if unsupported & INCOMPAT_COMPRESSION_TYPE and self.compression_type in (0, 1):
             unsupported &= ~INCOMPAT_COMPRESSION_TYPE
         if unsupported:
-            raise Qcow2Error('unsupported incompatible features 0x%x (external data file, extended L2 entries or a '
-                             'non-zlib compression type)' % unsupported)
+            raise Qcow2Error('unsupported incompatible features 0x%x (external data file, extended L2 entries or an '
+                             'unknown compression type)' % unsupported)
         if self.refcount_order > 6:
             raise Qcow2Error('invalid refcount order %d' % self.refcount_order)
         self.backing_format = None
@@ -662,8 +774,8 @@ class Qcow2Image:
         size = min(size, self.file_size - host)
         data = _pread_exact(self._fd, size, host)
         try:
-            out = zlib.decompressobj(-15).decompress(data, self.cluster_size)
-        except zlib.error as exc:
+            out = _decompress(self.header.compression_type, data, self.cluster_size)
+        except (zlib.error, ValueError) as exc:
             raise Qcow2Error('%s: compressed cluster at %d does not decompress: %s' % (self.path, host, exc))
         if len(out) != self.cluster_size:
             raise Qcow2Error('%s: compressed cluster at %d is short' % (self.path, host))

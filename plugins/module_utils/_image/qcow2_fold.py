@@ -31,7 +31,7 @@ import array
 import os
 
 from .qcow2 import (
-    FLAG_COPIED, FLAG_COMPRESSED, HEADER_TABLES, HEADER_TABLES_OFFSET, OFFSET_MASK, Qcow2Chain, Qcow2Error,
+    FLAG_COPIED, FLAG_COMPRESSED, HEADER_TABLES, HEADER_TABLES_OFFSET, INCOMPAT_COMPRESSION_TYPE, OFFSET_MASK, Qcow2Chain, Qcow2Error,
     Qcow2Image, SOURCE_NONE, SOURCE_ZERO, _ceil_div, _from_be_bytes, _pread_exact, _pwritev_all, _to_be_bytes,
     _u64_array,
 )
@@ -90,7 +90,7 @@ def _unsupported_feature(image):
         return 'internal snapshots'
     if image.backing_file is not None:
         return 'a backing file'
-    if header.incompatible_features:
+    if header.incompatible_features & ~INCOMPAT_COMPRESSION_TYPE:  # a compression type the header keeps is fine
         return 'incompatible features 0x%x' % header.incompatible_features
     if header.l1_size * image.l2_entries < image.guest_clusters:
         return 'an L1 table too small for the disk'

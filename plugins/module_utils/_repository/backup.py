@@ -55,6 +55,7 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
     that uses it); they default to null.
     """
     snapshot = snapshot or {}
+    compression = options.pop('compression', None)  # zlib or zstd: compressed qcow2 clusters; None: as they are
     kind = 'full' if changed_blocks is None else 'incremental'
     check_mode = options.get('check_mode', False)
     with Repository(repository, write=not check_mode, create=not check_mode, missing_ok=check_mode,
@@ -94,7 +95,8 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
             started = time.monotonic()
             when = utc_now()
             ident, out = repo.new_point_file(kind, when)
-            writer = Qcow2Writer(out.fd, size, backing_file=parent['file'] if kind == 'incremental' else None)
+            writer = Qcow2Writer(out.fd, size, backing_file=parent['file'] if kind == 'incremental' else None,
+                                 compression=compression)
             try:
                 stats = reader.read(extents, writer)
                 written = writer.finish()
@@ -123,6 +125,8 @@ def export_to_repository(target, repository, changed_blocks=None, snapshot=None,
                 # the whole export: reading, writing, finishing, fsync and rename of the image
                 'seconds': round(time.monotonic() - started, 3),
             }
+            if compression:
+                point['compression'] = compression
             if kind == 'full':
                 # vhd_bat: only the blocks the host's allocation map lists were read; none: every byte
                 point['allocation_source'] = _export.full_extents(options.get('allocation'), size)[1]

@@ -232,6 +232,10 @@ def merged_view(point, journal):
         'file_size': journal['file_size'],
         'merged': list(point.get('merged') or []) + list(journal.get('merged') or []),
     })
+    if journal.get('kind') == 'fold':  # the point now lives in the full's file: its compressed clusters stay so
+        view.pop('compression', None)
+        if journal.get('compression'):
+            view['compression'] = journal['compression']
     return view
 
 
@@ -334,12 +338,12 @@ def _defined_here(source):
     return source != SOURCE_NONE
 
 
-def write_merged(chain_paths, out_fd, backing_file=None, progress=None):
+def write_merged(chain_paths, out_fd, backing_file=None, progress=None, compression=None):
     """Write the content of ``chain_paths`` (newest first; a whole chain, or the part above ``backing_file``)
     into ``out_fd`` as one qcow2: standalone (the disk's allocated clusters) or an overlay of
-    ``backing_file`` (every cluster the paths define, zero flags included)."""
+    ``backing_file`` (every cluster the paths define, zero flags included), compressed like the point."""
     with Qcow2Chain(chain_paths) as chain:
-        writer = Qcow2Writer(out_fd, chain.virtual_size, backing_file=backing_file)
+        writer = Qcow2Writer(out_fd, chain.virtual_size, backing_file=backing_file, compression=compression)
         try:
             defined = _data_only if backing_file is None else _defined_here
             step = MERGE_PIECE_CLUSTERS * chain.cluster_size
@@ -382,7 +386,8 @@ def merge_point(repo, ident, chain_ids, method='rewrite', checkpoint=_no_checkpo
                 halfway[0] = True
                 checkpoint('merge-write')
         written = write_merged([repo.file_path(p) for p in chain], out.fd,
-                               backing_file=ancestor['file'] if ancestor else None, progress=progress)
+                               backing_file=ancestor['file'] if ancestor else None, progress=progress,
+                               compression=point.get('compression'))
         os.fsync(out.fd)
         fsync_directory(repo.path)
         checkpoint('merge-written')
@@ -457,6 +462,7 @@ def fold_point(repo, ident, chain_ids, checkpoint=_no_checkpoint):
         # the header's table fields now: while the file still has them, its header was not switched
         'base_patch': binascii.hexlify(qcow2_fold.current_patch(base_path)).decode('ascii'),
         'chain': records, 'merged': chain_ids[1:], 'drops': [],
+        'compression': records[-1].get('compression'),
     }
     folded = set(chain_ids[1:])
     repo.manifest['points'] = [p for p in repo.points if p['id'] not in folded]
