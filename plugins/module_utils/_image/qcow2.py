@@ -140,6 +140,20 @@ def _u64_array():
     return arr
 
 
+def refcount_layout(start, cluster_size):
+    """(table clusters, blocks) of 16-bit refcounts placed at host cluster ``start`` that cover the file up to and
+    including themselves."""
+    per_block = cluster_size * 8 // 16
+    rt_clusters, blocks = 1, 1
+    while True:
+        total = start + rt_clusters + blocks
+        need_blocks = _ceil_div(total, per_block)
+        need_rt = _ceil_div(need_blocks * 8, cluster_size)
+        if (need_blocks, need_rt) == (blocks, rt_clusters):
+            return rt_clusters, blocks
+        blocks, rt_clusters = max(blocks, need_blocks), max(rt_clusters, need_rt)
+
+
 def _pwritev_all(fd, views, offset):
     """Write ``views`` back to back at ``offset`` with as few system calls as possible."""
     pending = [memoryview(v) for v in views if len(v)]
@@ -490,17 +504,9 @@ class Qcow2Writer:
         cs = self.cluster_size
         l2_start = self._next_host
         l1_start = l2_start + len(self._tables)
-        l1_clusters = _ceil_div(self.l1_size * 8, cs)
-        rt_start = l1_start + l1_clusters
-        per_block = cs * 8 // 16
-        rt_clusters, blocks = 1, 1
-        while True:
-            total = rt_start + rt_clusters + blocks
-            need_blocks = _ceil_div(total, per_block)
-            need_rt = _ceil_div(need_blocks * 8, cs)
-            if (need_blocks, need_rt) == (blocks, rt_clusters):
-                return l2_start, l1_start, rt_start, rt_clusters, blocks, total
-            blocks, rt_clusters = max(blocks, need_blocks), max(rt_clusters, need_rt)
+        rt_start = l1_start + _ceil_div(self.l1_size * 8, cs)
+        rt_clusters, blocks = refcount_layout(rt_start, cs)
+        return l2_start, l1_start, rt_start, rt_clusters, blocks, rt_start + rt_clusters + blocks
 
     def _write_metadata(self):
         cs = self.cluster_size
@@ -729,18 +735,24 @@ class Qcow2Image:
     def _cluster_length(self, index):
         return min(self.cluster_size, self.virtual_size - index * self.cluster_size)
 
-    def iter_clusters(self):
-        """Yield ``(guest_offset, kind)`` of every allocated cluster (data, zero flag or compressed) in guest order."""
+    def iter_entries(self):
+        """Yield ``(guest cluster index, kind, host)`` of every allocated cluster in guest order (``host``: see
+        :meth:`_classify`)."""
         for l1_index in range(min(len(self.l1), _ceil_div(self.guest_clusters, self.l2_entries))):
             table = self._l2_table(l1_index)
             if table is None:
                 continue
             base = l1_index * self.l2_entries
             for l2_index, entry in enumerate(table):
-                if entry:
-                    kind = self._classify(entry)[0]
-                    if kind is not None and base + l2_index < self.guest_clusters:
-                        yield (base + l2_index) * self.cluster_size, kind
+                if entry and base + l2_index < self.guest_clusters:
+                    kind, host = self._classify(entry)
+                    if kind is not None:
+                        yield base + l2_index, kind, host
+
+    def iter_clusters(self):
+        """Yield ``(guest_offset, kind)`` of every allocated cluster (data, zero flag or compressed) in guest order."""
+        for index, kind, dummy in self.iter_entries():
+            yield index * self.cluster_size, kind
 
     def allocated_clusters(self):
         """Yield the guest offsets of the clusters this image defines (data, zero flag or compressed)."""
@@ -1007,30 +1019,19 @@ def scan(path, header_patch=None, chunk_size=MAX_RUN):
         digest = ClusterDigest(cs, image.virtual_size)
         compressed = []
         stored = bytes_stored = 0
-        for l1_index in range(min(len(image.l1), _ceil_div(image.guest_clusters, image.l2_entries))):
-            table = image._l2_table(l1_index)
-            if table is None:
+        for index, kind, host in image.iter_entries():
+            stored += 1
+            length = image._cluster_length(index)
+            if kind == KIND_ZERO:
+                digest.add(index * cs, bytes(length))
                 continue
-            base = l1_index * image.l2_entries
-            for slot, entry in enumerate(table):
-                index = base + slot
-                if not entry or index >= image.guest_clusters:
-                    continue
-                kind, host = image._classify(entry)
-                if kind is None:
-                    continue
-                stored += 1
-                length = image._cluster_length(index)
-                if kind == KIND_ZERO:
-                    digest.add(index * cs, bytes(length))
-                    continue
-                bytes_stored += length
-                if kind == KIND_COMPRESSED:
-                    compressed.append(index)
-                elif host % cs or host // cs >= file_clusters:
-                    raise Qcow2Error('%s: data cluster at host offset %d is not aligned inside the file' % (path, host))
-                else:
-                    guest_of[host // cs] = index + 1
+            bytes_stored += length
+            if kind == KIND_COMPRESSED:
+                compressed.append(index)
+            elif host % cs or host // cs >= file_clusters:
+                raise Qcow2Error('%s: data cluster at host offset %d is not aligned inside the file' % (path, host))
+            else:
+                guest_of[host // cs] = index + 1
         sha = hashlib.sha256()
         fd = image.fileno()
         chunk_size -= chunk_size % cs

@@ -32,7 +32,7 @@ import os
 
 from .qcow2 import (
     FLAG_COPIED, FLAG_COMPRESSED, HEADER_TABLES, HEADER_TABLES_OFFSET, INCOMPAT_COMPRESSION_TYPE, OFFSET_MASK, Qcow2Chain, Qcow2Error,
-    Qcow2Image, SOURCE_NONE, SOURCE_ZERO, _ceil_div, _from_be_bytes, _pread_exact, _pwritev_all, _to_be_bytes,
+    Qcow2Image, SOURCE_NONE, SOURCE_ZERO, _ceil_div, refcount_layout, _from_be_bytes, _pread_exact, _pwritev_all, _to_be_bytes,
     _u64_array,
 )
 
@@ -164,14 +164,7 @@ def _write_refcounts(fd, counts, cs):
     fields (refcount table offset, clusters) and the bytes written."""
     per_block = cs * 8 // (1 << REFCOUNT_ORDER)
     start = len(counts)
-    rt_clusters, blocks = 1, 1
-    while True:
-        total = start + rt_clusters + blocks
-        need_blocks = _ceil_div(total, per_block)
-        need_rt = _ceil_div(need_blocks * 8, cs)
-        if (need_blocks, need_rt) == (blocks, rt_clusters):
-            break
-        blocks, rt_clusters = max(blocks, need_blocks), max(rt_clusters, need_rt)
+    rt_clusters, blocks = refcount_layout(start, cs)
     counts.extend(b'\x01' * (rt_clusters + blocks))
     rb_start = start + rt_clusters
     table = _u64_array()
