@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -202,12 +203,25 @@ def test_without_a_failure_the_calls_are_as_before(lab, client, interposed):
 MARKER = _snapshot_ops.SNAPSHOT_MARKER
 
 
+def stopped(pid):
+    """Whether every thread of ``pid`` is stopped (state T): a signalled stop takes effect asynchronously."""
+    states = []
+    for task in os.listdir('/proc/%d/task' % pid):
+        with open('/proc/%d/task/%s/stat' % (pid, task)) as handle:
+            states.append(handle.read().rsplit(')', 1)[1].split()[0])
+    return all(state in ('T', 't') for state in states)
+
+
 def stall_host(lab):
     """An action that stops the simulator for one call, so that the client times out."""
     simulator = lab.info['pids'][0]
 
     def host_stalls(real, *args):
         os.kill(simulator, signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while not stopped(simulator) and time.monotonic() < deadline:  # on a loaded machine the stop can lag
+            time.sleep(0.01)
+        assert stopped(simulator), 'the lab simulator did not stop'
         try:
             return real()
         finally:
