@@ -135,8 +135,9 @@ options:
         C(qemu-img) reads. V(zlib) works with any qemu. V(zstd) is faster and smaller, and needs qemu 5.1 or later
         and the Python package C(zstandard) where the module runs. V(none) (the default) stores them as they are.
       - A cluster is stored compressed only when that saves at least 512 bytes. Merges by
-        M(xenserver.cbt_backup.backup_prune) keep a point's compression when they rewrite it; blocks folded into a
-        full's file in place are stored uncompressed.
+        M(xenserver.cbt_backup.backup_prune) keep a point's compression. Blocks folded into a full's file in place
+        are compressed with the compression type of that file (a zstd point folded into a zlib full is stored with
+        zlib), because a qcow2 file has one compression type.
       - The restore point records it (C(compression)).
     type: str
     choices: [none, zlib, zstd]

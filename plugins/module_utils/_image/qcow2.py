@@ -221,6 +221,17 @@ def compressor(compression):
                      code='INVALID_OPTION')
 
 
+def squeeze(compress, data, cluster_size):
+    """The compressed form of one cluster's ``data``, or None when it does not save a sector (stored as is).
+
+    The disk's last cluster, when shorter, is compressed padded with zeros to a whole cluster: qemu decompresses
+    a compressed cluster to exactly ``cluster_size`` bytes and fails the read otherwise."""
+    if len(data) < cluster_size:
+        data = bytes(data) + bytes(cluster_size - len(data))
+    squeezed = compress(data)
+    return squeezed if len(squeezed) <= cluster_size - 512 else None
+
+
 class ClusterDigest:
     """The order-independent digest of stored clusters defined in the module docstring. Thread-safe."""
 
@@ -380,8 +391,8 @@ class Qcow2Writer:
         if self._compress is not None:
             kept_views, kept_indexes = [], []
             for index, piece in zip(data_indexes, data_views):
-                squeezed = self._compress(piece)
-                if len(squeezed) <= len(piece) - 512:
+                squeezed = squeeze(self._compress, piece, cs)
+                if squeezed is not None:
                     packed.append((index, squeezed))
                 else:
                     kept_views.append(piece)

@@ -20,6 +20,9 @@ what the base reads today (copy on write at the level of the image's own structu
 and fsyncs: from that instant the file reads as the folded disk.  The caller hashes the future file with
 ``qcow2.scan(base, header_patch=patch)`` before switching, so a crash at any moment is recognised by hash.
 
+With ``compress``, folded clusters are stored compressed (standard qcow2 compressed clusters, packed back to
+back) with the compression type the base's header names, as its own compressed clusters are.
+
 Bytes written: the folded clusters, the changed L2 tables, the L1 table and the refcount blocks (2 bytes
 per host cluster of the file: 3 MiB per 100 GiB of image).  :class:`FoldUnsupported` says the base is not
 one this module folds (the caller rewrites instead).
@@ -31,10 +34,11 @@ import array
 import os
 
 from .qcow2 import (
-    FLAG_COPIED, FLAG_COMPRESSED, HEADER_TABLES, HEADER_TABLES_OFFSET, INCOMPAT_COMPRESSION_TYPE, OFFSET_MASK, Qcow2Chain, Qcow2Error,
-    Qcow2Image, SOURCE_NONE, SOURCE_ZERO, _ceil_div, refcount_layout, _from_be_bytes, _pread_exact, _pwritev_all, _to_be_bytes,
-    _u64_array,
+    COMPRESSION_TYPES, FLAG_COPIED, FLAG_COMPRESSED, HEADER_TABLES, HEADER_TABLES_OFFSET, INCOMPAT_COMPRESSION_TYPE, OFFSET_MASK,
+    Qcow2Chain, Qcow2Error, Qcow2Image, SOURCE_NONE, SOURCE_ZERO, _ceil_div, compressor, refcount_layout, squeeze,
+    _from_be_bytes, _pread_exact, _pwritev_all, _to_be_bytes, _u64_array,
 )
+from .raw_file import pwrite_all
 
 __metaclass__ = type
 
@@ -47,22 +51,24 @@ class FoldUnsupported(Qcow2Error):
 
 class FoldResult:
     """What :func:`prepare` wrote: ``patch`` (the header bytes to switch to), ``restore_patch`` (today's),
-    ``clusters`` (guest clusters folded), ``bytes_written`` and ``file_size`` (after the fold)."""
+    ``clusters`` (guest clusters folded), ``bytes_written``, ``file_size`` (after the fold) and ``compression``
+    (of the folded clusters: zlib, zstd or None)."""
 
-    def __init__(self, patch, restore_patch, clusters, bytes_written, file_size):
+    def __init__(self, patch, restore_patch, clusters, bytes_written, file_size, compression=None):
         self.patch = patch
         self.restore_patch = restore_patch
         self.clusters = clusters
         self.bytes_written = bytes_written
         self.file_size = file_size
+        self.compression = compression
 
 
 class _Allocator:
     """Host clusters for new structures: free ones inside the file (in order), then appended ones."""
 
     def __init__(self, counts):
-        self.counts = counts  # bytearray: references per host cluster in the folded image (updated as it goes)
-        references_now = bytes(counts)  # the current state's references: clusters it uses are never handed out
+        self.counts = counts  # references per host cluster in the folded image (updated as it goes)
+        references_now = array.array('H', counts)  # the current state's: clusters it uses are never handed out
         self._free = (index for index in range(1, len(counts)) if not references_now[index])
         self.end = len(counts)
 
@@ -76,8 +82,40 @@ class _Allocator:
     def take_contiguous(self, count):
         start = self.end
         self.end += count
-        self.counts.extend(b'\x01' * count)
+        self.counts.extend([1] * count)
         return start
+
+    def take_after(self, index):
+        """Host cluster ``index + 1`` when it is the next appended one, else None."""
+        return self.take_contiguous(1) if index + 1 == self.end else None
+
+
+class _CompressedPacker:
+    """Places compressed clusters back to back in host clusters from the allocator (qcow2 compressed
+    descriptors address bytes); one runs on into the next host cluster only when that one is appended next."""
+
+    def __init__(self, image, allocator):
+        self.cs = image.cluster_size
+        self.offset_bits = 62 - (image.cluster_bits - 8)
+        self.allocator = allocator
+        self.end = None  # file offset where the next compressed bytes may go
+
+    def place(self, length):
+        """Reserve ``length`` bytes; return (file offset, L2 entry)."""
+        cs = self.cs
+        start = self.end
+        if start is not None and start % cs and start // cs != (start + length - 1) // cs:
+            if self.allocator.take_after(start // cs) is None:
+                start = None
+        elif start is not None and start % cs == 0:
+            start = None
+        if start is None:
+            start = self.allocator.take() * cs
+        else:
+            _count(self.allocator.counts, start // cs, 1)  # one more compressed cluster in this host cluster
+        end = start + length
+        self.end = end
+        return start, FLAG_COMPRESSED | (((end - 1) // 512 - start // 512) << self.offset_bits) | start
 
 
 def _unsupported_feature(image):
@@ -97,6 +135,12 @@ def _unsupported_feature(image):
     return None
 
 
+def unsupported(path):
+    """Why the standalone image at ``path`` cannot be folded into (text), or None."""
+    with Qcow2Image(path) as image:
+        return _unsupported_feature(image)
+
+
 def _compressed_span(image, entry):
     """Host clusters a compressed cluster's bytes occupy."""
     offset_bits = 62 - (image.cluster_bits - 8)
@@ -108,7 +152,7 @@ def _compressed_span(image, entry):
 
 def _count(counts, cluster, delta):
     value = counts[cluster] + delta
-    if not 0 <= value <= 255:
+    if not 0 <= value <= 0xffff:  # 16-bit refcounts (REFCOUNT_ORDER)
         raise FoldUnsupported('host cluster %d would have %d references' % (cluster, value))
     counts[cluster] = value
 
@@ -122,9 +166,9 @@ def _entry_clusters(image, entry):
 
 
 def _references(image):
-    """bytearray: how many structures of the image's current state reference each host cluster."""
+    """array('H'): how many structures of the image's current state reference each host cluster."""
     cs = image.cluster_size
-    counts = bytearray(_ceil_div(image.file_size, cs))
+    counts = array.array('H', [0]) * _ceil_div(image.file_size, cs)
 
     def mark(cluster, what):
         if cluster >= len(counts):
@@ -165,23 +209,24 @@ def _write_refcounts(fd, counts, cs):
     per_block = cs * 8 // (1 << REFCOUNT_ORDER)
     start = len(counts)
     rt_clusters, blocks = refcount_layout(start, cs)
-    counts.extend(b'\x01' * (rt_clusters + blocks))
+    counts.extend([1] * (rt_clusters + blocks))
     rb_start = start + rt_clusters
     table = _u64_array()
     table.extend((rb_start + block) * cs for block in range(blocks))
     table.extend([0] * (rt_clusters * cs // 8 - blocks))
     views = [_to_be_bytes(table)]
     for block in range(blocks):
-        values = array.array('H', iter(counts[block * per_block:(block + 1) * per_block]))
+        values = counts[block * per_block:(block + 1) * per_block]
         values.extend([0] * (per_block - len(values)))
         views.append(_to_be_bytes(values))
     _pwritev_all(fd, views, start * cs)
     return start * cs, rt_clusters, (rt_clusters + blocks) * cs
 
 
-def prepare(base_path, overlay_paths, progress=None):
+def prepare(base_path, overlay_paths, progress=None, compress=False):
     """Write the fold of ``overlay_paths`` (newest first; the oldest names ``base_path`` as its backing file)
     into unused clusters of ``base_path`` and fsync it; return a :class:`FoldResult` (nothing is switched).
+    ``compress``: store the folded clusters compressed (module docstring).
 
     ``progress(done, total)`` is called after each L2 region with guest clusters examined so far.
     """
@@ -192,16 +237,22 @@ def prepare(base_path, overlay_paths, progress=None):
         with Qcow2Chain(overlay_paths) as overlays:
             if overlays.virtual_size != base.virtual_size or overlays.cluster_size != base.cluster_size:
                 raise FoldUnsupported('the overlays and %s differ in virtual or cluster size' % base_path)
-            return _fold(base, overlays, progress)
+            compression = None
+            if compress:
+                types = dict((number, name) for name, number in COMPRESSION_TYPES.items())
+                compression = types[base.header.compression_type]
+            return _fold(base, overlays, progress, compression)
 
 
-def _fold(base, overlays, progress):
+def _fold(base, overlays, progress, compression):
     cs = base.cluster_size
     header = base.header
+    compress = compressor(compression) if compression else None
     fd = os.open(base.path, os.O_WRONLY | getattr(os, 'O_CLOEXEC', 0))
     try:
         counts = _references(base)
         allocator = _Allocator(counts)
+        packer = _CompressedPacker(base, allocator)
         for cluster in _refcount_structures(base):  # replaced by new ones below
             _count(counts, cluster, -1)
         l1_clusters = _ceil_div(header.l1_size * 8, cs)
@@ -225,6 +276,7 @@ def _fold(base, overlays, progress):
             region_length = min(overlays.region_size, overlays.virtual_size - region_start)
             view = memoryview(buffer)[:region_length]
             pieces = []  # (host cluster, data view) of new data clusters, in allocation order
+            packed = []  # (file offset, compressed bytes)
             for run in overlays.runs(region_start, region_length):
                 first = (run[0] - region_start) // cs
                 last = _ceil_div(run[0] + run[1] - region_start, cs)
@@ -240,10 +292,18 @@ def _fold(base, overlays, progress):
                     if sources[slot] == SOURCE_ZERO or data == zero_cluster[:len(data)]:
                         table[slot] = 0
                         continue
+                    squeezed = squeeze(compress, data, cs) if compress is not None else None
+                    if squeezed is not None:
+                        offset, table[slot] = packer.place(len(squeezed))
+                        packed.append((offset, squeezed))
+                        continue
                     host = allocator.take()
                     table[slot] = (host * cs) | FLAG_COPIED
                     pieces.append((host, data))
             written += _write_pieces(fd, pieces, cs)
+            for offset, squeezed in packed:
+                pwrite_all(fd, squeezed, offset)
+                written += len(squeezed)
             if old_table is not None:
                 _count(counts, (l1[l1_index] & OFFSET_MASK) // cs, -1)
             l2_host = allocator.take()
@@ -264,7 +324,7 @@ def _fold(base, overlays, progress):
         os.close(fd)
     patch = HEADER_TABLES.pack(l1_host * cs, rt_offset, rt_clusters)
     restore = HEADER_TABLES.pack(header.l1_table_offset, header.refcount_table_offset, header.refcount_table_clusters)
-    return FoldResult(patch, restore, folded, written, file_size)
+    return FoldResult(patch, restore, folded, written, file_size, compression)
 
 
 def _write_pieces(fd, pieces, cs):

@@ -18,7 +18,7 @@ import random
 from . import retention
 from .._image import qcow2
 from .._image.qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
-from .store import MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
+from .store import FILE_FACTS, MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
 from .._time import parse_utc_or_none, utc_now
 
 __metaclass__ = type
@@ -216,7 +216,7 @@ def _settled(repo, point):
         if journal.get('kind') == 'fold' and not os.path.exists(os.path.join(repo.path, journal['base_file'])):
             # a fold renamed the merged file over the point's after the last manifest save that verify can read
             # (manifest.json.prev, from before the hashes were known): its structure is checked, not its hashes
-            unknown = dict((key, None) for key in ('sha256', 'blocks', 'bytes', 'blocks_digest', 'file_size'))
+            unknown = dict((key, None) for key in FILE_FACTS)
             return retention.merged_view(point, dict(journal, **unknown))
         return point  # a fold still writing: the point's file is untouched
     try:

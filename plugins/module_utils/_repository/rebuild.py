@@ -22,8 +22,9 @@ from __future__ import absolute_import, division, print_function
 
 import os
 
+from .._image import qcow2
 from .._image.qcow2 import Qcow2Error, Qcow2Image
-from .store import Repository, empty_manifest, file_sha256
+from .store import FILE_FACTS, Repository, empty_manifest, file_facts
 from .._time import normalize_utc
 
 __metaclass__ = type
@@ -44,15 +45,8 @@ def _read_point(path):
             problems = image.check()
             if problems:
                 return None, 'its qcow2 structure is damaged: %s' % problems[0]
-            facts = {
-                'virtual_size': image.virtual_size,
-                'backing_file': image.backing_file,
-                'blocks': sum(1 for dummy in image.iter_clusters()),
-                'bytes': image.bytes_stored(),
-                'blocks_digest': image.digest(),
-            }
-        facts['sha256'] = file_sha256(path)
-        facts['file_size'] = os.path.getsize(path)
+            facts = {'virtual_size': image.virtual_size, 'backing_file': image.backing_file}
+        facts.update(file_facts(qcow2.scan(path)))  # one read of the file for every hash
         return facts, None
     except (Qcow2Error, OSError) as exc:
         return None, 'it cannot be read as a qcow2 image: %s' % exc
@@ -147,8 +141,7 @@ def rebuild_manifest(path, check_mode=False):
                 'type': 'incremental' if parent else 'full',
                 'parent': parent[:-len('.qcow2')] if parent else None,
             }
-            point.update((key, facts[key]) for key in ('virtual_size', 'blocks', 'bytes', 'blocks_digest', 'sha256',
-                                                       'file_size'))
+            point.update((key, facts[key]) for key in ('virtual_size',) + FILE_FACTS)
             old = known.get(name)
             if old is not None and old.get('sha256') == facts['sha256']:
                 point.update((key, old[key]) for key in CARRIED if key in old)

@@ -63,7 +63,7 @@ import os
 from .._image import qcow2, qcow2_fold
 from .._image.qcow2 import SOURCE_NONE, Qcow2Chain, Qcow2Writer
 from .._image.raw_file import AtomicFile, fsync_directory
-from .store import PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_sha256
+from .store import FILE_FACTS, PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_facts, file_sha256
 from .._time import TimeFormatError, parse_utc, utc_now
 
 __metaclass__ = type
@@ -462,7 +462,8 @@ def fold_point(repo, ident, chain_ids, checkpoint=_no_checkpoint):
         # the header's table fields now: while the file still has them, its header was not switched
         'base_patch': binascii.hexlify(qcow2_fold.current_patch(base_path)).decode('ascii'),
         'chain': records, 'merged': chain_ids[1:], 'drops': [],
-        'compression': records[-1].get('compression'),
+        # the point's compression: its blocks stay compressed in the base file (with the base's compression type)
+        'compression': point.get('compression'),
     }
     folded = set(chain_ids[1:])
     repo.manifest['points'] = [p for p in repo.points if p['id'] not in folded]
@@ -486,7 +487,7 @@ def _run_fold(repo, journal, point, checkpoint):
             halfway[0] = True
             checkpoint('fold-write')
     try:
-        result = qcow2_fold.prepare(base_path, overlays, progress=progress)
+        result = qcow2_fold.prepare(base_path, overlays, progress=progress, compress=bool(journal.get('compression')))
     except (IOError, OSError) as exc:
         if os.path.getsize(base_path) > journal['base_file_size']:
             os.truncate(base_path, journal['base_file_size'])
@@ -497,12 +498,10 @@ def _run_fold(repo, journal, point, checkpoint):
             raise error
         raise
     checkpoint('fold-written')
-    found = qcow2.scan(base_path, header_patch=result.patch)
+    _record_scanned(journal, base_path, header_patch=result.patch)
     journal.update({
-        'phase': 'ready', 'patch': binascii.hexlify(result.patch).decode('ascii'),
+        'phase': 'ready', 'patch': binascii.hexlify(result.patch).decode('ascii'), 'compression': result.compression,
         'restore_patch': binascii.hexlify(result.restore_patch).decode('ascii'),
-        'sha256': found.sha256, 'blocks': found.clusters_stored, 'bytes': found.bytes_stored,
-        'blocks_digest': found.digest, 'file_size': found.file_size,
     })
     repo.manifest[JOURNAL] = journal
     repo.save()
@@ -551,17 +550,16 @@ def _recover_fold(repo, journal):
             fsync_directory(repo.path)
             _finish_merge(repo, journal)
             return
-    for name in ('phase', 'patch', 'restore_patch', 'sha256', 'blocks', 'bytes', 'blocks_digest', 'file_size'):
+    for name in ('phase', 'patch', 'restore_patch') + FILE_FACTS:
         journal.pop(name, None)
     journal['phase'] = 'writing'
     _run_fold(repo, journal, point, _no_checkpoint)
 
 
-def _record_scanned(journal, path):
-    """Put the hashes of the merged file at ``path`` into the journal (saved by _finish_merge)."""
-    found = qcow2.scan(path)
-    journal.update({'sha256': found.sha256, 'blocks': found.clusters_stored, 'bytes': found.bytes_stored,
-                    'blocks_digest': found.digest, 'file_size': found.file_size})
+def _record_scanned(journal, path, header_patch=None):
+    """Put the hashes of the merged file at ``path`` (read with ``header_patch``) into the journal (the caller
+    saves it)."""
+    journal.update(file_facts(qcow2.scan(path, header_patch=header_patch)))
 
 
 # -- pruning ----------------------------------------------------------------------------------------
@@ -585,6 +583,10 @@ def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
     kept = [p['id'] for p in points if p['id'] in reasons]
     sizes = dict((p['id'], p.get('file_size') or 0) for p in points)
     methods = dict((ident, merge_method(points, chain)) for ident, chain in merges)
+    by_id = dict((p['id'], p) for p in points)
+    for ident, chain in merges:
+        if methods[ident] == 'fold' and qcow2_fold.unsupported(repo.file_path(by_id[chain[-1]])):
+            methods[ident] = 'rewrite'  # a full not written by this collection (qcow2 v2, internal snapshots...)
     result = {
         'kept': kept,
         'removed': drops,

@@ -86,6 +86,15 @@ def fd_sha256(fd):
         offset += len(chunk)
 
 
+FILE_FACTS = ('sha256', 'blocks', 'bytes', 'blocks_digest', 'file_size')  # what a point records of its file
+
+
+def file_facts(scanned):
+    """The FILE_FACTS of a point file from its ``qcow2.scan``."""
+    return {'sha256': scanned.sha256, 'blocks': scanned.clusters_stored, 'bytes': scanned.bytes_stored,
+            'blocks_digest': scanned.digest, 'file_size': scanned.file_size}
+
+
 def file_sha256(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -160,7 +169,7 @@ _POINT_FIELDS = (
 _JOURNAL_FIELDS = (('point', _TEXT), ('sha256', _TEXT), ('blocks_digest', _TEXT), ('blocks', (int,)), ('bytes', (int,)),
                    ('file_size', (int,)), ('kind', _OPTIONAL_TEXT), ('parent', _OPTIONAL_TEXT),
                    ('temp_file', _OPTIONAL_TEXT), ('drops', (list, type(None))), ('merged', (list, type(None))))
-_FOLD_WRITING_OPTIONAL = ('sha256', 'blocks_digest', 'blocks', 'bytes', 'file_size')
+_FOLD_WRITING_OPTIONAL = FILE_FACTS  # known once the fold's file is hashed (phase ready)
 _FOLD_PHASES = ('writing', 'ready')
 _FOLD_FIELDS = (('base_file', _TEXT), ('base_file_size', (int,)), ('chain', (list,)))
 _TYPE_NAMES = {str: 'a string', int: 'a whole number', type(None): 'null', dict: 'an object', list: 'a list'}
