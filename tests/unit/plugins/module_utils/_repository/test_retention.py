@@ -15,7 +15,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository i
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Image
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, rewrite_random_blocks
 from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils._repository.image_tools import (
-    assert_qcow2_clean, assert_same_as_raw,
+    assert_qcow2_clean, assert_same_as_raw, qemu_img,
 )
 
 __metaclass__ = type
@@ -297,3 +297,19 @@ def test_compressed_points_restore_and_merges_keep_their_compression(nbd_server_
     assert check_repository(repo_dir, expected, tmp_path) == ['snap-4']
     with store.Repository(repo_dir) as repo:
         assert repo.points[0]['compression'] == 'zstd'
+
+
+def test_a_full_the_fold_cannot_take_is_rewritten_instead(nbd_server_factory, tmp_path):
+    # a full turned into a qcow2 v2 file by hand (qemu-img amend): the fold needs v3, the prune still merges
+    repo_dir, expected = build_chain(nbd_server_factory, tmp_path, incrementals=2, seed=97)
+    with store.Repository(repo_dir, write=True) as repo:
+        full = repo.points[0]
+        path = repo.file_path(full)
+        qemu_img('amend', '-f', 'qcow2', '-o', 'compat=0.10', path)
+        full.update({'sha256': store.file_sha256(path), 'file_size': os.path.getsize(path)})
+        repo.save()
+        ids = [p['id'] for p in repo.points]
+    assert prune(repo_dir, keep_last=1, check_mode=True)['merged'][ids[2]]['method'] == 'rewrite'
+    result = prune(repo_dir, keep_last=1)
+    assert result['merged'][ids[2]]['method'] == 'rewrite'
+    assert check_repository(repo_dir, expected, tmp_path) == ['snap-2']
