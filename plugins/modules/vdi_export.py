@@ -335,10 +335,29 @@ fallback_reason:
   returned: when the export fell back to a full one
   sample: the snapshots are unrelated for the storage backend, CBT was disabled and re-enabled in between
 nbd_address:
-  description: Address and port the data was read from.
+  description:
+    - Address and port the data was read from.
+    - In the snapshot form, every host that C(VDI.get_nbd_info) lists for the disk can serve it. The disks of a
+      run spread over them (each disk is read from the host a stable hash of its snapshot's uuid picks), and a
+      host that refuses the connection, drops it before the export opens or does not answer is passed over for
+      the next one (see RV(nbd_failover)). A host whose TLS certificate does not verify is not passed over.
   type: str
   returned: success
   sample: 192.0.2.10:10809
+nbd_failover:
+  description: The hosts passed over before RV(nbd_address) served the export, each with what went wrong (also in RV(warnings)).
+  type: list
+  elements: dict
+  returned: when a host was passed over
+  contains:
+    nbd_address:
+      description: Address and port of the host passed over.
+      type: str
+      sample: 192.0.2.11:10809
+    error:
+      description: What the connection to it did.
+      type: str
+      sample: "cannot connect to NBD server 192.0.2.11:10809: Connection refused"
 reconnects:
   description: Connections that broke during the export and were replaced.
   type: int

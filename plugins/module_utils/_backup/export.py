@@ -34,7 +34,7 @@ import stat
 
 from .._xenapi import cbt_bitmap as _cbt
 from .._extents import CBT_BLOCK_SIZE, total_length
-from .._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, NbdConnection
+from .._nbd.connection import DEFAULT_MIN_RATE_MIB_S, DEFAULT_TIMEOUT, ConnectionTarget, open_any
 from .._nbd.reader import (
     DEFAULT_CONNECTIONS,
     DEFAULT_REQUEST_SIZE,
@@ -137,19 +137,29 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
     """Plan what to read (all of the export, its allocated blocks, or the bitmap's blocks) and hand it to a
     destination.
 
+    ``target``: a ConnectionTarget, or a list of them (the hosts that serve the export, in the order to try:
+    the first that serves is read from, see :func:`connection.open_any`).
+
     ``check(size)`` may refuse the export before any data is read; ``write(reader, extents, size)``
     reads and stores, returning ``(stats, bytes_written)`` or ``(stats, bytes_written, extra_result)``.
     ``allocation``: for a full, see :func:`full_extents`.
     """
-    first = NbdConnection.open(target)
+    first, passed_over = open_any(target if isinstance(target, list) else [target])
+    target = first.target
     try:
         size = first.export_size
         result = {
             'export_size': size,
             'tls': target.tls is not None,
             'connections': connections,
+            'nbd_address': '%s:%d' % (target.address, target.port),
             'warnings': [],
         }
+        if passed_over:
+            result['nbd_failover'] = [{'nbd_address': '%s:%d' % (t.address, t.port), 'error': str(exc)}
+                                      for t, exc in passed_over]
+            result['warnings'].extend('%s; the export was read from %s instead' % (exc, first.target.where)
+                                      for dummy, exc in passed_over)
         if target.tls is None:
             result['warnings'].append('the export was read without TLS: disk contents crossed the network unencrypted')
         elif first.tls_legacy_cipher:

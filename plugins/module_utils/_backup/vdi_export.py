@@ -21,16 +21,17 @@ from .._xenapi.client import GONE_CODES, NULL_REF, XenApiError
 
 __metaclass__ = type
 
-DEFAULT_NBD_PORT = 10809
 
 
 def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False,
                allocation=None):
-    """Read the export ``nbd`` (address, port, exportname, cert, subject) into the repository or dest.
+    """Read the export ``nbd`` (address, port, exportname, cert, subject; or a list of them, the hosts to try
+    in order) into the repository or dest.
 
     ``allocation``: what a full reads (export.full_extents); None reads everything."""
-    target = _export.make_target(nbd, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
-                                 min_rate_mib_s=params['min_rate_mib_s'])
+    targets = [_export.make_target(info, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
+                                   min_rate_mib_s=params['min_rate_mib_s'])
+               for info in (nbd if isinstance(nbd, list) else [nbd])]
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=check_mode, allocation=allocation)
     if params['repository']:
@@ -38,11 +39,10 @@ def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=
             options['compression'] = params['compress']
         if snapshot is None and params['run']:
             snapshot = {'run': params['run']}  # the nbd form records the run too
-        result = export_to_repository(target, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
+        result = export_to_repository(targets, params['repository'], changed_blocks=changed_blocks, snapshot=snapshot,
                                       base_uuid=base_uuid, disk=disk, **options)
     else:
-        result = _export.export_to_file(target, params['dest'], changed_blocks=changed_blocks, **options)
-    result['nbd_address'] = '%s:%s' % (nbd['address'], nbd.get('port') or DEFAULT_NBD_PORT)
+        result = _export.export_to_file(targets, params['dest'], changed_blocks=changed_blocks, **options)
     return result
 
 
@@ -87,9 +87,10 @@ def export_snapshot(client, params, check_mode=False):
     if changed_blocks is None and params.get('allocation_map', 'auto') == 'auto':
         # before any NBD connection, as for list_changed_blocks
         allocation = full_allocation(client, snap_ref)
-    info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'])
-    check_purpose(info, params['tls'])
-    nbd = dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject'))
+    infos = _nbd_access.in_order(_nbd_access.require_nbd_info(client, snap_ref, snap), params['nbd_network'],
+                                 key=snap['uuid'])
+    check_purpose(infos[0], params['tls'])
+    nbd = [dict((key, info[key]) for key in ('address', 'port', 'exportname', 'cert', 'subject')) for info in infos]
     snapshot = {
         'uuid': snap['uuid'],
         'snapshot_of': client.call('VDI.get_uuid', snap['snapshot_of']) if snap['snapshot_of'] != NULL_REF else None,

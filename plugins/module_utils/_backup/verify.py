@@ -11,7 +11,7 @@ from __future__ import absolute_import, division, print_function
 from . import export as _export
 from .._xenapi.ops import nbd_access as _nbd_access
 from .._xenapi import model as _objects
-from .._nbd.connection import NbdConnection
+from .._nbd.connection import open_any
 from .._repository import inspection
 from .._repository.store import Repository
 from .._xenapi.client import XenApiError
@@ -49,9 +49,10 @@ def spot_check_newest(verified, make_client, blocks, nbd_network=None, tls=True,
         if snap.get('type') == 'cbt_metadata':
             return skipped('snapshot %s holds no data any more (cbt_metadata: its data was destroyed after the backup)'
                            % snapshot_uuid, point_id)
-        info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap), nbd_network)
-        target = _export.make_target(info, tls=tls, ca_path=tls_ca_path, timeout=timeout)
-        checked = inspection.spot_check(verified['repository'], point_id, lambda: NbdConnection.open(target), blocks)
+        infos = _nbd_access.in_order(_nbd_access.require_nbd_info(client, snap_ref, snap), nbd_network,
+                                     key=snap['uuid'])
+        targets = [_export.make_target(info, tls=tls, ca_path=tls_ca_path, timeout=timeout) for info in infos]
+        checked = inspection.spot_check(verified['repository'], point_id, lambda: open_any(targets)[0], blocks)
     finally:
         client.close()
     checked['skipped'] = False

@@ -480,3 +480,28 @@ def server_error(where, error, offset, length):
     """Build the exception for an error reply to a READ."""
     return NbdServerError('%s answered the read of %d bytes at offset %d with %s'
                           % (where, length, offset, p.errno_name(error)), error=error, offset=offset, length=length)
+
+
+# errors after which another host of the pool may serve the export; a TLS failure is not one (a host whose
+# certificate does not verify is reported, not passed over)
+FAILOVER_ERRORS = (NbdConnectError, NbdHandshakeInterrupted, NbdExportRefused)
+
+
+def open_any(targets):
+    """Open a connection to the first of ``targets`` (the hosts that can serve one export, in the order to
+    try) that serves it; return ``(connection, passed_over)``, ``passed_over`` listing ``(target, error)`` of
+    the hosts that did not.  When none does, the last host's error is raised, naming every host's."""
+    if not targets:
+        raise NbdOptionError('no NBD server to connect to')
+    passed_over = []
+    for target in targets:
+        try:
+            return NbdConnection.open(target), passed_over
+        except FAILOVER_ERRORS as exc:
+            passed_over.append((target, exc))
+    if len(passed_over) == 1:
+        raise passed_over[0][1]
+    last = passed_over[-1][1]
+    raise last.__class__('none of the %d hosts that can serve the export did: %s'
+                         % (len(passed_over), '; '.join(str(exc) for dummy, exc in passed_over)),
+                         situation=last.situation)

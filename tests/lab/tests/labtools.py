@@ -7,6 +7,7 @@ directory's conftest when pytest runs several test trees at once.
 
 from __future__ import absolute_import, division, print_function
 
+import importlib
 import json
 import os
 import shutil
@@ -38,7 +39,7 @@ def require(tool):
         missing = 'nbdkit with its python plugin (nbdkit, nbdkit-plugin-python)'
     elif tool == 'nbd':
         try:
-            import nbd  # pylint: disable=import-outside-toplevel,unused-import
+            importlib.import_module('nbd')
             return
         except ImportError:
             missing = 'python3-libnbd (module nbd)'

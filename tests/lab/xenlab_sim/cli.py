@@ -37,6 +37,14 @@ def size_arg(text):
     return size
 
 
+def hosts_arg(text):
+    from .inventory import MAX_HOSTS  # pylint: disable=import-outside-toplevel
+    value = int(text)
+    if not 1 <= value <= MAX_HOSTS:
+        raise argparse.ArgumentTypeError('--hosts takes 1 to %d' % MAX_HOSTS)
+    return value
+
+
 def extra_vms_arg(text):
     from .inventory import MAX_EXTRA_VMS  # pylint: disable=import-outside-toplevel
     try:
@@ -61,7 +69,7 @@ def vm_tags_arg(text):
 def check_vm_tags(opts):
     """Every --vm-tags NAME must be a seeded VM (checked before anything is started)."""
     from .inventory import vm_names  # pylint: disable=import-outside-toplevel
-    known = vm_names(opts.extra_vms)
+    known = vm_names(opts.extra_vms, opts.hosts)
     unknown = sorted(set(name for name, _tags in opts.vm_tags or ()) - set(known))
     if unknown:
         raise SystemExit('xenlab: --vm-tags: no seeded VM named %s (seeded: %s)'
@@ -117,7 +125,7 @@ def cmd_start(opts):
             raise SystemExit('xenlab: a lab is already running in %s' % directory)
         os.unlink(path)
         # A stopped lab's disks and certificates belong to a pool that no longer exists.
-        for stale in ('sr', 'pki'):
+        for stale in ('sr', 'pki', 'hosts'):
             shutil.rmtree(os.path.join(directory, stale), ignore_errors=True)
     cmd = [sys.executable, '-m', 'xenlab_sim.cli', 'serve'] + serve_args(opts, directory)
     # The password goes through the environment, not argv (visible to every user in ps).
@@ -147,7 +155,8 @@ def serve_args(opts, directory):
             '--disk0-size', str(opts.disk0_size), '--disk1-size', str(opts.disk1_size),
             '--other-disk-size', str(opts.other_disk_size), '--auth-failure-delay', str(opts.auth_failure_delay),
             '--api-port', str(opts.api_port), '--nbd-port', str(opts.nbd_port),
-            '--extra-vms', str(opts.extra_vms), '--extra-vm-disk-size', str(opts.extra_vm_disk_size)]
+            '--extra-vms', str(opts.extra_vms), '--extra-vm-disk-size', str(opts.extra_vm_disk_size),
+            '--hosts', str(opts.hosts)]
     # One NAME=TAG,TAG argument each, attached with '=' so a value starting with '-' stays a value.
     args.extend('--vm-tags=%s=%s' % (name, ','.join(tags)) for name, tags in opts.vm_tags or ())
     if opts.ca_signed:
@@ -213,6 +222,12 @@ def cmd_path(opts):
     return 0
 
 
+def cmd_nbd_switch(opts):
+    print(json.dumps(control(opts.dir, '/internal/nbd/switch', {'host': opts.host, 'switch': opts.switch}),
+                     sort_keys=True))
+    return 0
+
+
 def cmd_info(opts):
     print(json.dumps(read_lab(opts.dir), indent=2, sort_keys=True))
     return 0
@@ -248,6 +263,8 @@ def add_start_options(parser, internal=False):
                         help='size of each lab-vm-NN-disk0 (default 16M)')
     parser.add_argument('--vm-tags', type=vm_tags_arg, action='append', default=[], metavar='NAME=TAG[,TAG]',
                         help='tags of a seeded VM at start (repeatable)')
+    parser.add_argument('--hosts', type=hosts_arg, default=1, metavar='N',
+                        help='a pool of N hosts on a shared SR, each with its own NBD front (default 1)')
 
 
 def parser():
@@ -272,6 +289,11 @@ def parser():
     path.add_argument('--dir', required=True)
     path.add_argument('--vdi', required=True)
     path.set_defaults(func=cmd_path)
+    switch = sub.add_parser('nbd-switch', help="make a host's NBD front serve, refuse or drop connections")
+    switch.add_argument('--dir', required=True)
+    switch.add_argument('--host', required=True, help='host name (lab-host-N) or uuid')
+    switch.add_argument('--switch', required=True, choices=('serve', 'refuse', 'drop'))
+    switch.set_defaults(func=cmd_nbd_switch)
     info = sub.add_parser('info', help='print lab.json')
     info.add_argument('--dir', required=True)
     info.set_defaults(func=cmd_info)

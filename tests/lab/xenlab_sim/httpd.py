@@ -327,7 +327,7 @@ class ControlHandler(BaseHTTPRequestHandler):
         if path == '/internal/ping':
             return {'pid': os.getpid()}
         if path == '/internal/nbd/open':
-            return lab.nbd_open(args['export_name'])
+            return lab.nbd_open(args['export_name'], args.get('host'))
         if path == '/internal/nbd/close':
             lab.nbd_close(args['connection'])
             return {}
@@ -335,6 +335,10 @@ class ControlHandler(BaseHTTPRequestHandler):
             return lab.guest_write(args['vdi'], int(args['offset']), int(args['length']), args.get('seed', 0))
         if path == '/internal/path':
             return {'path': lab.content_path(args['vdi'])}
+        if path == '/internal/nbd/switch':
+            return lab.set_nbd_switch(args['host'], args['switch'])
+        if path == '/internal/nbd/counts':
+            return {'counts': lab.nbd_connection_counts()}
         raise LabError('unknown endpoint %s' % path)
 
     def _reply(self, code, obj):

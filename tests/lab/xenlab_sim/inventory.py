@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The seeded pool: one host, two networks, a CBT-capable SR, an ISO SR, two VMs (and optionally more)."""
+"""The seeded pool: one host (or more, on a shared SR), two networks, a CBT-capable SR, an ISO SR, two VMs
+(and optionally more)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,6 +12,7 @@ MIB = 1024 * 1024
 HOSTNAME = 'lab-host-1'
 ADDRESS = '127.0.0.1'
 CONTROL_DOMAIN = 'Control domain on host: ' + HOSTNAME
+MAX_HOSTS = 8
 # --extra-vms: lab-vm-01 .. lab-vm-99, each with one disk of sizes['extra'] bytes.
 MAX_EXTRA_VMS = 99
 EXTRA_VM_DISK_SIZE = 16 * MIB
@@ -29,9 +31,19 @@ def extra_vm_name(number):
     return 'lab-vm-%02d' % number
 
 
-def vm_names(extra_vms=0):
-    """name_label of every VM seed() creates with ``extra_vms`` extra VMs."""
-    return [CONTROL_DOMAIN, 'demo-vm', 'other-vm'] + [extra_vm_name(n) for n in range(1, extra_vms + 1)]
+def host_name(number):
+    """name_label and hostname of host ``number`` (1: the master)."""
+    return 'lab-host-%d' % number
+
+
+def control_domain_name(number):
+    return 'Control domain on host: ' + host_name(number)
+
+
+def vm_names(extra_vms=0, hosts=1):
+    """name_label of every VM seed() creates with ``extra_vms`` extra VMs and ``hosts`` hosts."""
+    return ([control_domain_name(n) for n in range(1, hosts + 1)] + ['demo-vm', 'other-vm']
+            + [extra_vm_name(n) for n in range(1, extra_vms + 1)])
 
 
 def extra_disk_data(number, size):
@@ -43,37 +55,48 @@ def extra_disk_data(number, size):
     return [(i * BLOCK, 1000 * number + k) for k, i in enumerate(indices)]
 
 
-def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=()):
+def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
     """Create the inventory described in docs/lab.md. ``sizes``: disk0, disk1, other and (optional) extra
-    (bytes); ``extra_vms``: how many lab-vm-NN to add; ``vm_tags``: [(VM name_label, [tag, ...])]."""
+    (bytes); ``extra_vms``: how many lab-vm-NN to add; ``vm_tags``: [(VM name_label, [tag, ...])];
+    ``hosts``: lab-host-1 (the master) .. lab-host-N, every one attached to both SRs (shared when N > 1)."""
     if not 0 <= extra_vms <= MAX_EXTRA_VMS:
         raise ValueError('extra_vms must be 0..%d' % MAX_EXTRA_VMS)
-    unknown = sorted(set(name for name, _tags in vm_tags) - set(vm_names(extra_vms)))
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise ValueError('hosts must be 1..%d' % MAX_HOSTS)
+    unknown = sorted(set(name for name, _tags in vm_tags) - set(vm_names(extra_vms, hosts)))
     if unknown:
         raise ValueError('no seeded VM named %s' % ', '.join(unknown))
     store = lab.store
-    host = store.create('host', name_label=HOSTNAME, hostname=HOSTNAME, address=ADDRESS,
-                        software_version={'product_brand': 'XCP-ng', 'product_version': '8.3.0',
-                                          'platform_name': 'XCP', 'xapi': '24.19', 'xen': '4.17.4'},
-                        API_version_major=2, API_version_minor=21,
-                        license_params={'restrict_cbt': 'false'}, edition='xcp-ng')
+    host_refs = []
+    for number in range(1, hosts + 1):
+        ref = store.create('host', name_label=host_name(number), hostname=host_name(number), address=ADDRESS,
+                           software_version={'product_brand': 'XCP-ng', 'product_version': '8.3.0',
+                                             'platform_name': 'XCP', 'xapi': '24.19', 'xen': '4.17.4'},
+                           API_version_major=2, API_version_minor=21,
+                           license_params={'restrict_cbt': 'false'}, edition='xcp-ng')
+        dom0 = store.create('VM', name_label=control_domain_name(number), is_control_domain=True,
+                            power_state='Running', resident_on=ref, domid=0)
+        store.set('host', ref, control_domain=dom0)
+        host_refs.append(ref)
+    host = host_refs[0]
     store.create('pool', name_label='lab-pool', master=host)
-    dom0 = store.create('VM', name_label=CONTROL_DOMAIN, is_control_domain=True,
-                        power_state='Running', resident_on=host, domid=0)
-    store.set('host', host, control_domain=dom0)
 
     for i, (label, bridge) in enumerate([('Pool-wide network associated with eth0', 'xenbr0'),
                                          ('backup-net', 'xenbr1')]):
         net = store.create('network', name_label=label, bridge=bridge, other_config={'automatic': 'true'})
-        store.create('PIF', device='eth%d' % i, network=net, host=host, MAC='02:00:00:00:00:%02x' % (i + 1),
-                     IP=ADDRESS, netmask='255.0.0.0', management=(i == 0), currently_attached=True)
+        for number, ref in enumerate(host_refs):
+            store.create('PIF', device='eth%d' % i, network=net, host=ref,
+                         MAC='02:00:00:00:%02x:%02x' % (number, i + 1),
+                         IP=ADDRESS, netmask='255.0.0.0', management=(i == 0), currently_attached=True)
 
-    local = store.create('SR', name_label='Local storage', type='ext', content_type='user',
+    local = store.create('SR', name_label='Local storage', type='ext',  # the name tests know, shared or not
+                         content_type='user', shared=hosts > 1,
                          allowed_operations=list(CBT_SR_OPERATIONS), physical_size=64 * 1024 * MIB)
-    iso = store.create('SR', name_label='ISO library', type='iso', content_type='iso',
+    iso = store.create('SR', name_label='ISO library', type='iso', content_type='iso', shared=hosts > 1,
                        allowed_operations=list(ISO_SR_OPERATIONS), physical_size=1024 * MIB)
     for sr in (local, iso):
-        store.create('PBD', host=host, SR=sr, currently_attached=True)
+        for ref in host_refs:
+            store.create('PBD', host=ref, SR=sr, currently_attached=True)
     store.set('pool', store.all('pool')[0], default_SR=local, suspend_image_SR=local, crash_dump_SR=local)
 
     def disk(sr, label, size, **fields):
@@ -120,7 +143,7 @@ def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=()):
         for tag in tags:
             if tag not in current:  # like VM.add_tags: a set, in the order given
                 current.append(tag)
-    return {'host': host, 'local_sr': local, 'iso_sr': iso, 'demo_vm': demo, 'other_vm': other, 'extra_vms': extra}
+    return {'host': host, 'hosts': host_refs, 'local_sr': local, 'iso_sr': iso, 'demo_vm': demo, 'other_vm': other, 'extra_vms': extra}
 
 
 def _fill_disk0(lab, vdi, size, data_seed):

@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The simulated pool: database, VDI files, CBT logs and the NBD front, behind one lock."""
+"""The simulated pool: database, VDI files, CBT logs and the hosts' NBD fronts, behind one lock."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,6 +13,9 @@ from .store import Store, XenAPIError
 __metaclass__ = type
 
 NBD_PURPOSES = ('nbd', 'insecure_nbd')
+# a host's NBD switch (failover tests): serve like xapi-nbd, refuse connections (nothing listens), or drop
+# every connection after NBD_OPT_EXPORT_NAME (the client sees EOF, as when xapi-nbd fails to plug the VBD)
+NBD_SWITCHES = ('serve', 'refuse', 'drop')
 
 
 def xapi_now():
@@ -27,13 +30,17 @@ class LabError(Exception):
 class Lab:
     def __init__(self, root, settings):
         self.root = root
-        self.settings = settings  # username, password, host_cert_pem, subject, nbd_port, auth_failure_delay
+        # username, password, host_cert_pem, subject, nbd_port, nbd_ports (host ref -> port), auth_failure_delay
+        self.settings = settings
         self.store = Store()
         self.lock = self.store.lock
         self.cbt = cbt.CbtLogs()
         self.storage = Storage(root)
-        self.front = None  # NbdFront, set by the server once started
+        self.fronts = {}  # host ref -> NbdFront, set by the server once started
+        self.nbd_switches = {}  # host ref -> one of NBD_SWITCHES (absent: serve)
         self.nbd_connections = {}  # connection id -> dom0 VBD ref
+        self.nbd_hosts = {}  # connection id -> host ref of the front that serves it
+        self.on_change = lambda: None  # the server rewrites lab.json
         self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
         self.store.computed[('VDI', 'allowed_operations')] = self._vdi_allowed_operations
 
@@ -56,11 +63,40 @@ class Lab:
     def vdi_path(self, vdi_ref):
         return self.paths.get(self.store.raw('VDI', vdi_ref)['uuid'])
 
-    def control_domain(self):
-        return self.store.one('VM', is_control_domain=True)
+    def control_domain(self, host=None):
+        return self.store.raw('host', host or self.master())['control_domain']
 
     def master(self):
         return self.store.raw('pool', self.store.all('pool')[0])['master']
+
+    def nbd_port(self, host):
+        return self.settings.get('nbd_ports', {}).get(host, self.settings['nbd_port'])
+
+    def host_by_name_or_uuid(self, value):
+        for ref in self.store.all('host'):
+            rec = self.store.raw('host', ref)
+            if value in (rec['uuid'], rec['name_label']):
+                return ref
+        raise LabError('no host named %s' % value)
+
+    def nbd_connection_counts(self):
+        """host name -> NBD connections its front holds open now."""
+        with self.lock:
+            counts = dict((self.store.raw('host', ref)['name_label'], 0) for ref in self.store.all('host'))
+            for host in self.nbd_hosts.values():
+                counts[self.store.raw('host', host)['name_label']] += 1
+            return counts
+
+    def set_nbd_switch(self, host_name, switch):
+        """Make a host's front serve, refuse or drop connections; returns when the front is so."""
+        if switch not in NBD_SWITCHES:
+            raise LabError('the NBD switch is one of %s, not %s' % (', '.join(NBD_SWITCHES), switch))
+        with self.lock:
+            host = self.host_by_name_or_uuid(host_name)
+            self.nbd_switches[host] = switch
+        self.apply_nbd_mode()
+        self.on_change()
+        return {'host': host_name, 'switch': switch}
 
     def session_valid(self, session_ref):
         return isinstance(session_ref, str) and self.store.exists('session', session_ref)
@@ -79,14 +115,14 @@ class Lab:
         return None
 
     def apply_nbd_mode(self):
-        """Bring the front in line with the purposes. Call *without* holding the lock: stopping
-        nbdkit waits for its plugin's close callbacks, which need the lock."""
-        if self.front is not None:
-            self.front.reconcile(self._locked_nbd_mode)
+        """Bring the fronts in line with the purposes (and the hosts' switches). Call *without* holding the
+        lock: stopping nbdkit waits for its plugin's close callbacks, which need the lock."""
+        for host, front in list(self.fronts.items()):
+            front.reconcile(lambda host=host: self._locked_nbd_mode(host))
 
-    def _locked_nbd_mode(self):
+    def _locked_nbd_mode(self, host):
         with self.lock:
-            return self.nbd_mode()
+            return None if self.nbd_switches.get(host) == 'refuse' else self.nbd_mode()
 
     # ----- guest writes (xenlab write) ---------------------------------------------------------
 
@@ -120,8 +156,9 @@ class Lab:
 
     # ----- the NBD front's per-connection checks (called by the nbdkit plugin) -----------------
 
-    def nbd_open(self, export_name):
-        """Validate an xapi-nbd export token and plug a dom0 VBD, or refuse (client sees EOF)."""
+    def nbd_open(self, export_name, host=None):
+        """Validate an xapi-nbd export token and plug a VBD to ``host``'s dom0 (a host uuid; default the
+        master), or refuse (client sees EOF)."""
         parts = urlsplit(export_name)
         query = parse_qs(parts.query)
         if not parts.path.startswith('/') or 'session_id' not in query:
@@ -129,6 +166,10 @@ class Lab:
         vdi_uuid = parts.path[1:]
         session = query['session_id'][0]
         with self.lock:
+            host_ref = self.store.by_uuid('host', host) if host else self.master()
+            if self.nbd_switches.get(host_ref) == 'drop':
+                raise LabError('the NBD front of %s drops connections (xenlab nbd-switch)'
+                               % self.store.raw('host', host_ref)['name_label'])
             if not self.session_valid(session):
                 raise LabError('SESSION_INVALID %s' % session)
             vdi = self._vdi_by_uuid(vdi_uuid)
@@ -136,24 +177,28 @@ class Lab:
             if rec['type'] == 'cbt_metadata':
                 raise LabError('VDI_INCOMPATIBLE_TYPE %s cbt_metadata' % vdi)
             # xapi-nbd does VBD.create(dom0, RO) + VBD.plug for every connection.
-            vbd = self.store.create('VBD', VM=self.control_domain(), VDI=vdi, mode='RO', type='Disk',
+            vbd = self.store.create('VBD', VM=self.control_domain(host_ref), VDI=vdi, mode='RO', type='Disk',
                                     userdevice='autodetect', device='xvd%s' % chr(ord('b') + len(self.nbd_connections) % 24),
                                     currently_attached=True, other_config={'xenlab': 'nbd'})
             conn = self.store.raw('VBD', vbd)['uuid']
             self.nbd_connections[conn] = vbd
+            self.nbd_hosts[conn] = host_ref
             return {'connection': conn, 'path': self.paths[vdi_uuid], 'size': rec['virtual_size']}
 
     def nbd_close(self, conn):
         with self.lock:
             vbd = self.nbd_connections.pop(conn, None)
+            self.nbd_hosts.pop(conn, None)
             if vbd and self.store.exists('VBD', vbd):
                 self.store.destroy('VBD', vbd)
 
-    def drop_nbd_connections(self):
-        """The front was restarted: its VBDs are cleaned up, like xapi-nbd's VBDs_to_clean_up."""
+    def drop_nbd_connections(self, host=None):
+        """``host``'s front (default: every front) was restarted: its VBDs are cleaned up, like xapi-nbd's
+        VBDs_to_clean_up."""
         with self.lock:
             for conn in list(self.nbd_connections):
-                self.nbd_close(conn)
+                if host is None or self.nbd_hosts.get(conn) == host:
+                    self.nbd_close(conn)
 
     # ----- HTTP import/export helpers ----------------------------------------------------------
 

@@ -37,8 +37,9 @@ class FrontError(Exception):
 
 
 class NbdFront:
-    def __init__(self, workdir, port, pki_dir, control_url, secret, policy, on_change=None, on_stop=None):
+    def __init__(self, workdir, port, pki_dir, control_url, secret, policy, on_change=None, on_stop=None, host=None):
         self.workdir = workdir
+        self.host = host  # the uuid of the host this front plays (the plugin names it to the simulator)
         self.port = port
         self.pki_dir = pki_dir
         self.control_url = control_url
@@ -116,6 +117,8 @@ class NbdFront:
 
     def _start(self, mode):
         env = dict(os.environ, XENLAB_CONTROL_URL=self.control_url, XENLAB_CONTROL_SECRET=self.secret)
+        if self.host:
+            env['XENLAB_HOST'] = self.host
         backend_port = None
         if self._legacy_proxy(mode):
             backend_port = free_port()

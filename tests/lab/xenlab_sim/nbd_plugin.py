@@ -32,6 +32,7 @@ def config_complete():
     # The simulator passes its control endpoint through the environment (not argv, which ps shows).
     _CONFIG.setdefault('control', os.environ.get('XENLAB_CONTROL_URL'))
     _CONFIG.setdefault('secret', os.environ.get('XENLAB_CONTROL_SECRET'))
+    _CONFIG.setdefault('host', os.environ.get('XENLAB_HOST'))  # the uuid of the host this front plays
     for key in ('control', 'secret'):
         if not _CONFIG.get(key):
             raise RuntimeError('xenlab plugin needs %s= or XENLAB_CONTROL_URL/SECRET' % key)
@@ -51,7 +52,7 @@ def _control(path, payload):
 
 
 def open(readonly):  # pylint: disable=redefined-builtin,unused-argument
-    reply = _control('/internal/nbd/open', {'export_name': nbdkit.export_name()})
+    reply = _control('/internal/nbd/open', {'export_name': nbdkit.export_name(), 'host': _CONFIG.get('host')})
     if not reply.get('ok'):
         # Raising here makes nbdkit drop the connection after NBD_OPT_EXPORT_NAME: the client
         # sees EOF, as with xapi-nbd and a bad token.

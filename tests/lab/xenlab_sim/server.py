@@ -1,5 +1,5 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The lab's long-running process: seeds the pool, serves the API and runs the NBD front."""
+"""The lab's long-running process: seeds the pool, serves the API and runs each host's NBD front."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -21,7 +21,7 @@ LAB_JSON = 'lab.json'
 
 
 def write_json_atomic(path, obj, mode=0o600):
-    tmp = '%s.tmp.%d' % (path, os.getpid())
+    tmp = '%s.tmp.%d.%d' % (path, os.getpid(), threading.get_ident())  # fronts' threads write it too
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, 'w') as handle:
         json.dump(obj, handle, indent=2, sort_keys=True)
@@ -34,6 +34,7 @@ class LabServer:
         self.opts = opts
         self.root = os.path.abspath(opts.dir)
         self.stopping = threading.Event()
+        self.ready = False  # every front is started: `xenlab start` waits for state running
         self.paths = pki.make_host_pki(os.path.join(self.root, 'pki'), inventory.HOSTNAME, inventory.ADDRESS,
                                        ca_signed=opts.ca_signed)
         with open(self.paths['host_cert']) as handle:
@@ -44,14 +45,23 @@ class LabServer:
             'username': opts.username, 'password': opts.password, 'host_cert_pem': cert_pem,
             'subject': inventory.HOSTNAME, 'nbd_port': self.nbd_port, 'auth_failure_delay': opts.auth_failure_delay,
         })
-        inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size, 'other': opts.other_disk_size,
-                                  'extra': opts.extra_vm_disk_size},
-                       extra_vms=opts.extra_vms, vm_tags=opts.vm_tags)
+        seeded = inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size,
+                                           'other': opts.other_disk_size, 'extra': opts.extra_vm_disk_size},
+                                extra_vms=opts.extra_vms, vm_tags=opts.vm_tags, hosts=getattr(opts, 'hosts', 1))
+        self.hosts = seeded['hosts']  # the master first: its front keeps --nbd-port and the lab directory
+        self.lab.settings['nbd_ports'] = dict((host, self.nbd_port if n == 0 else free_port())
+                                              for n, host in enumerate(self.hosts))
         self.api = self._api_server()
         self.control = self._control_server()
-        self.front = NbdFront(self.root, self.nbd_port, self.paths['dir'], self.control_url, self.secret,
-                              opts.tls_policy, on_change=self.write_lab_json, on_stop=self.lab.drop_nbd_connections)
-        self.lab.front = self.front
+        for number, host in enumerate(self.hosts):
+            workdir = self.root if number == 0 else os.path.join(self.root, 'hosts', inventory.host_name(number + 1))
+            os.makedirs(workdir, exist_ok=True)
+            self.lab.fronts[host] = NbdFront(
+                workdir, self.lab.nbd_port(host), self.paths['dir'], self.control_url, self.secret, opts.tls_policy,
+                on_change=self.write_lab_json, on_stop=lambda host=host: self.lab.drop_nbd_connections(host),
+                host=self.lab.store.raw('host', host)['uuid'])
+        self.front = self.lab.fronts[self.hosts[0]]
+        self.lab.on_change = self.write_lab_json
 
     @property
     def control_url(self):
@@ -68,7 +78,8 @@ class LabServer:
         return ThreadingServer(('127.0.0.1', 0), handler)
 
     def lab_json(self):
-        pids = [os.getpid()] + ([self.front.pid] if self.front.pid else [])
+        fronts = [self.lab.fronts[host] for host in self.hosts]
+        pids = [os.getpid()] + [front.pid for front in fronts if front.pid]
         return {
             'url': 'https://127.0.0.1:%d' % self.api.server_address[1],
             'username': self.opts.username,
@@ -84,7 +95,11 @@ class LabServer:
             'control_url': self.control_url,
             'control_secret': self.secret,
             'dir': self.root,
-            'state': 'stopping' if self.stopping.is_set() else 'running',
+            'hosts': [{'name': inventory.host_name(n + 1), 'uuid': self.lab.store.raw('host', host)['uuid'],
+                       'nbd_port': front.port, 'nbd_mode': front.mode,
+                       'nbd_switch': self.lab.nbd_switches.get(host, 'serve')}
+                      for n, (host, front) in enumerate(zip(self.hosts, fronts))],
+            'state': 'stopping' if self.stopping.is_set() else 'running' if self.ready else 'starting',
         }
 
     def write_lab_json(self):
@@ -98,6 +113,7 @@ class LabServer:
         if self.opts.nbd_purpose != 'none':
             self._seed_purpose(self.opts.nbd_purpose)
         self.lab.apply_nbd_mode()
+        self.ready = True
         self.write_lab_json()
         self.stopping.wait()
         self.shutdown()
@@ -109,7 +125,8 @@ class LabServer:
 
     def shutdown(self):
         self.write_lab_json()
-        self.front.stop()
+        for front in self.lab.fronts.values():
+            front.stop()
         for server in (self.api, self.control):
             server.shutdown()
             server.server_close()

@@ -512,7 +512,7 @@ def vdi_get_nbd_info(ctx, vdi):
                     infos.append({
                         'exportname': '/%s?session_id=%s' % (rec['uuid'], ctx.session),
                         'address': address,
-                        'port': lab.settings['nbd_port'],
+                        'port': lab.nbd_port(host),
                         'cert': lab.settings['host_cert_pem'],
                         'subject': lab.settings['subject'],
                     })

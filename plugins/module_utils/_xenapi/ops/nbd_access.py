@@ -9,6 +9,8 @@ Export names carry the caller's session reference: never log or return them outs
 
 from __future__ import absolute_import, division, print_function
 
+import hashlib
+
 from ..client import XenApiError
 
 __metaclass__ = type
@@ -76,9 +78,15 @@ def on_network(infos, network):
     return chosen
 
 
-def choose(infos, network=None):
-    """The first element served by ``network`` when given, else the first element."""
-    return on_network(infos, network)[0] if network else infos[0]
+def in_order(infos, network=None, key=None):
+    """The elements to try, in order: those served by ``network`` when given, rotated by a stable hash of
+    ``key`` (the disk's uuid), so that the disks of a run spread over the pool's hosts and a disk is read
+    from the same host run after run; the others follow, to fail over to."""
+    chosen = sorted(on_network(infos, network) if network else infos, key=lambda i: (i['address'], i['port']))
+    if key and len(chosen) > 1:
+        start = int(hashlib.sha256(key.encode('utf-8')).hexdigest(), 16) % len(chosen)
+        chosen = chosen[start:] + chosen[:start]
+    return chosen
 
 
 def require_nbd_info(client, vdi_ref, vdi_record, network=None):

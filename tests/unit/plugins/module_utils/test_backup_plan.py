@@ -78,7 +78,7 @@ class Demo:
         changed = None
         if base:
             changed = self.client.call('VDI.list_changed_blocks', self.client.call('VDI.get_by_uuid', base), snap_ref)
-        info = _nbd_access.choose(_nbd_access.require_nbd_info(self.client, snap_ref, snap))
+        info = _nbd_access.in_order(_nbd_access.require_nbd_info(self.client, snap_ref, snap))[0]
         target = _export.make_target(info, tls=True, timeout=10)
         snapshot = {'uuid': snap_uuid, 'snapshot_of': self.uuids[n], 'name': snap['name_label'], 'time': '20261125T02:00:00Z'}
         result = backup.export_to_repository(target, self.repo(n), changed_blocks=changed, snapshot=snapshot,

@@ -295,7 +295,7 @@ def held(lab, client):
     disk = disks_of(client)[1]
     snap = _snapshot_ops.snapshot_vdi(client, disk['uuid'])['snapshots'][0]
     snap_ref, snap_record = _objects.find_vdi(client, snap['uuid'], snapshot=True)
-    info = _nbd_access.choose(_nbd_access.require_nbd_info(client, snap_ref, snap_record))
+    info = _nbd_access.in_order(_nbd_access.require_nbd_info(client, snap_ref, snap_record))[0]
     conn = NbdConnection.open(_export.make_target(info, tls=True, timeout=10))
     try:
         vbds = client.call('VDI.get_VBDs', snap_ref)
