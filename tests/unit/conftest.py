@@ -72,10 +72,10 @@ def pytest_configure(config):
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(request, tmp_path):
     # Function scope: ansible-test runs every test in a forked process, where a module-scoped lab would be
-    # started again in each fork and stopped only in the last one.
-    instance = start_lab(tmp_path / 'lab')
+    # started again in each fork and stopped only in the last one.  Indirect parameters: more start options.
+    instance = start_lab(tmp_path / 'lab', *getattr(request, 'param', ()))
     yield instance
     xenlab('stop', '--dir', instance.dir)
 

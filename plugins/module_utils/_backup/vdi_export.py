@@ -22,7 +22,6 @@ from .._xenapi.client import GONE_CODES, NULL_REF, XenApiError
 __metaclass__ = type
 
 
-
 def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False,
                allocation=None):
     """Read the export ``nbd`` (address, port, exportname, cert, subject; or a list of them, the hosts to try

@@ -12,8 +12,9 @@ __metaclass__ = type
 
 
 @pytest.fixture(scope='module')
-def lab(tmp_path_factory):
-    instance = start_lab(tmp_path_factory.mktemp('lab'))
+def lab(request, tmp_path_factory):
+    # indirect parameters: more start options (a module's pytestmark)
+    instance = start_lab(tmp_path_factory.mktemp('lab'), *getattr(request, 'param', ()))
     yield instance
     xenlab('stop', '--dir', instance.dir)
 

@@ -113,3 +113,12 @@ def open_export(port, name, ctx=None):
         conn.sock.close()
         raise
     return conn
+
+
+def refused(port):
+    """Nothing listens on 127.0.0.1:``port`` (the connection is refused)."""
+    try:
+        socket.create_connection(('127.0.0.1', port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False

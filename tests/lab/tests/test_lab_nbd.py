@@ -3,13 +3,13 @@
 
 from __future__ import absolute_import, division, print_function
 
-import socket
 import ssl
 import time
 
 import pytest
 
 import nbdwire
+from nbdwire import refused
 from labtools import require
 
 __metaclass__ = type
@@ -34,14 +34,6 @@ def set_purpose(api, net, purpose):
             api.network.remove_purpose(ref, old)
     if purpose:
         api.network.add_purpose(net, purpose)
-
-
-def refused(port):
-    try:
-        socket.create_connection(('127.0.0.1', port), timeout=5).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def tls(lab):

@@ -9,13 +9,12 @@ import json
 
 import pytest
 
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import client as _xenapi
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.errors import NbdError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import nbd_access as _nbd_access
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
+from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import xenlab
 
 __metaclass__ = type
 
@@ -23,19 +22,13 @@ MIB = 1024 * 1024
 HOSTS = 3
 
 
-@pytest.fixture
-def pool(tmp_path):
-    instance = start_lab(tmp_path / 'pool', '--hosts', HOSTS)
-    yield instance
-    xenlab('stop', '--dir', instance.dir)
+pytestmark = pytest.mark.parametrize('lab', [('--hosts', HOSTS)], indirect=True)
 
 
 @pytest.fixture
-def pool_client(pool):
-    with _xenapi.XenApiClient(pool.info['url'], username=pool.info['username'], password=pool.info['password'],
-                              ca_path=pool.info['ca_cert'], timeout=30) as opened:
-        _network_ops.ensure_purpose(opened, 'backup-net', 'nbd')
-        yield opened
+def pool_client(client):
+    _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
+    return client
 
 
 def params(**overrides):
@@ -46,15 +39,15 @@ def params(**overrides):
     return base
 
 
-def snapshots(pool, client, count):
+def snapshots(lab, client, count):
     """``count`` 4 MiB disks with data, snapshotted: [(snapshot uuid, sha256 of its content)]."""
     sr = client.call('SR.get_by_name_label', 'Local storage')[0]
     made = []
     for number in range(count):
         ref, record = _vdi_import.create_vdi(client, sr, 'spread-%d' % number, 4 * MIB)
-        pool.write(record['uuid'], number * 64 * 1024, 64 * 1024, seed=number + 1)
+        lab.write(record['uuid'], number * 64 * 1024, 64 * 1024, seed=number + 1)
         uuid = client.call('VDI.get_uuid', client.call('VDI.snapshot', ref, {}))
-        with open(pool.path(uuid), 'rb') as handle:
+        with open(lab.path(uuid), 'rb') as handle:
             made.append((uuid, hashlib.sha256(handle.read().ljust(4 * MIB, b'\0')).hexdigest()))
     return made
 
@@ -70,14 +63,14 @@ def port_of(result):
     return int(result['nbd_address'].rsplit(':', 1)[1])
 
 
-def switch(pool, host, mode):
-    xenlab('nbd-switch', '--dir', pool.dir, '--host', host, '--switch', mode)
+def switch(lab, host, mode):
+    xenlab('nbd-switch', '--dir', lab.dir, '--host', host, '--switch', mode)
 
 
-def test_disks_spread_over_every_host_and_keep_their_host(pool, pool_client, tmp_path):
-    ports = dict((h['nbd_port'], h['name']) for h in pool.info['hosts'])
+def test_disks_spread_over_every_host_and_keep_their_host(lab, pool_client, tmp_path):
+    ports = dict((h['nbd_port'], h['name']) for h in lab.info['hosts'])
     used = {}
-    for uuid, digest in snapshots(pool, pool_client, 9):
+    for uuid, digest in snapshots(lab, pool_client, 9):
         result, got = exported(pool_client, tmp_path, uuid, uuid)
         assert got == digest and 'nbd_failover' not in result
         used[uuid] = ports[port_of(result)]
@@ -90,10 +83,10 @@ def test_disks_spread_over_every_host_and_keep_their_host(pool, pool_client, tmp
 
 
 @pytest.mark.parametrize('mode', ['refuse', 'drop'])
-def test_a_host_that_fails_is_passed_over(pool, pool_client, tmp_path, mode):
-    made = snapshots(pool, pool_client, 6)
-    ports = dict((h['name'], h['nbd_port']) for h in pool.info['hosts'])
-    switch(pool, 'lab-host-2', mode)
+def test_a_host_that_fails_is_passed_over(lab, pool_client, tmp_path, mode):
+    made = snapshots(lab, pool_client, 6)
+    ports = dict((h['name'], h['nbd_port']) for h in lab.info['hosts'])
+    switch(lab, 'lab-host-2', mode)
     try:
         results = []
         for uuid, digest in made:
@@ -109,18 +102,18 @@ def test_a_host_that_fails_is_passed_over(pool, pool_client, tmp_path, mode):
             text = json.dumps(result)
             assert 'session_id' not in text and 'OpaqueRef' not in text  # the export name stays secret
     finally:
-        switch(pool, 'lab-host-2', 'serve')
+        switch(lab, 'lab-host-2', 'serve')
 
 
-def test_when_no_host_serves_every_host_is_named(pool, pool_client, tmp_path):
-    (uuid, dummy), = snapshots(pool, pool_client, 1)
+def test_when_no_host_serves_every_host_is_named(lab, pool_client, tmp_path):
+    (uuid, dummy), = snapshots(lab, pool_client, 1)
     for number in range(1, HOSTS + 1):
-        switch(pool, 'lab-host-%d' % number, 'refuse')
+        switch(lab, 'lab-host-%d' % number, 'refuse')
     with pytest.raises(NbdError) as caught:
         exported(pool_client, tmp_path, uuid, 'none')
     message = str(caught.value)
     assert caught.value.code == 'NBD_CONNECT_FAILED'
     assert message.startswith('none of the 3 hosts that can serve the export did')
-    for host in pool.info['hosts']:
+    for host in lab.info['hosts']:
         assert '127.0.0.1:%d' % host['nbd_port'] in message
     assert 'session_id' not in message
