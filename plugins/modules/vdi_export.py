@@ -48,7 +48,8 @@ options:
     type: str
   nbd_network:
     description:
-      - With O(snapshot), read through this network (uuid or name) when the host has several NBD addresses.
+      - With O(snapshot) or O(exports), read through this network (uuid or name) when the hosts have several NBD
+        addresses.
     type: str
   nbd:
     description:
@@ -170,6 +171,41 @@ options:
         anything is connected to or written.
     type: float
     default: 1.0
+  exports:
+    description:
+      - Many snapshots in one run, each into its own repository (the list form). Mutually exclusive with
+        O(snapshot), O(nbd), O(base), O(dest) and O(repository); the other options apply to every item.
+      - The XenAPI is asked about every item first (in this module's one session), then the exports run at once
+        under one budget of O(max_host_connections) NBD connections per host. An export starts as soon as a host
+        that can serve it has room for its O(connections) (the biggest exports first, each on the listed host
+        with the most room), not in waves; a host that refuses, drops or does not answer is passed over for the
+        rest of the run and its exports move to another host.
+      - An item that fails fails alone (the others go on) and is reported in RV(exports) with its
+        C(error_code); the task then fails with C(error_code=EXPORTS_FAILED) once every export has ended.
+    type: list
+    elements: dict
+    suboptions:
+      snapshot:
+        description: The snapshot to export (uuid, or name if unique among snapshots).
+        type: str
+        required: true
+      repository:
+        description: The repository directory of the disk (as O(repository)).
+        type: path
+        required: true
+      base:
+        description: The older snapshot to compare with (as O(base)); omit for a full export.
+        type: str
+      run:
+        description: The run identifier of this item's restore point (default O(run)).
+        type: str
+  max_host_connections:
+    description:
+      - With O(exports), at most this many NBD connections per host at any instant, across every export of the
+        run (xapi-nbd serves 16 per host and closes the 17th). Lower it when other backup tools read from the
+        same hosts.
+    type: int
+    default: 16
   run:
     description:
       - With O(repository), an identifier of the backup run, recorded in the new restore point as C(run).
@@ -188,6 +224,20 @@ seealso:
 '''
 
 EXAMPLES = r'''
+- name: Export every disk of a run in one task, at most 12 NBD connections per host
+  xenserver.cbt_backup.vdi_export:
+    hostname: "{{ xenserver_host }}"
+    username: "{{ xenserver_user }}"
+    password: "{{ xenserver_password }}"
+    exports:
+      - snapshot: 2f0e0c5a-8d1e-4a4b-9a71-6d3f1c0a9b11
+        base: 7b3c9d2e-1f4a-4c5b-8e6d-0a1b2c3d4e5f
+        repository: /backups/vm1/disk0
+      - snapshot: 9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d
+        repository: /backups/vm2/disk0
+    max_host_connections: 12
+  register: exported
+
 - name: Full export of a snapshot over TLS, pinned to the host certificate
   xenserver.cbt_backup.vdi_export:
     nbd: "{{ nbd_info[0] }}"
@@ -263,6 +313,22 @@ connections:
   type: int
   returned: success
   sample: 4
+exports:
+  description:
+    - With O(exports), one result per item in the order given. A successful item holds what this module returns
+      for one snapshot (RV(point), RV(bytes_read), RV(nbd_address), ...) and C(failed=false); a failed one holds
+      C(snapshot), C(repository), C(failed=true), C(msg) and C(error_code).
+  type: list
+  elements: dict
+  returned: with O(exports)
+  sample: [{"snapshot": "2f0e0c5a-8d1e-4a4b-9a71-6d3f1c0a9b11", "failed": false, "bytes_read": 6291456, "nbd_address": "192.0.2.10:10809"}]
+hosts:
+  description:
+    - With O(exports), per NBD host (address:port) the exports started there, the most connections open to it at
+      once (never more than O(max_host_connections)), and why it was passed over (null when it was not).
+  type: dict
+  returned: with O(exports)
+  sample: {"192.0.2.10:10809": {"exports": 5, "peak_connections": 16, "passed_over": null}}
 already_exported:
   description:
     - True when the newest point of O(repository) already holds O(snapshot) (a re-run of the same task). Nothing was
@@ -382,6 +448,13 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls impo
 
 def argument_spec():
     spec = _xenapi_module.argument_spec(
+        exports=dict(type='list', elements='dict', options=dict(
+            snapshot=dict(type='str', required=True),
+            repository=dict(type='path', required=True),
+            base=dict(type='str'),
+            run=dict(type='str'),
+        )),
+        max_host_connections=dict(type='int', default=MAX_CONNECTIONS),
         snapshot=dict(type='str'),
         base=dict(type='str'),
         nbd_network=dict(type='str'),
@@ -422,9 +495,17 @@ def check_params(module):
                          min_rate_mib_s=params['min_rate_mib_s'])
     except NbdOptionError as exc:
         _xenapi_module.fail(module, exc)
-    if params['snapshot'] and not params['hostname']:
-        module.fail_json(msg='snapshot needs the XenAPI connection: set hostname (or XENSERVER_HOST)', error_code='INVALID_OPTION')
-    if params['compress'] != 'none' and not params['repository']:
+    if (params['snapshot'] or params['exports']) and not params['hostname']:
+        module.fail_json(msg='%s needs the XenAPI connection: set hostname (or XENSERVER_HOST)'
+                             % ('exports' if params['exports'] else 'snapshot'), error_code='INVALID_OPTION')
+    if params['nbd_network'] and not (params['snapshot'] or params['exports']):
+        module.fail_json(msg='nbd_network needs snapshot or exports (with nbd, the address is given)', error_code='INVALID_OPTION')
+    if params['exports'] is None and not (params['dest'] or params['repository']):
+        module.fail_json(msg='one of the following is required: dest, repository', error_code='INVALID_OPTION')
+    if params['exports'] is not None and not 1 <= params['max_host_connections'] <= MAX_CONNECTIONS:
+        module.fail_json(msg='max_host_connections must be between 1 and %d (xapi-nbd serves at most %d connections '
+                             'per host)' % (MAX_CONNECTIONS, MAX_CONNECTIONS), error_code='INVALID_OPTION')
+    if params['compress'] != 'none' and not (params['repository'] or params['exports']):
         module.fail_json(msg='compress: %s needs repository (a raw dest holds the disk bytes as they are); remove '
                              'compress or export into a repository' % params['compress'], error_code='INVALID_OPTION')
     if params['compress'] == 'zstd' and not _qcow2.zstandard:
@@ -437,12 +518,34 @@ def check_params(module):
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.', error_code='INVALID_OPTION')
 
 
+def exit_with_items(module, items, outcome):
+    """The list form's end: one entry per item, warnings named by snapshot, failure when any item failed."""
+    entries = []
+    for item, result in zip(items, outcome['exports']):
+        if isinstance(result, CbtBackupError):
+            entry = dict(_xenapi_module.error_facts(result), snapshot=item['snapshot'], repository=item['repository'],
+                         failed=True)
+        else:
+            entry = dict(result, failed=False)
+            for warning in entry.get('warnings', []):
+                module.warn('%s: %s' % (item['snapshot'], warning))
+        entries.append(entry)
+    failed = [e for e in entries if e['failed']]
+    facts = dict(exports=entries, hosts=outcome['hosts'], changed=any(e.get('changed') for e in entries),
+                 bytes_read=sum(e.get('bytes_read', 0) for e in entries))
+    if failed:
+        module.fail_json(msg='%d of %d exports failed: %s' % (len(failed), len(entries), '; '.join(
+            '%s: %s' % (e['snapshot'], e['msg']) for e in failed)), error_code='EXPORTS_FAILED', **facts)
+    module.exit_json(**facts)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
-        mutually_exclusive=[('nbd', 'snapshot'), ('changed_blocks', 'snapshot'), ('nbd', 'base'), ('dest', 'repository')],
-        required_one_of=[('nbd', 'snapshot'), ('dest', 'repository')],
-        required_by={'base': 'snapshot', 'nbd_network': 'snapshot'},
+        mutually_exclusive=[('nbd', 'snapshot', 'exports'), ('changed_blocks', 'snapshot'), ('nbd', 'base'),
+                            ('dest', 'repository', 'exports'), ('base', 'exports'), ('changed_blocks', 'exports')],
+        required_one_of=[('nbd', 'snapshot', 'exports')],
+        required_by={'base': 'snapshot'},
         supports_check_mode=True,
     )
     check_params(module)
@@ -450,7 +553,11 @@ def main():
     client = None
     try:
         try:
-            if params['snapshot']:
+            if params['exports'] is not None:
+                client = _xenapi_module.make_client(module)
+                client.open()
+                result = _vdi_export.export_snapshots(client, params, check_mode=module.check_mode)
+            elif params['snapshot']:
                 client = _xenapi_module.make_client(module)
                 client.open()
                 result = _vdi_export.export_snapshot(client, params, check_mode=module.check_mode)
@@ -467,6 +574,8 @@ def main():
     except (IOError, OSError) as exc:
         where = params['dest'] or params['repository']
         module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where), error_code='WRITE_FAILED')
+    if params['exports'] is not None:
+        exit_with_items(module, params['exports'], result)
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)

@@ -7,14 +7,9 @@ import json
 import os
 
 
-from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import lab_connection as connection, run_module
 
 __metaclass__ = type
-
-
-def connection(lab):
-    return {'hostname': lab.info['url'], 'username': lab.info['username'], 'password': lab.info['password'],
-            'ca_path': lab.info['ca_cert']}
 
 
 def run(lab, name, args, tmp_path, check=False):

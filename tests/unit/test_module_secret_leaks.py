@@ -8,14 +8,9 @@ from __future__ import absolute_import, division, print_function
 import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import client as _xenapi
-from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import run_module
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import lab_connection as connection, run_module
 
 __metaclass__ = type
-
-
-def connection(lab):
-    return {'hostname': lab.info['url'], 'username': lab.info['username'], 'password': lab.info['password'],
-            'ca_path': lab.info['ca_cert']}
 
 
 @pytest.fixture

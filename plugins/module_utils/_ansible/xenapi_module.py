@@ -81,12 +81,19 @@ def fail(module, exc, **result):
     conditions the collection detects itself (NOT_FOUND, AMBIGUOUS, ...) have an ``error_code`` but no
     ``xenapi_error``, so the latter only ever holds what a host said.
     """
-    result.update(exc.result)
-    result['error_code'] = exc.code
-    result['error_type'] = type(exc).__name__
+    result.update(error_facts(exc))
+    module.fail_json(**result)
+
+
+def error_facts(exc):
+    """What :func:`fail` reports of a CbtBackupError (``msg`` with its advice), as a dict: also the
+    per-item result of a step that handles many items."""
+    facts = dict(exc.result)
+    facts.update(msg=with_advice(exc.message, getattr(exc, 'situation', None)), error_code=exc.code,
+                 error_type=type(exc).__name__)
     if getattr(exc, 'from_host', False):
-        result['xenapi_error'] = exc.as_dict()
-    module.fail_json(msg=with_advice(exc.message, getattr(exc, 'situation', None)), **result)
+        facts['xenapi_error'] = exc.as_dict()
+    return facts
 
 
 def run(module, action, on_success=None):

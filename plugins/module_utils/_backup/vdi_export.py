@@ -14,7 +14,10 @@ from __future__ import absolute_import, division, print_function
 
 from .._xenapi.ops import allocation as _allocation, changed_blocks as _changed_blocks_ops, nbd_access as _nbd_access
 from .._xenapi.ops import snapshot as _snapshot_ops
-from . import export as _export
+from . import export as _export, scheduler as _scheduler
+from .._errors import CbtBackupError
+from .._extents import total_length
+from .._xenapi import cbt_bitmap as _cbt
 from .._xenapi import model as _objects
 from .._repository.backup import already_exported, export_to_repository
 from .._xenapi.client import GONE_CODES, NULL_REF, XenApiError
@@ -73,11 +76,52 @@ def changed_blocks_or_fallback(client, base, snap_ref, snap, on_broken_chain='fa
 
 def export_snapshot(client, params, check_mode=False):
     """The snapshot form: everything the export needs comes from the XenAPI in this one session."""
+    prepared = prepare_snapshot_export(client, params)
+    if isinstance(prepared, dict):
+        return prepared  # a re-run of the same task: ok, nothing read
+    return prepared.run(check_mode=check_mode)
+
+
+class SnapshotExport:
+    """One snapshot's export, with everything the XenAPI said about it (:func:`prepare_snapshot_export`):
+    ``nbd`` lists the hosts that serve it (in the order to try), ``estimated_bytes`` is what it will read."""
+
+    def __init__(self, params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated_bytes):
+        self.params = params
+        self.nbd = nbd
+        self.changed_blocks = changed_blocks
+        self.snapshot = snapshot
+        self.base_uuid = base_uuid
+        self.disk = disk
+        self.allocation = allocation
+        self.estimated_bytes = estimated_bytes
+
+    def run(self, check_mode=False, nbd=None, connections=None):
+        """Read it (from ``nbd``, default every listed host in order; with ``connections``, default the
+        params'); return the vdi_export result."""
+        snapshot = self.snapshot
+        params = self.params if connections is None else dict(self.params, connections=connections)
+        result = export_nbd(params, self.nbd if nbd is None else nbd, self.changed_blocks, snapshot=snapshot,
+                            base_uuid=self.base_uuid, disk=self.disk, check_mode=check_mode, allocation=self.allocation)
+        result['snapshot'] = snapshot['uuid']
+        if self.base_uuid is not None:
+            result['base'] = self.base_uuid
+        if snapshot.get('fallback_reason'):
+            result['fallback_reason'] = snapshot['fallback_reason']
+            result['warnings'].append('the CBT chain from %s is broken (%s): a full backup was taken instead, which '
+                                      'starts a new chain' % (self.params['base'], snapshot['fallback_reason']))
+        return result
+
+
+def prepare_snapshot_export(client, params):
+    """Ask the XenAPI everything the export of ``params['snapshot']`` needs, before any NBD connection (an
+    open one makes list_changed_blocks fail with VDI_IN_USE); return a :class:`SnapshotExport`, or the
+    result of the export the repository already holds."""
     snap_ref, snap = _objects.find_vdi(client, params['snapshot'], snapshot=True)
     if params['repository']:
         done = already_exported(params['repository'], snap['uuid'])
         if done is not None:
-            return done  # a re-run of the same task: ok, nothing read
+            return done
     changed_blocks = base_uuid = fallback_reason = None
     if params['base']:
         changed_blocks, base_uuid, fallback_reason = changed_blocks_or_fallback(
@@ -101,16 +145,14 @@ def export_snapshot(client, params, check_mode=False):
         snapshot['fallback_reason'] = fallback_reason
     if params['run']:
         snapshot['run'] = params['run']
-    result = export_nbd(params, nbd, changed_blocks, snapshot=snapshot, base_uuid=base_uuid, disk=disk,
-                        check_mode=check_mode, allocation=allocation)
-    result['snapshot'] = snap['uuid']
-    if base_uuid is not None:
-        result['base'] = base_uuid
-    if fallback_reason:
-        result['fallback_reason'] = fallback_reason
-        result['warnings'].append('the CBT chain from %s is broken (%s): a full backup was taken instead, which '
-                                  'starts a new chain' % (params['base'], fallback_reason))
-    return result
+    size = int(snap['virtual_size'])
+    if changed_blocks is not None:
+        estimated = total_length(_cbt.to_extents(_cbt.decode(changed_blocks), size))
+    elif allocation and allocation.get('map') is not None:
+        estimated = allocation['map'].allocated_bytes
+    else:
+        estimated = size
+    return SnapshotExport(params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated)
 
 
 def full_allocation(client, snap_ref):
@@ -148,3 +190,33 @@ def disk_user(client, disk_ref):
         return {'vm_uuid': None, 'vm_name': None, 'userdevice': None}
     dummy, vm_uuid, vm_name, userdevice = sorted(found)[0]
     return {'vm_uuid': vm_uuid, 'vm_name': vm_name, 'userdevice': userdevice}
+
+
+def export_snapshots(client, params, check_mode=False):
+    """The list form (``params['exports']``: snapshot, repository, base, run): first every item's XenAPI
+    questions, one after another in this session, then all exports at once under one per-host connection
+    budget (scheduler.run_exports).  Returns ``{'exports': [result or CbtBackupError, ...], 'hosts': ...}``
+    in the order of the items."""
+    outcomes = [None] * len(params['exports'])
+    prepared = []
+    for index, item in enumerate(params['exports']):
+        item_params = dict(params, exports=None, snapshot=item['snapshot'], base=item.get('base'),
+                           repository=item['repository'], dest=None, run=item.get('run') or params['run'])
+        try:
+            export = prepare_snapshot_export(client, item_params)
+        except CbtBackupError as exc:
+            outcomes[index] = exc
+            continue
+        except (IOError, OSError) as exc:
+            outcomes[index] = CbtBackupError('reading the repository %s failed: %s' % (item['repository'], exc),
+                                             code='READ_FAILED')
+            continue
+        if isinstance(export, dict):
+            outcomes[index] = export  # already in the repository
+        else:
+            prepared.append((index, export))
+    ran, budget = _scheduler.run_exports([export for dummy, export in prepared], params['connections'],
+                                         params['max_host_connections'], check_mode=check_mode)
+    for (index, dummy), outcome in zip(prepared, ran):
+        outcomes[index] = outcome
+    return {'exports': outcomes, 'hosts': budget.summary()}

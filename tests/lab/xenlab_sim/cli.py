@@ -228,6 +228,13 @@ def cmd_nbd_switch(opts):
     return 0
 
 
+def cmd_nbd_counts(opts):
+    reply = control(opts.dir, '/internal/nbd/counts', {'reset': opts.reset})
+    reply.pop('ok', None)
+    print(json.dumps(reply, sort_keys=True))
+    return 0
+
+
 def cmd_info(opts):
     print(json.dumps(read_lab(opts.dir), indent=2, sort_keys=True))
     return 0
@@ -294,6 +301,10 @@ def parser():
     switch.add_argument('--host', required=True, help='host name (lab-host-N) or uuid')
     switch.add_argument('--switch', required=True, choices=('serve', 'refuse', 'drop'))
     switch.set_defaults(func=cmd_nbd_switch)
+    counts = sub.add_parser('nbd-counts', help="print each host's open NBD connections and their peak")
+    counts.add_argument('--dir', required=True)
+    counts.add_argument('--reset', action='store_true', help='start the peaks again from now')
+    counts.set_defaults(func=cmd_nbd_counts)
     info = sub.add_parser('info', help='print lab.json')
     info.add_argument('--dir', required=True)
     info.set_defaults(func=cmd_info)

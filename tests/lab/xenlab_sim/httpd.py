@@ -338,7 +338,7 @@ class ControlHandler(BaseHTTPRequestHandler):
         if path == '/internal/nbd/switch':
             return lab.set_nbd_switch(args['host'], args['switch'])
         if path == '/internal/nbd/counts':
-            return {'counts': lab.nbd_connection_counts()}
+            return lab.nbd_connection_counts(reset=bool(args.get('reset')))
         raise LabError('unknown endpoint %s' % path)
 
     def _reply(self, code, obj):

@@ -40,6 +40,7 @@ class Lab:
         self.nbd_switches = {}  # host ref -> one of NBD_SWITCHES (absent: serve)
         self.nbd_connections = {}  # connection id -> dom0 VBD ref
         self.nbd_hosts = {}  # connection id -> host ref of the front that serves it
+        self.nbd_peaks = {}  # host ref -> most connections its front held at once (since the last reset)
         self.on_change = lambda: None  # the server rewrites lab.json
         self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
         self.store.computed[('VDI', 'allowed_operations')] = self._vdi_allowed_operations
@@ -79,13 +80,18 @@ class Lab:
                 return ref
         raise LabError('no host named %s' % value)
 
-    def nbd_connection_counts(self):
-        """host name -> NBD connections its front holds open now."""
+    def nbd_connection_counts(self, reset=False):
+        """``{'counts': host name -> NBD connections its front holds open now, 'peaks': the most at once since
+        the last reset}``; ``reset`` starts the peaks again from now."""
         with self.lock:
-            counts = dict((self.store.raw('host', ref)['name_label'], 0) for ref in self.store.all('host'))
+            names = dict((ref, self.store.raw('host', ref)['name_label']) for ref in self.store.all('host'))
+            counts = dict((name, 0) for name in names.values())
             for host in self.nbd_hosts.values():
-                counts[self.store.raw('host', host)['name_label']] += 1
-            return counts
+                counts[names[host]] += 1
+            peaks = dict((names[ref], self.nbd_peaks.get(ref, 0)) for ref in names)
+            if reset:
+                self.nbd_peaks = dict((ref, counts[names[ref]]) for ref in names)
+            return {'counts': counts, 'peaks': peaks}
 
     def set_nbd_switch(self, host_name, switch):
         """Make a host's front serve, refuse or drop connections; returns when the front is so."""
@@ -183,6 +189,8 @@ class Lab:
             conn = self.store.raw('VBD', vbd)['uuid']
             self.nbd_connections[conn] = vbd
             self.nbd_hosts[conn] = host_ref
+            now = sum(1 for host in self.nbd_hosts.values() if host == host_ref)
+            self.nbd_peaks[host_ref] = max(self.nbd_peaks.get(host_ref, 0), now)
             return {'connection': conn, 'path': self.paths[vdi_uuid], 'size': rec['virtual_size']}
 
     def nbd_close(self, conn):

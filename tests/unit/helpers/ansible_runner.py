@@ -60,3 +60,9 @@ def run_module(name, args, tmp_path, check=False, diff=False, verbose=False):
     result = json.loads(stdout[arrow + 2:])
     result['failed'] = 'FAILED!' in stdout[marker:arrow]
     return result, output
+
+
+def lab_connection(lab):
+    """The XenAPI connection options of a module run against ``lab``."""
+    return {'hostname': lab.info['url'], 'username': lab.info['username'], 'password': lab.info['password'],
+            'ca_path': lab.info['ca_cert']}
