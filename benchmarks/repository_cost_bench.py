@@ -257,7 +257,7 @@ def main(argv=None):
     if shutil.which('qemu-img') is None or shutil.which('qemu-nbd') is None:
         sys.exit('qemu-img and qemu-nbd are needed (apt install qemu-utils)')
     setup_collection_path()
-    print(machine_summary())
+    print('\n'.join(machine_summary()))
     work = tempfile.mkdtemp(prefix='repo-cost-', dir=os.path.join(ROOT, '.tmp') if os.path.isdir(os.path.join(ROOT, '.tmp')) else None)
     try:
         repo_dir, points = build_repository(work, args.size, args.data, args.incrementals, args.changed)

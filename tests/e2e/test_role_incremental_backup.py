@@ -46,8 +46,8 @@ def lab(tmp_path_factory):
     instance = LabPlaybooks(workdir, lab_args=lab_args,
                             host_vars={'incremental_backup_vm_tags': ['nightly'],
                                        'incremental_backup_vms': ['other-vm'],
-                                       # 8 connections per disk: waves of 2 disks, 16 connections at most,
-                                       # which is exactly the lab's NBD limit.
+                                       # 8 connections per disk: 2 disks at once on the lab's one host,
+                                       # 16 connections at most, exactly the lab's NBD limit.
                                        'incremental_backup_connections': 8},
                             verbose=False)
     instance.state = {}
@@ -56,7 +56,7 @@ def lab(tmp_path_factory):
 
 
 def task_output(out, title):
-    """What every run of the tasks whose name contains title printed (a task runs once per wave)."""
+    """What every run of the tasks whose name contains title printed (a task runs once per batch)."""
     bodies = []
     for part in out.split('\nTASK [')[1:]:
         header, dummy, body = part.partition('\n')
