@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """A mixed pool through vdi_export's list form: one big disk and many small ones on a lab of several hosts.
 

@@ -411,7 +411,7 @@ nbd_address:
   returned: success
   sample: 192.0.2.10:10809
 nbd_failover:
-  description: The hosts passed over before RV(nbd_address) served the export, each with what went wrong (also in RV(warnings)).
+  description: The hosts passed over before RV(nbd_address) served the export, each with what went wrong (also as warnings of the task).
   type: list
   elements: dict
   returned: when a host was passed over
