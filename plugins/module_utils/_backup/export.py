@@ -131,6 +131,13 @@ def full_extents(allocation, size):
     return found.extents(), allocation.get('source') or 'vhd_bat', None
 
 
+def record_failover(result, passed_over, used):
+    """Name the hosts passed over (``(address:port, error)`` pairs) in ``result``: ``nbd_failover`` and one
+    warning each, saying which server (``used``, its ``where``) served the export instead."""
+    result['nbd_failover'] = [{'nbd_address': where, 'error': str(exc)} for where, exc in passed_over]
+    result['warnings'].extend('%s; the export was read from %s instead' % (exc, used) for dummy, exc in passed_over)
+
+
 def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
                requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
                allocation=None):
@@ -156,10 +163,7 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
             'warnings': [],
         }
         if passed_over:
-            result['nbd_failover'] = [{'nbd_address': '%s:%d' % (t.address, t.port), 'error': str(exc)}
-                                      for t, exc in passed_over]
-            result['warnings'].extend('%s; the export was read from %s instead' % (exc, first.target.where)
-                                      for dummy, exc in passed_over)
+            record_failover(result, [('%s:%d' % (t.address, t.port), exc) for t, exc in passed_over], target.where)
         if target.tls is None:
             result['warnings'].append('the export was read without TLS: disk contents crossed the network unencrypted')
         elif first.tls_legacy_cipher:

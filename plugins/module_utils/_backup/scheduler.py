@@ -19,8 +19,9 @@ from __future__ import absolute_import, division, print_function
 
 import threading
 
+from . import export as _export
 from .._errors import CbtBackupError
-from .._nbd.connection import FAILOVER_ERRORS
+from .._nbd.connection import FAILOVER_ERRORS, none_served
 from .._nbd.reader import DEFAULT_REQUEST_SIZE, MAX_CONNECTIONS
 
 __metaclass__ = type
@@ -82,20 +83,10 @@ class _Job:
         self.hosts = [host_key(info) for info in export.nbd]
         # a small disk does not hold connections it cannot use (as run_export opens them)
         self.connections = max(1, min(connections, -(-export.estimated_bytes // DEFAULT_REQUEST_SIZE)))
-        self.passed_over = []  # {nbd_address, error} of the hosts that did not serve it
-        self.errors = []
+        self.passed_over = []  # (host, error) of the hosts that did not serve it
 
     def info(self, host):
         return [info for info in self.export.nbd if host_key(info) == host][0]
-
-
-def _all_hosts_failed(job):
-    """The error of a job that no host served: the last host's, naming every host's."""
-    last = job.errors[-1]
-    if len(job.errors) == 1:
-        return last
-    return last.__class__('none of the %d hosts that can serve the export did: %s'
-                          % (len(job.errors), '; '.join(str(exc) for exc in job.errors)), situation=last.situation)
 
 
 def run_exports(exports, connections, per_host, check_mode=False):
@@ -113,13 +104,11 @@ def run_exports(exports, connections, per_host, check_mode=False):
         try:
             result = job.export.run(check_mode=check_mode, nbd=[job.info(host)], connections=job.connections)
             if job.passed_over:
-                result['nbd_failover'] = job.passed_over
-                result['warnings'].extend('%s; the export was read from %s instead' % (exc, host) for exc in job.errors)
+                _export.record_failover(result, job.passed_over, 'NBD server %s' % host)
             results[job.index] = result
         except FAILOVER_ERRORS as exc:
             failure = str(exc)
-            job.passed_over.append({'nbd_address': host, 'error': failure})
-            job.errors.append(exc)
+            job.passed_over.append((host, exc))
         except CbtBackupError as exc:
             results[job.index] = exc
         except (IOError, OSError) as exc:
@@ -133,14 +122,14 @@ def run_exports(exports, connections, per_host, check_mode=False):
                     if any(h not in budget.failed for h in job.hosts):
                         queue.insert(0, job)  # another host may serve it
                     else:
-                        results[job.index] = _all_hosts_failed(job)
+                        results[job.index] = none_served([exc for dummy, exc in job.passed_over])
 
     with budget.changed:
         while queue or running:
             for job in list(queue):
                 if all(host in budget.failed for host in job.hosts):  # passed over while the job waited
                     queue.remove(job)
-                    results[job.index] = _all_hosts_failed(job) if job.errors else CbtBackupError(
+                    results[job.index] = none_served([exc for dummy, exc in job.passed_over]) if job.passed_over else CbtBackupError(
                         'every host that can serve the export was passed over in this run: %s' % '; '.join(
                             '%s: %s' % (host, budget.failed[host]) for host in job.hosts), code='NBD_CONNECT_FAILED')
                     continue

@@ -499,9 +499,13 @@ def open_any(targets):
             return NbdConnection.open(target), passed_over
         except FAILOVER_ERRORS as exc:
             passed_over.append((target, exc))
-    if len(passed_over) == 1:
-        raise passed_over[0][1]
-    last = passed_over[-1][1]
-    raise last.__class__('none of the %d hosts that can serve the export did: %s'
-                         % (len(passed_over), '; '.join(str(exc) for dummy, exc in passed_over)),
-                         situation=last.situation)
+    raise none_served([exc for dummy, exc in passed_over])
+
+
+def none_served(errors):
+    """The error when no host served an export: the last host's (one of FAILOVER_ERRORS), naming every host's."""
+    last = errors[-1]
+    if len(errors) == 1:
+        return last
+    return last.__class__('none of the %d hosts that can serve the export did: %s'
+                          % (len(errors), '; '.join(str(exc) for exc in errors)), situation=last.situation)
