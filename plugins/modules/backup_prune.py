@@ -44,8 +44,15 @@ options:
   repository:
     description:
       - The repository directory of one disk (the one that holds C(manifest.json)).
+      - Exactly one of O(repository) and O(repositories) is required.
     type: path
-    required: true
+  repositories:
+    description:
+      - The list form of O(repository), for many repositories pruned by the same rules in one task, one after another.
+      - A repository whose prune fails fails alone; the others are still pruned, and each one's result is in
+        RV(repositories).
+    type: list
+    elements: path
   keep_last:
     description:
       - Keep the N newest restore points.
@@ -92,30 +99,46 @@ EXAMPLES = r'''
     keep_last: 3
   check_mode: true
   register: preview
+
+- name: Apply one retention to many repositories in one task
+  xenserver.cbt_backup.backup_prune:
+    repositories:
+      - /backup/web01/xvda
+      - /backup/db01/xvda
+    keep_last: 7
 '''
 
 RETURN = r'''
+repositories:
+  description:
+    - With O(repositories), one result per repository, in the order given, each holding C(failed) and what this
+      module returns for O(repository) (C(msg) and C(error_code) instead of the lists when it failed). The other
+      keys are then not returned at the top level, except RV(bytes_written) and RV(bytes_freed) (their sums).
+  type: list
+  elements: dict
+  returned: O(repositories) is given
+  sample: [{repository: /backup/web01/xvda, failed: false, changed: true, kept: [20261125T020000Z-incr], removed: []}]
 repository:
   description: Absolute path of the repository.
   type: str
-  returned: always
+  returned: O(repository) is given
   sample: /backup/web01/xvda
 kept:
   description: Ids of the restore points that are kept, oldest first.
   type: list
   elements: str
-  returned: success
+  returned: success, with O(repository)
   sample: [20261120T020000Z-full, 20261125T020000Z-incr]
 removed:
   description: Ids of the restore points removed (in check mode, that would be removed), oldest first.
   type: list
   elements: str
-  returned: success
+  returned: success, with O(repository)
   sample: [20261119T020000Z-incr]
 reasons:
   description: For each kept point, the rules that keep it (C(newest) for the newest point).
   type: dict
-  returned: success
+  returned: success, with O(repository)
   sample: {20261125T020000Z-incr: [newest, keep_last]}
 merged:
   description:
@@ -123,7 +146,7 @@ merged:
       folded in, C(method) how (C(fold), C(overlay) or C(rewrite), see the description); outside check mode
       C(sha256), C(blocks), C(bytes) and C(file_size) describe the point's new file.
   type: dict
-  returned: success
+  returned: success, with O(repository)
   sample: {20261121T020000Z-incr: {merged: [20261120T020000Z-incr, 20261119T020000Z-full], method: fold, blocks: 310,
            bytes: 20316160, file_size: 20578304, sha256: 5d41402abc4b2a76b9719d911017c592}}
 bytes_written:
@@ -146,7 +169,7 @@ recovered:
       C(point) was completed) or C(rolled_back); C(deleted) lists the files of interrupted runs that were deleted
       (only files the repository's journal says this collection wrote).
   type: dict
-  returned: success
+  returned: success, with O(repository)
   sample: {action: none, point: null, deleted: []}
 unknown_files:
   description:
@@ -154,7 +177,7 @@ unknown_files:
       never deleted; a warning names them.
   type: list
   elements: str
-  returned: success
+  returned: success, with O(repository)
   sample: [notes.txt]
 recovery_pending:
   description: In check mode, whether an interrupted earlier run would be finished or rolled back first.
@@ -166,48 +189,55 @@ recovery_pending:
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.each import run_each
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository.store import SPACE_ERRNOS, Repository
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_xenapi_module.argument_spec(  # accepted (and unused) for module_defaults of the group
-            repository=dict(type='path', required=True),
+            repository=dict(type='path'),
+            repositories=dict(type='list', elements='path'),
             keep_last=dict(type='int'),
             keep_days=dict(type='int'),
             keep_daily=dict(type='int'),
             keep_weekly=dict(type='int'),
             keep_monthly=dict(type='int'),
         ),
-        required_one_of=[retention.RULES],
+        mutually_exclusive=[('repository', 'repositories')],
+        required_one_of=[retention.RULES, ('repository', 'repositories')],
         supports_check_mode=True,
     )
     params = module.params
     rules = dict((name, params[name]) for name in retention.RULES)
-    path = params['repository']
-    try:
-        retention.validate_rules(rules)
-        with Repository(path, write=not module.check_mode, allow_previous=False) as repo:
-            before = [p['id'] for p in repo.points]
-            result = retention.prune(repo, rules, check_mode=module.check_mode)
-            result['repository'] = repo.path
-            result['unknown_files'] = repo.unknown_files()
-            notices = repo.notices()
-    except CbtBackupError as exc:
-        _xenapi_module.fail(module, exc, repository=path)
-    except (IOError, OSError) as exc:
-        module.fail_json(msg='pruning the repository %s failed: %s. Every restore point listed in its manifest is still '
-                             'restorable; the next run finishes or rolls back what was interrupted.' % (path, exc),
-                         repository=path, error_code='NO_SPACE' if exc.errno in SPACE_ERRNOS else 'PRUNE_FAILED')
-    for warning in notices:
-        module.warn(warning)
-    if module._diff:
-        result['diff'] = {'before': '\n'.join(before) + '\n' if before else '',
-                          'after': '\n'.join(result['kept']) + '\n' if result['kept'] else ''}
-    module.exit_json(**result)
 
+    def one(path):
+        result = retention.prune_repository(path, rules, check_mode=module.check_mode)
+        before = result.pop('before')
+        if module._diff:  # pylint: disable=protected-access
+            result['diff'] = {'before': '\n'.join(before) + '\n' if before else '',
+                              'after': '\n'.join(result['kept']) + '\n' if result['kept'] else ''}
+        return result
+
+    if params['repositories'] is not None:
+        try:
+            retention.validate_rules(rules)  # once, before any repository is touched
+        except CbtBackupError as exc:
+            _xenapi_module.fail(module, exc)
+        # One repository after another: merges on one storage do not gain from running side by side.
+        outcomes = run_each(params['repositories'], one)
+        entries = _xenapi_module.item_entries(module, outcomes, lambda index: {'repository': params['repositories'][index]})
+        _xenapi_module.exit_with_items(module, 'repositories', entries, 'PRUNE_FAILED', 'prunes', 'repository',
+                                       bytes_written=sum(entry.get('bytes_written', 0) for entry in entries),
+                                       bytes_freed=sum(entry.get('bytes_freed', 0) for entry in entries))
+    try:
+        result = one(params['repository'])
+    except CbtBackupError as exc:
+        _xenapi_module.fail(module, exc, repository=params['repository'])
+    for warning in result.pop('warnings'):
+        module.warn(warning)
+    module.exit_json(**result)
 
 if __name__ == '__main__':
     main()

@@ -44,8 +44,15 @@ options:
   repository:
     description:
       - One disk's repository directory (the one holding C(manifest.json)).
+      - Exactly one of O(repository) and O(repositories) is required.
     type: path
-    required: true
+  repositories:
+    description:
+      - The list form of O(repository), for many repositories in one task, one after another, each verified as
+        O(repository) would be with the same other options. A repository that fails verification fails alone; the
+        others are still verified, and each one's result is in RV(repositories).
+    type: list
+    elements: path
   point:
     description:
       - Verify only this restore point (its id, or V(latest)) and the points it builds on.
@@ -128,6 +135,14 @@ EXAMPLES = r'''
     username: backup
     password: "{{ vault_xenserver_password }}"
 
+- name: Check the newest chains of many repositories in one task
+  xenserver.cbt_backup.backup_verify:
+    repositories:
+      - /backups/vm1/disk0
+      - /backups/vm2/disk0
+    point: latest
+    read_data: false
+
 - name: Report instead of failing, e.g. to alert and schedule a full backup
   xenserver.cbt_backup.backup_verify:
     repository: /backups/vm1/disk0
@@ -136,21 +151,32 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+repositories:
+  description:
+    - With O(repositories), one result per repository, in the order given, each holding C(failed) and what this
+      module returns for O(repository) (C(msg) and C(error_code) too when it failed). The other keys of this list
+      are then not returned at the top level, except RV(ok) (whether every repository is sound).
+  type: list
+  elements: dict
+  returned: O(repositories) is given
+  sample: [{repository: /backups/vm1/disk0, failed: false, ok: true, points: [], first_bad: null, affected: []}]
 ok:
-  description: Whether every verified point is sound (and the spot check, if it ran, found no difference).
+  description:
+    - Whether every verified point is sound (and the spot check, if it ran, found no difference).
+    - With O(repositories), whether every repository is.
   type: bool
   returned: always
   sample: true
 data_read:
   description: Whether the files were read and hashed (O(read_data)), or only their tables checked.
   type: bool
-  returned: always
+  returned: O(repository) is given
   sample: true
 points:
   description: The verified points, oldest first.
   type: list
   elements: dict
-  returned: always
+  returned: O(repository) is given
   contains:
     id:
       description: Point id.
@@ -168,14 +194,14 @@ points:
 first_bad:
   description: Id of the oldest bad point, or null.
   type: str
-  returned: always
+  returned: O(repository) is given
   sample: 20261125T140233Z-incr
 affected:
   description: The restore points that cannot be trusted, in manifest order; the bad points and every point that builds
     on one of them.
   type: list
   elements: str
-  returned: always
+  returned: O(repository) is given
   sample: [20261125T140233Z-incr, 20261126T140112Z-incr]
 leftovers:
   description:
@@ -183,20 +209,20 @@ leftovers:
       backup or prune deletes them (only files the repository's journal says this collection wrote).
   type: list
   elements: str
-  returned: always
+  returned: O(repository) is given
   sample: []
 unknown_files:
   description: Files in the directory that this collection did not write; never verified, never deleted.
   type: list
   elements: str
-  returned: always
+  returned: O(repository) is given
   sample: []
 manifest_damaged:
   description:
     - Whether C(manifest.json) was missing or damaged and the points of C(manifest.json.prev) were verified instead (the
       module then fails; rebuild the manifest with O(rebuild_manifest)).
   type: bool
-  returned: always
+  returned: O(repository) is given
   sample: false
 rebuilt:
   description: What O(rebuild_manifest) did.
@@ -234,12 +260,12 @@ rebuilt:
 repository:
   description: The repository directory (absolute).
   type: str
-  returned: always
+  returned: O(repository) is given
   sample: /backups/vm1/disk0
 message:
   description: A one-line summary.
   type: str
-  returned: always
+  returned: O(repository) is given
   sample: all 3 restore points of /backups/vm1/disk0 verified
 spot_check:
   description: The spot check against the live snapshot.
@@ -280,6 +306,7 @@ spot_check:
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import verify as _verify
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.each import run_each
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import validate_options
@@ -288,14 +315,13 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.tls impo
     CRYPTOGRAPHY_IMPORT_ERROR,
     HAS_CRYPTOGRAPHY,
 )
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import inspection, rebuild
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 
 
 def main():
     module = AnsibleModule(
         argument_spec=_xenapi_module.argument_spec(
-            repository=dict(type='path', required=True),
+            repository=dict(type='path'),
+            repositories=dict(type='list', elements='path'),
             point=dict(type='str'),
             read_data=dict(type='bool', default=True),
             rebuild_manifest=dict(type='bool', default=False),
@@ -305,6 +331,8 @@ def main():
             tls_ca_path=dict(type='path'),
             timeout=dict(type='float', default=60),
         ),
+        mutually_exclusive=[('repository', 'repositories')],
+        required_one_of=[('repository', 'repositories')],
         supports_check_mode=True,
     )
     params = module.params
@@ -320,46 +348,27 @@ def main():
                                  'XENSERVER_HOST), or spot_check: 0', error_code='INVALID_OPTION')
         if params['tls'] and not HAS_CRYPTOGRAPHY:
             module.fail_json(msg=missing_required_lib('cryptography'), exception=str(CRYPTOGRAPHY_IMPORT_ERROR), error_code='LIBRARY_MISSING')
-    rebuilt = None
+
+    def one(path):
+        return _verify.verify(path, point=params['point'], read_data=params['read_data'],
+                              rebuild_manifest=params['rebuild_manifest'], spot_check=params['spot_check'],
+                              make_client=lambda: _xenapi_module.make_client(module), nbd_network=params['nbd_network'],
+                              tls=params['tls'], tls_ca_path=params['tls_ca_path'], timeout=params['timeout'],
+                              check_mode=module.check_mode)
+
+    if params['repositories'] is not None:
+        # Repositories are read one after another: verifying several at once on one storage only adds seeks.
+        outcomes = run_each(params['repositories'], one)
+        entries = _xenapi_module.item_entries(module, outcomes, lambda index: {'repository': params['repositories'][index]})
+        _xenapi_module.exit_with_items(module, 'repositories', entries, 'VERIFY_FAILED', 'verifications', 'repository',
+                                       ok=all(entry.get('ok') for entry in entries))
     try:
-        if params['rebuild_manifest']:
-            rebuilt = rebuild.rebuild_manifest(params['repository'], check_mode=module.check_mode)
-            if rebuilt['changed'] and module.check_mode:
-                module.exit_json(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'])
-        result = inspection.verify_repository(params['repository'], point=params['point'], read_data=params['read_data'])
+        result = one(params['repository'])
     except CbtBackupError as exc:
-        _xenapi_module.fail(module, exc, ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
-    except OSError as exc:
-        module.fail_json(msg='reading the repository %s failed: %s' % (params['repository'], exc), ok=False,
-                         error_code='READ_FAILED', changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
-    changed = bool(rebuilt and rebuilt['changed'])
-    if rebuilt is not None:
-        result['rebuilt'] = rebuilt
-        if changed:
-            module.warn(rebuilt['message'])
-
-    if params['spot_check'] and result['points']:
-        try:
-            result['spot_check'] = _verify.spot_check_newest(
-                result, lambda: _xenapi_module.make_client(module), params['spot_check'],
-                nbd_network=params['nbd_network'], tls=params['tls'], tls_ca_path=params['tls_ca_path'],
-                timeout=params['timeout'])
-        except XenApiError as exc:
-            _xenapi_module.fail(module, exc, changed=changed, **result)
-        except (CbtBackupError, OSError) as exc:
-            module.fail_json(msg='the spot check of %s failed: %s' % (result['repository'], exc), changed=changed,
-                             error_type=type(exc).__name__, error_code=getattr(exc, 'code', None) or 'SPOT_CHECK_FAILED',
-                             **result)
-        if result['spot_check'].get('ok') is False:
-            result['ok'] = False
-            result['first_bad'] = result['spot_check']['point']
-            result['affected'] = [result['spot_check']['point']]
-            result['message'] = result['spot_check']['message']
-    if not result['ok']:
-        module.fail_json(msg=result['message'], changed=changed,
-                         error_code='MANIFEST_DAMAGED' if result['manifest_damaged'] else 'VERIFY_FAILED', **result)
-    module.exit_json(changed=changed, **result)
-
+        _xenapi_module.fail(module, exc)
+    for warning in result.pop('warnings'):
+        module.warn(warning)
+    module.exit_json(**result)
 
 if __name__ == '__main__':
     main()

@@ -39,13 +39,19 @@ options:
     description:
       - The disk, by uuid or by name label. Snapshots are not accepted (CBT is switched on the disk itself).
       - A name that more than one disk has is an error; use the uuid.
-      - Exactly one of O(vdi) and O(vm) is required.
+      - Exactly one of O(vdi), O(vdis) and O(vm) is required.
     type: str
+  vdis:
+    description:
+      - The list form of O(vdi), for many disks in one task (a few at a time, in one session), each entry as O(vdi) takes
+        it. An entry that fails fails alone; the others are still handled, and each entry's result is in RV(vdis).
+    type: list
+    elements: str
   vm:
     description:
       - A VM, by uuid or by name label; all its user and system disks are handled (CD drives and empty drives are
         skipped).
-      - Exactly one of O(vdi) and O(vm) is required.
+      - Exactly one of O(vdi), O(vdis) and O(vm) is required.
     type: str
   enabled:
     description: Whether CBT should be enabled.
@@ -70,6 +76,15 @@ EXAMPLES = r'''
     password: "{{ vault_xenserver_password }}"
     vdi: 2f1c8a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
     enabled: false
+
+- name: Enable CBT on many disks in one task
+  xenserver.cbt_backup.vdi_cbt:
+    hostname: xenserver01.example.com
+    username: root
+    password: "{{ vault_xenserver_password }}"
+    vdis:
+      - 2f1c8a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b
+      - web01-data
 '''
 
 RETURN = r'''
@@ -97,6 +112,16 @@ disks:
       description: Whether the task changed (in check mode, would change) the disk's CBT state.
       type: bool
       sample: true
+vdis:
+  description:
+    - With O(vdis), one result per entry, in the order given, with C(vdi) (as given), C(failed), and RV(disks) as this
+      module returns it for O(vdi); a failed entry holds C(msg) and C(error_code) instead, and the module fails after
+      every entry was handled.
+  type: list
+  elements: dict
+  returned: O(vdis) is given
+  sample: [{vdi: web01-data, failed: false, changed: true, disks: [{uuid: 2f1c8a4e-5b6d-4e7f-8a9b-0c1d2e3f4a5b,
+           name: web01-data, cbt_enabled: true, changed: true}]}]
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -110,24 +135,27 @@ def main():
         argument_spec=_xenapi_module.argument_spec(
             vdi=dict(type='str'),
             vm=dict(type='str'),
+            vdis=dict(type='list', elements='str'),
             enabled=dict(type='bool', default=True),
         ),
-        mutually_exclusive=[('vdi', 'vm')],
-        required_one_of=[('vdi', 'vm')],
+        mutually_exclusive=[('vdi', 'vm', 'vdis')],
+        required_one_of=[('vdi', 'vm', 'vdis')],
         supports_check_mode=True,
     )
     params = module.params
 
-    def action(client):
+    def one(client, vdi=None, vm=None):
         # A CbtError's result (disks handled so far, changed) comes back with the failure.
-        result = ensure_cbt(client, vdi=params['vdi'], vm=params['vm'], enabled=params['enabled'],
-                            check_mode=module.check_mode)
+        result = ensure_cbt(client, vdi=vdi, vm=vm, enabled=params['enabled'], check_mode=module.check_mode)
         diff = result.pop('diff')
         if module._diff:  # pylint: disable=protected-access
             result['diff'] = diff
         return result
 
-    _xenapi_module.run(module, action)
+    if params['vdis'] is not None:
+        _xenapi_module.run_items(module, 'vdis', params['vdis'], lambda client, vdi: one(client, vdi=vdi), 'vdi',
+                                 'CBT_FAILED', 'CBT changes')
+    _xenapi_module.run(module, lambda client: one(client, vdi=params['vdi'], vm=params['vm']))
 
 
 if __name__ == '__main__':

@@ -32,6 +32,9 @@ description:
   - O(state=present) marks every disk snapshot it takes (see the notes), so that the snapshots of a run that was
     interrupted before its cleanup can be found later
     (RV(xenserver.cbt_backup.backup_plan#module:vms[].disks[].leftover_snapshots)).
+  - The list forms O(vms) and O(vdis) do the same for many VMs or disks in one task (a few at a time, in one
+    session), so a run over a pool costs one task per step instead of one per disk. An item that fails fails
+    alone; the others go on, and each item's result is in RV(vms) or RV(vdis).
 author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
@@ -49,13 +52,34 @@ options:
       - With O(state=present), the disk to snapshot, by uuid or by name (names match disks that are not snapshots).
       - With O(state=metadata_only) or O(state=absent), the snapshot, by uuid (recommended) or by name (names match
         snapshots only; several snapshots of one disk share its name, which is an error).
-      - Mutually exclusive with O(vm); one of them is required.
+      - Exactly one of O(vdi), O(vm), O(vms) and O(vdis) is required.
     type: str
+  vdis:
+    description:
+      - The list form of O(vdi), for any O(state); each entry as O(vdi) would take it.
+      - Returns one result per entry in RV(vdis).
+    type: list
+    elements: str
+  vms:
+    description:
+      - The list form of O(vm) (only with O(state=present)); each entry a VM and the disks to leave out of its snapshot.
+      - Returns one result per entry in RV(vms).
+    type: list
+    elements: dict
+    suboptions:
+      vm:
+        description: The VM, by uuid or name, as O(vm).
+        type: str
+        required: true
+      skip_disks:
+        description: Disks of this VM to leave out, as O(skip_disks).
+        type: list
+        elements: str
+        default: []
   vm:
     description:
       - The VM whose user disks (not CD drives, not suspend images) are snapshotted together, by uuid or name.
       - Only with O(state=present).
-      - Mutually exclusive with O(vdi).
     type: str
   skip_disks:
     description:
@@ -143,6 +167,24 @@ EXAMPLES = r'''
     state: metadata_only
   loop: "{{ snap.snapshots }}"
 
+- name: Snapshot many VMs in one task (a few at a time), each with its own disks left out
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vms:
+      - vm: web01
+        skip_disks: [web01-scratch]
+      - vm: db01
+  register: snaps
+  ignore_errors: true  # the VMs that could be snapshotted are in snaps.vms with failed=false
+
+- name: Reduce all of them to CBT metadata in one task
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vdis: "{{ snaps.vms | rejectattr('failed') | map(attribute='snapshots') | flatten | map(attribute='uuid') }}"
+    state: metadata_only
+
 - name: Destroy a metadata-only snapshot older than the retention
   xenserver.cbt_backup.vdi_snapshot:
     hostname: xenserver01.example.com
@@ -221,6 +263,24 @@ attempts:
   type: int
   returned: O(state=metadata_only) or O(state=absent)
   sample: 1
+vms:
+  description:
+    - With O(vms), one result per entry, in the order given. Each holds RV(vm), RV(snapshots) and RV(skipped_disks)
+      as this module returns them for O(vm), and C(failed).
+    - A failed entry holds C(failed=true), C(msg) and C(error_code) instead (and RV(snapshots) when its VM snapshot
+      succeeded and a later step failed); the module then fails after every entry was tried.
+  type: list
+  elements: dict
+  returned: O(vms) is given
+  sample: [{vm: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f, failed: false, changed: true, snapshots: [], skipped_disks: []}]
+vdis:
+  description:
+    - With O(vdis), one result per entry, in the order given, with C(vdi) (as given), C(failed), and what this module
+      returns for O(vdi) (RV(snapshots), RV(attempts)), or C(msg) and C(error_code) for a failed entry.
+  type: list
+  elements: dict
+  returned: O(vdis) is given
+  sample: [{vdi: 0b7f6a3e-5d27-4c1e-9f6a-2d8e4b1c3a90, failed: false, changed: true, attempts: 1, snapshots: []}]
 '''
 
 from ansible.module_utils.basic import AnsibleModule
@@ -234,37 +294,54 @@ def main():
         argument_spec=_xenapi_module.argument_spec(
             vdi=dict(type='str'),
             vm=dict(type='str'),
+            vdis=dict(type='list', elements='str'),
+            vms=dict(type='list', elements='dict', options=dict(
+                vm=dict(type='str', required=True),
+                skip_disks=dict(type='list', elements='str', default=[]),
+            )),
             state=dict(type='str', choices=['present', 'metadata_only', 'absent'], default='present'),
             retries=dict(type='int', default=10),
             delay=dict(type='float', default=2),
             skip_disks=dict(type='list', elements='str', default=[]),
         ),
-        mutually_exclusive=[('vdi', 'vm')],
-        required_one_of=[('vdi', 'vm')],
-        required_if=[('state', 'metadata_only', ['vdi']), ('state', 'absent', ['vdi'])],
+        mutually_exclusive=[('vdi', 'vm', 'vms', 'vdis')],
+        required_one_of=[('vdi', 'vm', 'vms', 'vdis')],
+        required_if=[('state', 'metadata_only', ['vdi', 'vdis'], True), ('state', 'absent', ['vdi', 'vdis'], True)],
         supports_check_mode=True,
     )
     params = module.params
     if params['retries'] < 0 or params['delay'] < 0:
         module.fail_json(msg='retries and delay must not be negative', error_code='INVALID_OPTION')
     if params['skip_disks'] and not params['vm']:
-        module.fail_json(msg='skip_disks leaves disks out of a VM snapshot: it needs vm (with state=present)', error_code='INVALID_OPTION')
+        module.fail_json(msg='skip_disks leaves disks out of a VM snapshot: it needs vm (with state=present); with vms, '
+                             'give each entry its own skip_disks', error_code='INVALID_OPTION')
+    if params['vms'] is not None and params['state'] != 'present':
+        module.fail_json(msg='vms takes VM snapshots (state=present); reduce or destroy snapshots with vdis',
+                         error_code='INVALID_OPTION')
+    check_mode = module.check_mode
 
-    def action(client):
-        check_mode = module.check_mode
+    def one_vdi(client, vdi):
         if params['state'] == 'metadata_only':
-            return _snapshot_ops.data_destroy(client, params['vdi'], check_mode=check_mode,
+            return _snapshot_ops.data_destroy(client, vdi, check_mode=check_mode,
                                               retries=params['retries'], delay=params['delay'])
         if params['state'] == 'absent':
-            return _snapshot_ops.destroy(client, params['vdi'], check_mode=check_mode,
+            return _snapshot_ops.destroy(client, vdi, check_mode=check_mode,
                                          retries=params['retries'], delay=params['delay'])
-        # A PartialSnapshotError's result (changed, snapshots) comes back with the failure.
-        if params['vdi']:
-            return _snapshot_ops.snapshot_vdi(client, params['vdi'], check_mode=check_mode)
-        return _snapshot_ops.snapshot_vm(client, params['vm'], check_mode=check_mode,
-                                         skip_disks=params['skip_disks'])
+        return _snapshot_ops.snapshot_vdi(client, vdi, check_mode=check_mode)
 
-    _xenapi_module.run(module, action)
+    def one_vm(client, entry):
+        # A PartialSnapshotError's result (changed, snapshots) comes back with the failure.
+        return _snapshot_ops.snapshot_vm(client, entry['vm'], check_mode=check_mode, skip_disks=entry['skip_disks'])
+
+    if params['vms'] is not None:
+        _xenapi_module.run_items(module, 'vms', params['vms'], one_vm, 'vm', 'SNAPSHOTS_FAILED', 'VM snapshots',
+                                 name_of=lambda entry: entry['vm'])
+    elif params['vdis'] is not None:
+        _xenapi_module.run_items(module, 'vdis', params['vdis'], one_vdi, 'vdi', 'SNAPSHOTS_FAILED', 'snapshot operations')
+    elif params['vdi']:
+        _xenapi_module.run(module, lambda client: one_vdi(client, params['vdi']))
+    else:
+        _xenapi_module.run(module, lambda client: one_vm(client, {'vm': params['vm'], 'skip_disks': params['skip_disks']}))
 
 
 if __name__ == '__main__':

@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
+from .._backup.each import XENAPI_WORKERS, run_each_with_client
 from .._errors import CbtBackupError
 from .._xenapi.client import HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError
 from .nbd_advice import with_advice
@@ -118,3 +119,55 @@ def run(module, action, on_success=None):
     if on_success is not None:
         on_success()
     module.exit_json(**result)
+
+
+def item_entries(module, outcomes, describe):
+    """The list form's per-item results: each successful result with ``failed: false`` (its warnings become the
+    module's, prefixed with the item), each error as :func:`error_facts` with ``failed: true``; ``describe(index)``
+    gives the facts that name the item (its uuid, repository...), put in front of either."""
+    entries = []
+    for index, outcome in enumerate(outcomes):
+        named = describe(index)
+        if isinstance(outcome, CbtBackupError):
+            entry = dict(named, **error_facts(outcome))
+            entry['failed'] = True
+        else:
+            entry = dict(named, **outcome)
+            entry['failed'] = False
+            label = ' '.join(str(value) for value in named.values())
+            for warning in entry.pop('warnings', []):
+                module.warn('%s: %s' % (label, warning))
+        entries.append(entry)
+    return entries
+
+
+def exit_with_items(module, key, entries, error_code, what, name_key, **facts):
+    """End a list form: ``key`` holds ``entries`` (from :func:`item_entries`), ``changed`` when any item changed;
+    failed (with ``error_code``, naming each failed item by its ``name_key`` fact) when any item failed. ``what``
+    names the items in the message (``exports``, ``VM snapshots``...)."""
+    facts[key] = entries
+    facts['changed'] = any(entry.get('changed') for entry in entries)
+    diffs = [entry.pop('diff') for entry in entries if 'diff' in entry]
+    if diffs:
+        facts['diff'] = diffs
+    failed = [entry for entry in entries if entry['failed']]
+    if failed:
+        module.fail_json(msg='%d of %d %s failed: %s' % (len(failed), len(entries), what, '; '.join(
+            '%s: %s' % (entry[name_key], entry['msg']) for entry in failed)), error_code=error_code, **facts)
+    module.exit_json(**facts)
+
+
+def run_items(module, key, items, one, name_key, error_code, what, name_of=lambda item: item, workers=XENAPI_WORKERS):
+    """The list form of a XenAPI step: ``one(client, item)`` for every item in this module's one session, a few at
+    a time; the results under ``key``, each named by ``{name_key: name_of(item)}`` (see :func:`exit_with_items`)."""
+    client = make_client(module)
+    try:
+        try:
+            client.open()
+            outcomes = run_each_with_client(client, items, one, workers)
+        finally:
+            client.close()
+    except CbtBackupError as exc:
+        fail(module, exc)
+    entries = item_entries(module, outcomes, lambda index: {name_key: name_of(items[index])})
+    exit_with_items(module, key, entries, error_code, what, name_key)

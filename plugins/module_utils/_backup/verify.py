@@ -11,8 +11,9 @@ from __future__ import absolute_import, division, print_function
 from . import export as _export
 from .._xenapi.ops import nbd_access as _nbd_access
 from .._xenapi import model as _objects
+from .._errors import CbtBackupError
 from .._nbd.connection import open_any
-from .._repository import inspection
+from .._repository import inspection, rebuild
 from .._repository.store import Repository
 from .._xenapi.client import XenApiError
 
@@ -58,3 +59,55 @@ def spot_check_newest(verified, make_client, blocks, nbd_network=None, tls=True,
     checked['skipped'] = False
     checked['snapshot'] = snapshot_uuid
     return checked
+
+
+def verify(path, point=None, read_data=True, rebuild_manifest=False, spot_check=0, make_client=None, nbd_network=None,
+           tls=True, tls_ca_path=None, timeout=60, check_mode=False):
+    """The backup_verify use case for one repository: rebuild the manifest if asked, verify, spot-check.
+
+    Returns the module result (``changed``, ``warnings``...). Raises CbtBackupError, with the result's facts
+    on it, when a point is bad (``VERIFY_FAILED``, ``MANIFEST_DAMAGED``), the spot check finds a difference or
+    fails, or the repository cannot be read (``READ_FAILED``).
+    """
+    rebuilt = None
+
+    def facts(**more):
+        more.update(ok=False, changed=bool(rebuilt and rebuilt['changed']), rebuilt=rebuilt)
+        return more
+
+    try:
+        if rebuild_manifest:
+            rebuilt = rebuild.rebuild_manifest(path, check_mode=check_mode)
+            if rebuilt['changed'] and check_mode:
+                return dict(changed=True, ok=False, points=[], rebuilt=rebuilt, msg=rebuilt['message'], warnings=[])
+        result = inspection.verify_repository(path, point=point, read_data=read_data)
+    except CbtBackupError as exc:
+        exc.result = dict(facts(), **exc.result)
+        raise
+    except OSError as exc:
+        raise CbtBackupError('reading the repository %s failed: %s' % (path, exc), code='READ_FAILED', result=facts())
+    changed = bool(rebuilt and rebuilt['changed'])
+    result['changed'] = changed
+    result['warnings'] = []
+    if rebuilt is not None:
+        result['rebuilt'] = rebuilt
+        if changed:
+            result['warnings'].append(rebuilt['message'])
+
+    if spot_check and result['points']:
+        try:
+            result['spot_check'] = spot_check_newest(result, make_client, spot_check, nbd_network=nbd_network, tls=tls,
+                                                     tls_ca_path=tls_ca_path, timeout=timeout)
+        except XenApiError as exc:
+            exc.result = dict(result, **exc.result)
+            raise
+        except (CbtBackupError, OSError) as exc:
+            raise CbtBackupError('the spot check of %s failed: %s' % (result['repository'], exc),
+                                 code=getattr(exc, 'code', None) or 'SPOT_CHECK_FAILED', result=result)
+        if result['spot_check'].get('ok') is False:
+            result.update(ok=False, first_bad=result['spot_check']['point'], affected=[result['spot_check']['point']],
+                          message=result['spot_check']['message'])
+    if not result['ok']:
+        raise CbtBackupError(result['message'], code='MANIFEST_DAMAGED' if result['manifest_damaged'] else 'VERIFY_FAILED',
+                             result=result)
+    return result

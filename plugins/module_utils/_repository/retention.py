@@ -63,7 +63,7 @@ import os
 from .._image import qcow2, qcow2_fold
 from .._image.qcow2 import SOURCE_NONE, Qcow2Chain, Qcow2Writer
 from .._image.raw_file import AtomicFile, fsync_directory
-from .store import FILE_FACTS, PARTIAL_MARK, SPACE_ERRNOS, RepositoryError, file_facts, file_sha256
+from .store import FILE_FACTS, PARTIAL_MARK, SPACE_ERRNOS, Repository, RepositoryError, file_facts, file_sha256
 from .._time import TimeFormatError, parse_utc, utc_now
 
 __metaclass__ = type
@@ -618,4 +618,25 @@ def prune(repo, rules, now=None, check_mode=False, checkpoint=None):
         checkpoint('drops-saved')
     result['deleted_files'] = _delete_leftovers(repo, checkpoint) if drops else []
     result['bytes_freed'] = before - after
+    return result
+
+
+def prune_repository(path, rules, check_mode=False):
+    """The backup_prune use case for one repository: recover an interrupted run, then :func:`prune` by ``rules``.
+
+    Returns prune's result with ``repository``, ``unknown_files``, ``warnings`` and ``before`` (the point ids before
+    the prune, for a diff). Raises CbtBackupError; a failed write is ``NO_SPACE`` or ``PRUNE_FAILED``, and every
+    listed point is still restorable then.
+    """
+    validate_rules(rules)
+    try:
+        with Repository(path, write=not check_mode, allow_previous=False) as repo:
+            before = [p['id'] for p in repo.points]
+            result = prune(repo, rules, check_mode=check_mode)
+            result.update(repository=repo.path, unknown_files=repo.unknown_files(), warnings=repo.notices(),
+                          before=before)
+    except (IOError, OSError) as exc:
+        raise PruneError('pruning the repository %s failed: %s. Every restore point listed in its manifest is still '
+                         'restorable; the next run finishes or rolls back what was interrupted.' % (path, exc),
+                         getattr(exc, 'errno', None))
     return result

@@ -215,6 +215,15 @@ class XenApiClient:
         raise XenApiError('HOST_IS_SLAVE redirected more than %d times; give the pool coordinator as hostname'
                           % self.MAX_REDIRECTS, code='HOST_IS_SLAVE')
 
+    def sibling(self):
+        """Another client on this open client's session, with a connection of its own (one XML-RPC connection
+        serves one call at a time): for calls from another thread. Closing it never logs the session out."""
+        other = XenApiClient(self.url, session_id=self.session_id, validate_certs=self.validate_certs,
+                             ca_path=self.ca_path, timeout=self.timeout)
+        other._session = other._make_session(self.url)
+        other._session._session = self.session_id  # pylint: disable=protected-access
+        return other
+
     def close(self):
         """Log out if this client logged in; never raises."""
         session, self._session = self._session, None
