@@ -276,6 +276,7 @@ def test_the_leftover_of_an_interrupted_run_is_destroyed_by_the_next_run(lab):
     lab.module('vdi_snapshot', {'hostname': lab.lab['url'], 'ca_path': lab.lab['ca_cert'],
                                 'username': lab.lab['username'], 'vm': 'lab-vm-05'})
     assert data_bearing_snapshots(lab) == ['lab-vm-05-disk0']
+    leftover = [u for u, r in lab.vdis().items() if r['is_a_snapshot'] and r['type'] != 'cbt_metadata'][0]
     # Someone else's snapshot (no marker) is not the role's business.
     session = lab.xenapi()
     try:
@@ -286,6 +287,9 @@ def test_the_leftover_of_an_interrupted_run_is_destroyed_by_the_next_run(lab):
     lab.write_inventory({'incremental_backup_vms': ['lab-vm-05']})
     rc, out = lab.playbook('backup')
     assert 'Destroy the snapshots that interrupted runs left behind' in out
+    # The next run says what the interrupted one left.
+    warnings = [w['msg'] for w in lab.reports()[-1]['warnings']]
+    assert any(leftover in w and 'interrupted run' in w for w in warnings), warnings
     assert [r['uuid'] for r in lab.vdis().values() if r['is_a_snapshot'] and r['type'] != 'cbt_metadata'] == [foreign_uuid]
 
 
