@@ -15,11 +15,12 @@ __metaclass__ = type
 
 IHAVEOPT = 0x49484156454F5054
 OPT_REPLY_MAGIC = 0x0003e889045565a9
-OPT_EXPORT_NAME, OPT_LIST, OPT_STARTTLS, OPT_GO = 1, 3, 5, 7
+OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_STARTTLS, OPT_INFO, OPT_GO = 1, 2, 3, 5, 6, 7
+OPT_STRUCTURED_REPLY, OPT_LIST_META_CONTEXT, OPT_SET_META_CONTEXT = 8, 9, 10
 REP_ACK = 1
-ERR_POLICY, ERR_TLS_REQD = 0x80000002, 0x80000005
+ERR_UNSUP, ERR_POLICY, ERR_INVALID, ERR_TLS_REQD = 0x80000001, 0x80000002, 0x80000003, 0x80000005
 REQUEST_MAGIC, REPLY_MAGIC = 0x25609513, 0x67446698
-CMD_READ, CMD_DISC = 0, 2
+CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH, CMD_TRIM, CMD_CACHE, CMD_WRITE_ZEROES, CMD_BLOCK_STATUS = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 def recv_exact(sock, n):
@@ -56,9 +57,25 @@ def client_context(cafile=None, ciphers=None, curve=None, tls13=False):
     return ctx
 
 
+def connect(port, host='127.0.0.1', timeout=10, rcvbuf=None):
+    """A TCP connection to the front; ``rcvbuf`` fixes the receive buffer (set before connecting, so the
+    kernel does not grow it)."""
+    if rcvbuf is None:
+        return socket.create_connection((host, port), timeout=timeout)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.settimeout(timeout)
+        sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Conn:
-    def __init__(self, port, host='127.0.0.1', timeout=10):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port, host='127.0.0.1', timeout=10, rcvbuf=None):
+        self.sock = connect(port, host, timeout, rcvbuf)
         magic, opt_magic, self.handshake_flags = struct.unpack('>QQH', recv_exact(self.sock, 18))
         assert magic == 0x4e42444d41474943 and opt_magic == IHAVEOPT
         self.sock.sendall(struct.pack('>I', 1))  # NBD_FLAG_C_FIXED_NEWSTYLE only
@@ -83,16 +100,25 @@ class Conn:
         name = name.encode('utf-8')
         self.sock.sendall(struct.pack('>QII', IHAVEOPT, OPT_EXPORT_NAME, len(name)) + name)
         self.size, self.flags = struct.unpack('>QH', recv_exact(self.sock, 10))
-        if not self.handshake_flags & 2:
-            assert recv_exact(self.sock, 124) == bytes(124)
+        # This client never sets NBD_FLAG_C_NO_ZEROES, so the 124 zero bytes always follow.
+        assert recv_exact(self.sock, 124) == bytes(124)
         return self.size, self.flags
 
     def read(self, offset, length, handle=1):
         """One NBD_CMD_READ; returns (error, data)."""
-        self.sock.sendall(struct.pack('>IHHQQI', REQUEST_MAGIC, 0, CMD_READ, handle, offset, length))
-        magic, error, got = struct.unpack('>IIQ', recv_exact(self.sock, 16))
-        assert magic == REPLY_MAGIC and got == handle
+        self.send_request(CMD_READ, offset, length, handle)
+        error = self.reply(handle)
         return error, (recv_exact(self.sock, length) if error == 0 else b'')
+
+    def send_request(self, command, offset, length, handle=1, flags=0, payload=b''):
+        self.sock.sendall(request(command, offset, length, handle, flags) + payload)
+
+    def reply(self, handle=None):
+        """The next simple reply's error (its data, if any, is still to be read); checks the handle."""
+        magic, error, got = struct.unpack('>IIQ', recv_exact(self.sock, 16))
+        assert magic == REPLY_MAGIC, hex(magic)
+        assert handle is None or got == handle, (got, handle)
+        return error
 
     def close(self):
         try:
@@ -102,9 +128,14 @@ class Conn:
         self.sock.close()
 
 
-def open_export(port, name, ctx=None):
+def request(command, offset, length, handle=1, flags=0):
+    """A 28-byte NBD request header."""
+    return struct.pack('>IHHQQI', REQUEST_MAGIC, flags, command, handle, offset, length)
+
+
+def open_export(port, name, ctx=None, rcvbuf=None):
     """Connect, STARTTLS when ``ctx`` is given, select ``name``; returns the Conn."""
-    conn = Conn(port)
+    conn = Conn(port, rcvbuf=rcvbuf)
     try:
         if ctx is not None:
             assert conn.starttls(ctx) == REP_ACK

@@ -81,3 +81,19 @@ def test_start_stop_leaves_nothing_and_ca_signed(tmp_path):
     assert not old_disks & set(os.listdir(os.path.join(lab.dir, 'sr')))
     xenlab('stop', '--dir', again.dir)
     assert not any(alive(p) for p in again.info['pids'])
+
+
+def test_long_lab_path_puts_nbdkit_on_a_loopback_port(tmp_path_factory):
+    """A lab directory too long for a unix socket name: nbdkit listens on 127.0.0.1 behind the front."""
+    directory = tmp_path_factory.mktemp('long') / ('d' * 60) / ('e' * 60)
+    directory.mkdir(parents=True)
+    other = start_lab(directory, '--nbd-purpose', 'insecure_nbd')
+    try:
+        assert not (directory / 'nbdkit.sock').exists()
+        api = other.session().xenapi
+        vdi = api.VDI.get_by_name_label('demo-vm-disk1')[0]
+        conn = nbdwire.open_export(other.info['nbd_port'], api.VDI.get_nbd_info(vdi)[0]['exportname'])
+        assert conn.read(0, 4096) == (0, other.content(api.VDI.get_uuid(vdi))[:4096])
+        conn.close()
+    finally:
+        xenlab('stop', '--dir', directory)

@@ -188,7 +188,7 @@ def test_seventeenth_connection_refused(lab, api, nets, snap):
         with pytest.raises((EOFError, ConnectionResetError, ssl.SSLError)):
             nbdwire.open_export(lab.info['nbd_port'], name, tls(lab))
         conns.pop().close()
-        # Closing one lets a new one in (once nbdkit has finished closing it).
+        # Closing one lets a new one in (once the front has seen it close).
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -1,9 +1,13 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The NBD front: an nbdkit process (python plugin + limit filter) restarted when purposes change.
+"""The NBD front of a host: xapi-nbd's protocol (nbd_proxy) on the public port, nbdkit behind it.
+
+nbdkit (python plugin, plain, on a private unix socket) validates the export tokens, plugs the dom0 VBDs
+and reads the VDI files; the proxy in front plays xapi-nbd on the wire (option answers, TLS with the lab's
+policy, one request at a time, hang-up after an error reply, 16 connections counted at accept).
 
 xapi-nbd decides per connection from the networks' purposes: FORCEDTLS with `nbd`, NOTLS with
-`insecure_nbd`, refuse with neither. nbdkit fixes TLS at start, so the lab restarts it on the same
-port whenever the mode changes (and runs none when no network has an NBD purpose).
+`insecure_nbd`, refuse with neither. The lab restarts the front whenever the mode changes (and runs none
+when no network has an NBD purpose).
 """
 
 from __future__ import absolute_import, division, print_function
@@ -18,11 +22,11 @@ import threading
 import time
 
 from . import tls_policy
-from .tls_proxy import StartTlsProxy
+from .nbd_proxy import CONNECTION_LIMIT, XapiNbdProxy
 
 __metaclass__ = type
 
-CONNECTION_LIMIT = 16
+UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a longer lab path uses a loopback port instead
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'nbd_plugin.py')
 
 
@@ -49,6 +53,7 @@ class NbdFront:
         self.on_stop = on_stop or (lambda: None)
         self.process = None
         self.proxy = None
+        self.backend = None  # nbdkit's private socket path or (host, port)
         self.mode = None
         # nbdkit runs with --exit-with-parent (PR_SET_PDEATHSIG), which fires when the *thread*
         # that forked it ends; so one long-lived thread does every start and stop.
@@ -95,41 +100,43 @@ class NbdFront:
             self._start(mode)
         self.on_change()
 
-    def _legacy_proxy(self, mode):
-        return mode == 'tls' and self.policy == 'legacy'
-
-    def command(self, mode, port=None):
+    def command(self, backend):
+        """nbdkit, plain and private: ``backend`` is a unix socket path or a loopback port."""
         nbdkit = shutil.which('nbdkit')
         if nbdkit is None:
             raise FrontError('nbdkit is not installed')
-        cmd = [nbdkit, '--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', str(port or self.port),
-               '--readonly', '--no-sr', '--mask-handshake=1', '--pidfile', self._pidfile(),
-               '--filter=limit']
-        if mode == 'tls' and not self._legacy_proxy(mode):
-            cmd += ['--tls=require', '--tls-certificates=' + self.pki_dir]
+        cmd = [nbdkit, '--foreground', '--exit-with-parent', '--readonly', '--no-sr', '--mask-handshake=1',
+               '--tls=off', '--pidfile', self._pidfile()]
+        if isinstance(backend, str):
+            cmd += ['--unix', backend]
         else:
-            cmd += ['--tls=off']
-        cmd += ['python', PLUGIN, 'limit=%d' % CONNECTION_LIMIT]
+            cmd += ['--ipaddr', '127.0.0.1', '--port', str(backend[1])]
+        # One request at a time per connection (the proxy sends no more, the plugin says so as well).
+        cmd += ['--filter=noparallel', 'python', PLUGIN, 'serialize=requests']
         return cmd
 
     def _pidfile(self):
         return os.path.join(self.workdir, 'nbdkit.pid')
 
+    def _backend(self):
+        path = os.path.join(self.workdir, 'nbdkit.sock')
+        if len(path.encode('utf-8')) <= UNIX_PATH_MAX:
+            if os.path.exists(path):
+                os.unlink(path)
+            return path
+        return ('127.0.0.1', free_port())
+
     def _start(self, mode):
         env = dict(os.environ, XENLAB_CONTROL_URL=self.control_url, XENLAB_CONTROL_SECRET=self.secret)
         if self.host:
             env['XENLAB_HOST'] = self.host
-        backend_port = None
-        if self._legacy_proxy(mode):
-            backend_port = free_port()
-        elif mode == 'tls':
-            env.update(tls_policy.gnutls_env(self.policy, self.workdir))
+        backend = self.backend = self._backend()
         pidfile = self._pidfile()
         if os.path.exists(pidfile):
             os.unlink(pidfile)
         log = open(os.path.join(self.workdir, 'nbdkit.log'), 'ab')
         try:
-            self.process = subprocess.Popen(self.command(mode, backend_port), stdin=subprocess.DEVNULL, stdout=log,
+            self.process = subprocess.Popen(self.command(backend), stdin=subprocess.DEVNULL, stdout=log,
                                             stderr=subprocess.STDOUT, env=env, close_fds=True)
         finally:
             log.close()
@@ -141,10 +148,17 @@ class NbdFront:
                 self._stop()
                 raise FrontError('nbdkit did not become ready')
             time.sleep(0.02)
-        if backend_port:
-            self.proxy = StartTlsProxy(self.port, backend_port, tls_policy.server_context(
-                'legacy', os.path.join(self.pki_dir, 'server-cert.pem'), os.path.join(self.pki_dir, 'server-key.pem')))
+        context = None
+        if mode == 'tls':
+            context = tls_policy.server_context(self.policy, os.path.join(self.pki_dir, 'server-cert.pem'),
+                                                os.path.join(self.pki_dir, 'server-key.pem'))
+        self.proxy = XapiNbdProxy(self.port, backend, mode, context, CONNECTION_LIMIT)
+        try:
             self.proxy.start()
+        except OSError:
+            self.proxy = None
+            self._stop()
+            raise
         self.mode = mode
 
     def _stop(self):
@@ -161,4 +175,7 @@ class NbdFront:
                     self.process.wait()
             self.process = None
             self.on_stop()
+        if isinstance(self.backend, str) and os.path.exists(self.backend):
+            os.unlink(self.backend)
+        self.backend = None
         self.mode = None
