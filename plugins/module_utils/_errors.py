@@ -35,3 +35,9 @@ class CbtBackupError(Exception):
     @message.setter
     def message(self, text):
         self.args = (text,) + tuple(self.args[1:])
+
+
+class Cancelled(CbtBackupError):
+    """Work stopped because its caller cancelled it (vdi_export: the lease of ``progress_file`` expired)."""
+
+    code = 'CANCELLED'

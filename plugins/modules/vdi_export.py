@@ -199,6 +199,39 @@ options:
       run:
         description: The run identifier of this item's restore point (default O(run)).
         type: str
+      label:
+        description:
+          - A name for the item in progress lines, the progress file and RV(exports) (for example C(web01/xvda));
+            default the O(exports[].snapshot) as given.
+        type: str
+  progress_file:
+    description:
+      - With O(exports), a JSON file that the module rewrites once a second while the exports run, and removes
+        when it ends (success or failure). M(xenserver.cbt_backup.export_wait) reads it to print progress while
+        the task runs with C(async) and C(poll=0).
+      - 'Its content: C(updated) (RFC 3339 UTC time, C(2026-12-02T15:43:31Z)) and C(disks), one per item in
+        order: C(label), C(state) (C(queued), C(running), C(done), C(failed) or C(cancelled)), C(bytes_done),
+        C(bytes_total) (what the export reads), C(percent), C(mib_s) (the last ten seconds; the average once
+        done) and C(eta_s) (seconds, null while unknown).'
+      - Written atomically (a new file of mode 0600 in the same directory, fsynced and renamed over it), so a
+        reader never sees half a document. An absolute path (or starting with C(~)) in a directory that exists.
+    type: path
+  lease_seconds:
+    description:
+      - With O(progress_file), cancel the run when nobody waits for it any more. The module creates
+        C(<progress_file>.lease) when it starts; whoever waits (M(xenserver.cbt_backup.export_wait)) renews its
+        modification time about every second. Checked every second, a lease file that is gone or older than
+        this many seconds cancels the run, which happens when the playbook stops waiting (an AWX job cancel,
+        SIGINT or SIGTERM to ansible-playbook, a controller that died, a timeout of
+        M(xenserver.cbt_backup.export_wait)).
+      - On cancellation, exports not started yet are not started and running ones stop before their next NBD
+        request; each of them fails with C(error_code=CANCELLED). Nothing is added to their repositories; a
+        cancelled export leaves at most the files the repository's journal lists, which the next run deletes
+        (RV(cleaned_up)). Then the module removes O(progress_file) and the lease file.
+      - V(0) (the default) turns the lease off. Otherwise at least 2; give the waiter room for a slow
+        connection to the host the module runs on (for example 60).
+    type: int
+    default: 0
   max_host_connections:
     description:
       - With O(exports), at most this many NBD connections per host at any instant, across every export of the
@@ -236,6 +269,27 @@ EXAMPLES = r'''
       - snapshot: 9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d
         repository: /backups/vm2/disk0
     max_host_connections: 12
+  register: exported
+
+- name: Export in the background with progress and a lease, then wait and print progress
+  xenserver.cbt_backup.vdi_export:
+    hostname: "{{ xenserver_host }}"
+    username: "{{ xenserver_user }}"
+    password: "{{ xenserver_password }}"
+    exports:
+      - snapshot: 2f0e0c5a-8d1e-4a4b-9a71-6d3f1c0a9b11
+        repository: /backups/vm1/disk0
+        label: vm1/xvda
+    progress_file: /backups/progress-nightly.json
+    lease_seconds: 60
+  async: 86400
+  poll: 0
+  register: export_job
+
+- name: Wait for it; the run cancels itself if this playbook is stopped
+  xenserver.cbt_backup.export_wait:
+    jid: "{{ export_job.ansible_job_id }}"
+    progress_file: /backups/progress-nightly.json
   register: exported
 
 - name: Full export of a snapshot over TLS, pinned to the host certificate
@@ -318,6 +372,9 @@ exports:
     - With O(exports), one result per item in the order given. A successful item holds what this module returns
       for one snapshot (RV(point), RV(bytes_read), RV(nbd_address), ...) and C(failed=false); a failed one holds
       C(snapshot), C(repository), C(failed=true), C(msg) and C(error_code).
+    - Each holds the item's C(label) when it had one.
+    - An item stopped or never started because the run was cancelled (O(lease_seconds)) has
+      C(error_code=CANCELLED).
   type: list
   elements: dict
   returned: with O(exports)
@@ -431,8 +488,11 @@ reconnects:
   sample: 0
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import progress as _progress
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
@@ -453,7 +513,10 @@ def argument_spec():
             repository=dict(type='path', required=True),
             base=dict(type='str'),
             run=dict(type='str'),
+            label=dict(type='str'),
         )),
+        progress_file=dict(type='path'),
+        lease_seconds=dict(type='int', default=0),
         max_host_connections=dict(type='int', default=MAX_CONNECTIONS),
         snapshot=dict(type='str'),
         base=dict(type='str'),
@@ -505,6 +568,21 @@ def check_params(module):
     if params['exports'] is not None and not 1 <= params['max_host_connections'] <= MAX_CONNECTIONS:
         module.fail_json(msg='max_host_connections must be between 1 and %d (xapi-nbd serves at most %d connections '
                              'per host)' % (MAX_CONNECTIONS, MAX_CONNECTIONS), error_code='INVALID_OPTION')
+    if (params['progress_file'] or params['lease_seconds']) and params['exports'] is None:
+        module.fail_json(msg='progress_file and lease_seconds belong to the list form: give exports',
+                         error_code='INVALID_OPTION')
+    if params['lease_seconds'] and not params['progress_file']:
+        module.fail_json(msg='lease_seconds needs progress_file (the lease file is <progress_file>.lease)',
+                         error_code='INVALID_OPTION')
+    if params['lease_seconds'] < 0 or 0 < params['lease_seconds'] < _progress.MIN_LEASE_SECONDS:
+        module.fail_json(msg='lease_seconds must be 0 (no lease) or at least %d, not %d'
+                             % (_progress.MIN_LEASE_SECONDS, params['lease_seconds']), error_code='INVALID_OPTION')
+    if params['progress_file'] and not os.path.isabs(params['progress_file']):
+        module.fail_json(msg='progress_file must be an absolute path (export_wait reads it from another process), not '
+                             '%s' % params['progress_file'], error_code='INVALID_OPTION')
+    if params['progress_file'] and not os.path.isdir(os.path.dirname(params['progress_file'])):
+        module.fail_json(msg='the directory of progress_file %s does not exist; create it first'
+                             % params['progress_file'], error_code='INVALID_OPTION')
     if params['compress'] != 'none' and not (params['repository'] or params['exports']):
         module.fail_json(msg='compress: %s needs repository (a raw dest holds the disk bytes as they are); remove '
                              'compress or export into a repository' % params['compress'], error_code='INVALID_OPTION')
@@ -518,25 +596,53 @@ def check_params(module):
                              'element, or tls_ca_path, or tls: false for an insecure_nbd network.', error_code='INVALID_OPTION')
 
 
-def exit_with_items(module, items, outcome):
-    """The list form's end: one entry per item, warnings named by snapshot, failure when any item failed."""
+def exit_with_items(module, items, outcome, cancellation=None):
+    """The list form's end: one entry per item, warnings named by label (default snapshot), failure when any item
+    failed; a cancelled run says so first."""
     entries = []
     for item, result in zip(items, outcome['exports']):
+        name = item.get('label') or item['snapshot']
         if isinstance(result, CbtBackupError):
             entry = dict(_xenapi_module.error_facts(result), snapshot=item['snapshot'], repository=item['repository'],
                          failed=True)
         else:
             entry = dict(result, failed=False)
             for warning in entry.get('warnings', []):
-                module.warn('%s: %s' % (item['snapshot'], warning))
+                module.warn('%s: %s' % (name, warning))
+        if item.get('label'):
+            entry['label'] = item['label']
         entries.append(entry)
     failed = [e for e in entries if e['failed']]
     facts = dict(exports=entries, hosts=outcome['hosts'], changed=any(e.get('changed') for e in entries),
                  bytes_read=sum(e.get('bytes_read', 0) for e in entries))
     if failed:
-        module.fail_json(msg='%d of %d exports failed: %s' % (len(failed), len(entries), '; '.join(
-            '%s: %s' % (e['snapshot'], e['msg']) for e in failed)), error_code='EXPORTS_FAILED', **facts)
+        cancelled = [e for e in failed if e['error_code'] == 'CANCELLED']
+        if cancelled and cancellation is not None and cancellation.is_set():
+            others = [e for e in failed if e['error_code'] != 'CANCELLED']
+            msg = '%d of %d exports were cancelled: %s' % (len(cancelled), len(entries), cancellation.reason)
+            if others:
+                msg += ' %d more failed: %s' % (len(others), '; '.join(
+                    '%s: %s' % (e.get('label') or e['snapshot'], e['msg']) for e in others))
+        else:
+            msg = '%d of %d exports failed: %s' % (len(failed), len(entries), '; '.join(
+                '%s: %s' % (e.get('label') or e['snapshot'], e['msg']) for e in failed))
+        module.fail_json(msg=msg, error_code='EXPORTS_FAILED', **facts)
     module.exit_json(**facts)
+
+
+def start_watch(module, params):
+    """The list form's progress file and lease (None without progress_file); fails the task when the first
+    document cannot be written."""
+    if not params['progress_file']:
+        return None
+    labels = [item.get('label') or item['snapshot'] for item in params['exports']]
+    watch = _progress.ProgressWatch(params['progress_file'], labels, lease_seconds=params['lease_seconds'])
+    try:
+        return watch.start()
+    except (IOError, OSError) as exc:
+        watch.stop()
+        module.fail_json(msg='cannot write progress_file %s: %s; nothing was exported' % (params['progress_file'], exc),
+                         error_code='WRITE_FAILED')
 
 
 def main():
@@ -551,12 +657,16 @@ def main():
     check_params(module)
     params = module.params
     client = None
+    watch = None
     try:
         try:
             if params['exports'] is not None:
+                watch = start_watch(module, params)
                 client = _xenapi_module.make_client(module)
                 client.open()
-                result = _vdi_export.export_snapshots(client, params, check_mode=module.check_mode)
+                result = _vdi_export.export_snapshots(
+                    client, params, check_mode=module.check_mode, progress=watch.disks if watch else None,
+                    cancel=watch.cancellation if watch else None)
             elif params['snapshot']:
                 client = _xenapi_module.make_client(module)
                 client.open()
@@ -569,13 +679,18 @@ def main():
         finally:
             if client is not None:
                 client.close()  # logs out a session this module logged in
+            if watch is not None:
+                watch.stop()  # removes progress_file and its lease, whatever happened
     except CbtBackupError as exc:  # every error names its condition in ``code`` (NBD_TIMEOUT, REPOSITORY_DAMAGED...)
         _xenapi_module.fail(module, exc)
     except (IOError, OSError) as exc:
         where = params['dest'] or params['repository']
         module.fail_json(msg='writing %s failed: %s; %s was left as it was' % (where, exc, where), error_code='WRITE_FAILED')
     if params['exports'] is not None:
-        exit_with_items(module, params['exports'], result)
+        if watch is not None and watch.file_error is not None:
+            module.warn('progress_file %s could not always be written or removed: %s'
+                        % (params['progress_file'], watch.file_error))
+        exit_with_items(module, params['exports'], result, cancellation=watch.cancellation if watch else None)
     for warning in result.pop('warnings'):
         module.warn(warning)
     module.exit_json(**result)

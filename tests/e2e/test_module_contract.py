@@ -43,12 +43,13 @@ def lab(tmp_path_factory):
     instance.stop()
 
 
-def run(lab, module, args, check_mode=False):
-    """One ad-hoc run of ``module``; returns its result (with ``rc``, the exit status of ansible)."""
+def run(lab, module, args, check_mode=False, options=()):
+    """One ad-hoc run of ``module``; returns its result (with ``rc``, the exit status of ansible). ``options``:
+    more options of ansible (``-B 600 -P 0`` starts the module in the background)."""
     COVERED.add(module)
     argv = [os.path.join(BIN, 'ansible'), 'localhost', '-i', 'localhost,', '-c', 'local',
             '-e', 'ansible_python_interpreter=' + sys.executable, '-m', 'xenserver.cbt_backup.' + module,
-            '-a', json.dumps(args)] + (['--check'] if check_mode else [])
+            '-a', json.dumps(args)] + (['--check'] if check_mode else []) + list(options)
     env = dict(lab.env(), ANSIBLE_LOAD_CALLBACK_PLUGINS='1', ANSIBLE_STDOUT_CALLBACK='minimal',
                XENSERVER_HOST=lab.lab['url'], XENSERVER_USER=lab.lab['username'])
     proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
@@ -214,6 +215,37 @@ def test_backup_prune(lab):
     contract(lab, 'backup_prune', {'repository': lab.state['repository'], 'keep_last': 5}, changes=False)
     result = contract(lab, 'backup_prune', {'repository': lab.state['repository'], 'keep_last': 1}, changes=True)
     assert len(result['kept']) == 1
+
+
+def test_export_wait_for_a_background_export(lab):
+    """vdi_export started with async and poll 0, then export_wait: the pair is held to the contract (check mode
+    predicts the change and changes nothing, the real run changes, the same pair again changes nothing)."""
+    progress = os.path.join(lab.workdir, 'progress-contract.json')
+    export = xenapi_args(lab, exports=[{'snapshot': lab.state['snapshot2'], 'label': 'demo-vm/xvda',
+                                        'repository': os.path.join(lab.backups, 'async', 'disk0')}],
+                         nbd_network='backup-net', progress_file=progress, lease_seconds=30)
+
+    def export_and_wait(check_mode=False):
+        job = ok(run(lab, 'vdi_export', export, check_mode=check_mode, options=['-B', '600', '-P', '0']), 'vdi_export')
+        return ok(run(lab, 'export_wait', {'jid': job['ansible_job_id'], 'progress_file': progress, 'interval': 1},
+                      check_mode=check_mode), 'export_wait')
+
+    before = world(lab)
+    assert export_and_wait(check_mode=True)['changed'] is True
+    assert world(lab) == before, 'export_wait (and vdi_export) changed something in check mode'
+    result = export_and_wait()
+    assert result['changed'] is True and world(lab) != before
+    assert result['exports'][0]['label'] == 'demo-vm/xvda' and result['exports'][0]['point_type'] == 'full'
+    after = world(lab)
+    assert export_and_wait(check_mode=True)['changed'] is False
+    again = export_and_wait()
+    assert again['changed'] is False and again['exports'][0]['already_exported'] and world(lab) == after
+    assert not os.path.exists(progress) and not os.path.exists(progress + '.lease')
+    # one look renews an existing lease (outside the repositories) and changes nothing else
+    open(progress + '.lease', 'w').close()
+    looked = contract(lab, 'export_progress', {'progress_file': progress}, changes=False)
+    assert looked['lease'] == 'renewed'
+    os.unlink(progress + '.lease')
 
 
 def test_vdi_snapshot_reduce_and_destroy(lab):

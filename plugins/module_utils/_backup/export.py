@@ -45,7 +45,7 @@ from .._nbd.reader import (
 from .._nbd.tls import TlsSettings
 from .._image.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
 from .._repository.store import SPACE_ERRNOS, write_file_atomically
-from .._errors import CbtBackupError
+from .._errors import Cancelled, CbtBackupError
 
 __metaclass__ = type
 
@@ -83,8 +83,10 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
                    requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
-                   checkpoint=None, allocation=None):
-    """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN)."""
+                   checkpoint=None, allocation=None, progress=None, cancel=None):
+    """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN).
+
+    ``progress`` and ``cancel``: see :func:`run_export`."""
     _check_dest(dest)
     finished = None
     if not check_mode and changed_blocks is not None:
@@ -103,7 +105,7 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
             _check_incremental_dest(dest, size)
     result = run_export(target, changed_blocks, write, check=check, connections=connections,
                         requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode,
-                        allocation=allocation)
+                        allocation=allocation, progress=progress, cancel=cancel)
     if check_mode and changed_blocks is not None:
         _check_space(dest, result['bytes_to_read'])  # check mode fails where the run would, for lack of space
     if finished:
@@ -140,7 +142,7 @@ def record_failover(result, passed_over, used):
 
 def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
                requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
-               allocation=None):
+               allocation=None, progress=None, cancel=None):
     """Plan what to read (all of the export, its allocated blocks, or the bitmap's blocks) and hand it to a
     destination.
 
@@ -150,7 +152,14 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
     ``check(size)`` may refuse the export before any data is read; ``write(reader, extents, size)``
     reads and stores, returning ``(stats, bytes_written)`` or ``(stats, bytes_written, extra_result)``.
     ``allocation``: for a full, see :func:`full_extents`.
+
+    ``progress`` (optional): told ``started(bytes to read)`` once the export is planned, then ``read(length)``
+    for every piece read (from the reader's threads). ``cancel`` (optional, ``is_set()``): checked before
+    connecting and between the reader's requests; once set, the export stops with :class:`Cancelled` and its
+    destination is left as a failed write leaves it.
     """
+    if cancel is not None and cancel.is_set():
+        raise Cancelled('the export was cancelled before it connected')
     first, passed_over = open_any(target if isinstance(target, list) else [target])
     target = first.target
     try:
@@ -191,8 +200,11 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
             result.update(changed=bool(extents) or changed_blocks is None, bytes_read=0, bytes_written=0,
                           bytes_to_read=to_read, seconds=0.0, throughput_mib_s=0.0)
             return result
+        if progress is not None:
+            progress.started(to_read)
         reader = ExtentReader(target, connections=connections, requests_in_flight=requests_in_flight,
-                              retries=retries, first_connection=first)
+                              retries=retries, first_connection=first,
+                              on_read=progress.read if progress is not None else None, cancel=cancel)
         first = None  # the reader owns it now
         try:
             outcome = write(reader, extents, size)

@@ -13,18 +13,24 @@ stable hash of its snapshot). A host that refuses, drops or does not answer a co
 the rest of the run and the job goes back to the queue for another host: an export into a repository writes
 its point atomically, so starting it again loses nothing. A job that fails fails alone: its error is its
 result, the others go on.
+
+With a ``cancel`` (a progress.Cancellation, set when the run's lease expires) the queue stops: jobs not started
+end with its error (CANCELLED), running ones stop between two NBD requests (export.run_export) and end with it
+too. ``progress``, one progress.DiskProgress per export, follows each job's state and bytes.
 """
 
 from __future__ import absolute_import, division, print_function
 
 import threading
 
-from . import export as _export
-from .._errors import CbtBackupError
+from . import export as _export, progress as _progress
+from .._errors import Cancelled, CbtBackupError
 from .._nbd.connection import FAILOVER_ERRORS, none_served
 from .._nbd.reader import DEFAULT_REQUEST_SIZE, MAX_CONNECTIONS
 
 __metaclass__ = type
+
+CANCEL_POLL = 0.25  # seconds: how soon the queue stops after a cancel
 
 
 def host_key(info):
@@ -89,31 +95,51 @@ class _Job:
         return [info for info in self.export.nbd if host_key(info) == host][0]
 
 
-def run_exports(exports, connections, per_host, check_mode=False):
+def _state(result):
+    if isinstance(result, Cancelled):
+        return 'cancelled'
+    return 'failed' if isinstance(result, BaseException) else 'done'
+
+
+def run_exports(exports, connections, per_host, check_mode=False, progress=None, cancel=None):
     """Run the prepared ``exports`` (list of SnapshotExport) under a :class:`HostBudget`; return
     ``(results, budget)``, ``results`` in the order of ``exports``: each a vdi_export result or the
-    :class:`CbtBackupError` that ended it."""
+    :class:`CbtBackupError` that ended it.
+
+    ``progress``: a progress.DiskProgress per export (in their order), or None. ``cancel``: a
+    progress.Cancellation, or None."""
     budget = HostBudget(per_host)
     jobs = [_Job(index, export, min(connections, per_host)) for index, export in enumerate(exports)]
     results = [None] * len(jobs)
+    trackers = list(progress) if progress is not None else [_progress.NO_PROGRESS] * len(jobs)
+    for job in jobs:
+        trackers[job.index].queued(job.export.estimated_bytes)
     queue = sorted(jobs, key=lambda job: -job.export.estimated_bytes)
     running = []
 
+    def end(job, result):
+        results[job.index] = result
+        trackers[job.index].ended(_state(result))
+
     def work(job, host):
         failure = None
+        tracker = trackers[job.index]
         try:
-            result = job.export.run(check_mode=check_mode, nbd=[job.info(host)], connections=job.connections)
+            result = job.export.run(check_mode=check_mode, nbd=[job.info(host)], connections=job.connections,
+                                    progress=None if tracker is _progress.NO_PROGRESS else tracker, cancel=cancel)
             if job.passed_over:
                 _export.record_failover(result, job.passed_over, 'NBD server %s' % host)
-            results[job.index] = result
+            end(job, result)
+        except Cancelled as exc:
+            end(job, cancel.error() if cancel is not None and cancel.is_set() else exc)
         except FAILOVER_ERRORS as exc:
             failure = str(exc)
             job.passed_over.append((host, exc))
         except CbtBackupError as exc:
-            results[job.index] = exc
+            end(job, exc)
         except (IOError, OSError) as exc:
-            results[job.index] = CbtBackupError('writing the restore point failed: %s; the repository was left as '
-                                                'it was' % exc, code='WRITE_FAILED')
+            end(job, CbtBackupError('writing the restore point failed: %s; the repository was left as '
+                                    'it was' % exc, code='WRITE_FAILED'))
         finally:
             with budget.changed:
                 running.remove(job)
@@ -121,26 +147,33 @@ def run_exports(exports, connections, per_host, check_mode=False):
                 if failure is not None:
                     if any(h not in budget.failed for h in job.hosts):
                         queue.insert(0, job)  # another host may serve it
+                        tracker.queued()
                     else:
-                        results[job.index] = none_served([exc for dummy, exc in job.passed_over])
+                        end(job, none_served([exc for dummy, exc in job.passed_over]))
 
     with budget.changed:
         while queue or running:
+            if cancel is not None and cancel.is_set():
+                for job in queue:  # never started
+                    end(job, cancel.error())
+                del queue[:]
             for job in list(queue):
                 if all(host in budget.failed for host in job.hosts):  # passed over while the job waited
                     queue.remove(job)
-                    results[job.index] = none_served([exc for dummy, exc in job.passed_over]) if job.passed_over else CbtBackupError(
+                    end(job, none_served([exc for dummy, exc in job.passed_over]) if job.passed_over else CbtBackupError(
                         'every host that can serve the export was passed over in this run: %s' % '; '.join(
-                            '%s: %s' % (host, budget.failed[host]) for host in job.hosts), code='NBD_CONNECT_FAILED')
+                            '%s: %s' % (host, budget.failed[host]) for host in job.hosts), code='NBD_CONNECT_FAILED'))
                     continue
                 host = budget.take(job.hosts, job.connections)
                 if host is None:
                     continue
                 queue.remove(job)
                 running.append(job)
+                trackers[job.index].running()
                 thread = threading.Thread(target=work, args=(job, host), name='export-%d' % job.index)
                 thread.daemon = True
                 thread.start()
             if queue or running:
-                budget.changed.wait()
+                # with a cancel to notice, look again every CANCEL_POLL seconds even when no job ends
+                budget.changed.wait(None if cancel is None else CANCEL_POLL)
     return results, budget

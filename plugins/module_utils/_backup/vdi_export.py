@@ -14,7 +14,7 @@ from __future__ import absolute_import, division, print_function
 
 from .._xenapi.ops import allocation as _allocation, changed_blocks as _changed_blocks_ops, nbd_access as _nbd_access
 from .._xenapi.ops import snapshot as _snapshot_ops
-from . import export as _export, scheduler as _scheduler
+from . import export as _export, progress as _progress, scheduler as _scheduler
 from .._errors import CbtBackupError
 from .._extents import total_length
 from .._xenapi import cbt_bitmap as _cbt
@@ -26,16 +26,18 @@ __metaclass__ = type
 
 
 def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False,
-               allocation=None):
+               allocation=None, progress=None, cancel=None):
     """Read the export ``nbd`` (address, port, exportname, cert, subject; or a list of them, the hosts to try
     in order) into the repository or dest.
 
-    ``allocation``: what a full reads (export.full_extents); None reads everything."""
+    ``allocation``: what a full reads (export.full_extents); None reads everything. ``progress``, ``cancel``:
+    see export.run_export."""
     targets = [_export.make_target(info, tls=params['tls'], ca_path=params['tls_ca_path'], timeout=params['timeout'],
                                    min_rate_mib_s=params['min_rate_mib_s'])
                for info in (nbd if isinstance(nbd, list) else [nbd])]
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
-                   retries=params['retries'], check_mode=check_mode, allocation=allocation)
+                   retries=params['retries'], check_mode=check_mode, allocation=allocation, progress=progress,
+                   cancel=cancel)
     if params['repository']:
         if params.get('compress') not in (None, 'none'):
             options['compression'] = params['compress']
@@ -96,13 +98,14 @@ class SnapshotExport:
         self.allocation = allocation
         self.estimated_bytes = estimated_bytes
 
-    def run(self, check_mode=False, nbd=None, connections=None):
+    def run(self, check_mode=False, nbd=None, connections=None, progress=None, cancel=None):
         """Read it (from ``nbd``, default every listed host in order; with ``connections``, default the
-        params'); return the vdi_export result."""
+        params'); return the vdi_export result. ``progress``, ``cancel``: see export.run_export."""
         snapshot = self.snapshot
         params = self.params if connections is None else dict(self.params, connections=connections)
         result = export_nbd(params, self.nbd if nbd is None else nbd, self.changed_blocks, snapshot=snapshot,
-                            base_uuid=self.base_uuid, disk=self.disk, check_mode=check_mode, allocation=self.allocation)
+                            base_uuid=self.base_uuid, disk=self.disk, check_mode=check_mode, allocation=self.allocation,
+                            progress=progress, cancel=cancel)
         result['snapshot'] = snapshot['uuid']
         if self.base_uuid is not None:
             result['base'] = self.base_uuid
@@ -192,31 +195,46 @@ def disk_user(client, disk_ref):
     return {'vm_uuid': vm_uuid, 'vm_name': vm_name, 'userdevice': userdevice}
 
 
-def export_snapshots(client, params, check_mode=False):
+def export_snapshots(client, params, check_mode=False, progress=None, cancel=None):
     """The list form (``params['exports']``: snapshot, repository, base, run): first every item's XenAPI
     questions, one after another in this session, then all exports at once under one per-host connection
     budget (scheduler.run_exports).  Returns ``{'exports': [result or CbtBackupError, ...], 'hosts': ...}``
-    in the order of the items."""
+    in the order of the items.
+
+    ``progress``: a progress.DiskProgress per item (in their order), or None. ``cancel``: a
+    progress.Cancellation; once set, the items not asked about or not started yet end with its error
+    (CANCELLED) and the running ones stop (scheduler.run_exports)."""
     outcomes = [None] * len(params['exports'])
+    trackers = list(progress) if progress is not None else [_progress.NO_PROGRESS] * len(outcomes)
     prepared = []
     for index, item in enumerate(params['exports']):
+        if cancel is not None and cancel.is_set():
+            outcomes[index] = cancel.error()
+            trackers[index].ended('cancelled')
+            continue
         item_params = dict(params, exports=None, snapshot=item['snapshot'], base=item.get('base'),
                            repository=item['repository'], dest=None, run=item.get('run') or params['run'])
         try:
             export = prepare_snapshot_export(client, item_params)
         except CbtBackupError as exc:
             outcomes[index] = exc
+            trackers[index].ended('failed')
             continue
         except (IOError, OSError) as exc:
             outcomes[index] = CbtBackupError('reading the repository %s failed: %s' % (item['repository'], exc),
                                              code='READ_FAILED')
+            trackers[index].ended('failed')
             continue
         if isinstance(export, dict):
             outcomes[index] = export  # already in the repository
+            trackers[index].ended('done')
         else:
             prepared.append((index, export))
+            trackers[index].queued(export.estimated_bytes)
     ran, budget = _scheduler.run_exports([export for dummy, export in prepared], params['connections'],
-                                         params['max_host_connections'], check_mode=check_mode)
+                                         params['max_host_connections'], check_mode=check_mode,
+                                         progress=None if progress is None else [trackers[i] for i, dummy in prepared],
+                                         cancel=cancel)
     for (index, dummy), outcome in zip(prepared, ran):
         outcomes[index] = outcome
     return {'exports': outcomes, 'hosts': budget.summary()}

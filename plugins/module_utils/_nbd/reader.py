@@ -18,6 +18,7 @@ import collections
 import threading
 import time
 
+from .._errors import Cancelled
 from .._extents import split
 from .connection import NbdConnection, server_error
 from .protocol import MAX_REQUEST_SIZE, REQUEST_ALIGNMENT
@@ -75,11 +76,16 @@ class ExtentReader:
 
     ``target`` is a ConnectionTarget.  ``first_connection`` may be an already open connection
     (used to learn the export size before planning); the reader takes ownership of it.
+
+    ``on_read(length)``, when given, is called (from the connection threads) each time a request's data has
+    been handed to the sink, with the bytes it held: what :class:`ReadStats` counts as ``bytes_read``.
+    ``cancel``, when given, is checked (``cancel.is_set()``) before every request is sent and every reply
+    awaited: once set, the connections stop and ``read`` raises :class:`Cancelled`.
     """
 
     def __init__(self, target, connections=DEFAULT_CONNECTIONS, requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT,
                  request_size=DEFAULT_REQUEST_SIZE, retries=DEFAULT_RETRIES, first_connection=None,
-                 retry_delay=0.5):
+                 retry_delay=0.5, on_read=None, cancel=None):
         if not 1 <= connections <= MAX_CONNECTIONS:
             raise ValueError('connections must be between 1 and %d' % MAX_CONNECTIONS)
         if requests_in_flight < 1:
@@ -94,6 +100,12 @@ class ExtentReader:
         self.retries = retries
         self.retry_delay = retry_delay
         self._first_connection = first_connection
+        self.on_read = on_read
+        self.cancel = cancel
+
+    def _check_cancel(self):
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled('the read from %s was cancelled' % self.target.where)
 
     def read(self, extents, sink):
         """Read every extent and call ``sink(offset, view)`` for each piece (from several threads).
@@ -101,6 +113,7 @@ class ExtentReader:
         ``view`` is only valid during the call.  Raises the first error any connection hit, after
         stopping the others.
         """
+        self._check_cancel()
         stats = ReadStats()
         started = time.monotonic()
         requests = list(split(extents, self.request_size))
@@ -159,6 +172,7 @@ class ExtentReader:
         try:
             while True:
                 try:
+                    self._check_cancel()  # between requests: a cancel stops the export within one reply
                     if conn is None:
                         conn = NbdConnection.open(self.target)
                     while free and not work.failed.is_set():
@@ -187,6 +201,8 @@ class ExtentReader:
                     view.release()
                     free.append(slot)
                     stats.add(length)
+                    if self.on_read is not None:
+                        self.on_read(length)
                 except NbdError as exc:
                     # A refused export name on a reconnect (the first handshake of this export worked) is a
                     # server going away mid-handshake as often as an expired session: worth the bounded retries.

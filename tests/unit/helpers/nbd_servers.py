@@ -404,10 +404,11 @@ def start_qemu_nbd(image_path, workdir, pki=None, exportname=DEFAULT_EXPORT, tls
 
 
 def start_nbdkit(image_path, workdir, pki=None, exportname=DEFAULT_EXPORT, tls=False, cert='host', strict=True,
-                 kind=None, timeout=START_TIMEOUT, extra_args=()):
+                 kind=None, timeout=START_TIMEOUT, extra_args=(), params=()):
     """nbdkit file plugin, read-only, foreground (-f) with -P pidfile; ``strict`` adds the exportname filter
     (exportname-strict=true, only ``exportname``; without it nbdkit serves any name). TLS: --tls=require with
-    the self-signed host leaf (``cert='host'``) or the CA-signed leaf (``cert='ca'``)."""
+    the self-signed host leaf (``cert='host'``) or the CA-signed leaf (``cert='ca'``). ``extra_args`` go before
+    the plugin (``--filter=rate``), ``params`` after it (the filters' ``key=value``, ``rate=32M``)."""
     binary = require_binary('nbdkit')
     kind = kind or ('nbdkit-plain' if not tls else ('nbdkit-tls' if cert == 'host' else 'nbdkit-tls-ca'))
     workdir, log_path = _prepare_workdir(workdir, kind)
@@ -423,7 +424,7 @@ def start_nbdkit(image_path, workdir, pki=None, exportname=DEFAULT_EXPORT, tls=F
             info = dict(cert_pem=cert_pem, ca_path=ca_path, client_tls_dir=client_dir)
         if strict:
             argv += ['--filter=exportname']
-        argv += list(extra_args) + ['file', 'file=%s' % image_path]
+        argv += list(extra_args) + ['file', 'file=%s' % image_path] + list(params)
         if strict:
             argv += ['exportname-strict=true', 'exportname=%s' % exportname, 'exportname-list=explicit']
         return NbdServer(kind, port, exportname, tls, workdir, image_path, log_path, argv,
