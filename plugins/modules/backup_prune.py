@@ -239,5 +239,6 @@ def main():
         module.warn(warning)
     module.exit_json(**result)
 
+
 if __name__ == '__main__':
     main()

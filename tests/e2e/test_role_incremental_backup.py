@@ -135,6 +135,9 @@ def test_second_run_is_incremental_and_reads_only_the_changed_blocks(lab):
     spot = task_output(out, 'spot-check them against their snapshots')
     checks = [entry['spot_check'] for entry in json.loads(spot[spot.index('=>') + 2:])['repositories']]
     assert len(checks) == EXTRA_VMS and all(c['ok'] and c['checked'] == 4 for c in checks), spot
+    # The wait names every disk by VM and disk at the end, with what it read; no async_status retry noise.
+    assert '[lab-pool] lab-vm-03/lab-vm-03-disk0: ok, 0.1 MiB read' in out, task_output(out, 'Wait for the exports')
+    assert 'FAILED - RETRYING' not in out
     report = lab.reports()[-1]
     modes = disk_modes(report)
     assert set(modes.values()) == {('incremental', 'CHAIN_OK', 'ok')}
