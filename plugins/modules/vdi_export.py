@@ -363,7 +363,7 @@ tls:
   returned: success
   sample: true
 connections:
-  description: NBD connections used.
+  description: NBD connections used (0 for an incremental without changed blocks, which reads nothing).
   type: int
   returned: success
   sample: 4
@@ -382,10 +382,15 @@ exports:
 hosts:
   description:
     - With O(exports), per NBD host (address:port) the exports started there, the most connections open to it at
-      once (never more than O(max_host_connections)), and why it was passed over (null when it was not).
+      once (never more than O(max_host_connections)), the connections that failed, and why it was passed over
+      (null when it was not).
+    - A host whose connection fails (refused after the export name, closed before the greeting, no answer) rests
+      1 s, then 2 s, and serves again; it is passed over for the rest of the run after three failures in a row, or
+      at once when nothing accepts TCP connections on its port. A full xapi-nbd (16 connections, a slot freed only
+      once the closed connection's VBD is unplugged) therefore costs a moment, not the host.
   type: dict
   returned: with O(exports)
-  sample: {"192.0.2.10:10809": {"exports": 5, "peak_connections": 16, "passed_over": null}}
+  sample: {"192.0.2.10:10809": {"exports": 5, "peak_connections": 16, "failed_connections": 0, "passed_over": null}}
 already_exported:
   description:
     - True when the newest point of O(repository) already holds O(snapshot) (a re-run of the same task). Nothing was
@@ -464,6 +469,8 @@ nbd_address:
       run spread over them (each disk is read from the host a stable hash of its snapshot's uuid picks), and a
       host that refuses the connection, drops it before the export opens or does not answer is passed over for
       the next one (see RV(nbd_failover)). A host whose TLS certificate does not verify is not passed over.
+    - Null for an incremental whose changed block list is empty, which opens no NBD connection (RV(connections) is
+      then 0).
   type: str
   returned: success
   sample: 192.0.2.10:10809

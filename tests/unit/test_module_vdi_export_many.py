@@ -6,6 +6,7 @@ from __future__ import absolute_import, division, print_function
 
 import hashlib
 import json
+import threading
 
 import pytest
 
@@ -125,3 +126,52 @@ def test_options_are_checked(lab, tmp_path):
     assert result['failed'] and result['error_code'] == 'INVALID_OPTION' and 'max_host_connections' in result['msg']
     result, dummy = run_module('vdi_export', dict(lab_connection(lab), exports=items, snapshot='x'), tmp_path)
     assert result['failed'] and 'mutually exclusive' in result['msg']
+
+
+def switch_all(lab, switch):
+    for number in range(1, HOSTS + 1):
+        xenlab('nbd-switch', '--dir', lab.dir, '--host', 'lab-host-%d' % number, '--switch', switch)
+
+
+def test_hosts_that_drop_for_a_moment_serve_again(lab, client, tmp_path):
+    # Every host closes connections after the export name (as xapi-nbd when it is full or cannot plug the VBD) for
+    # about a second: the exports wait for the hosts' rest and are served by them, none is passed over.
+    made = disks(lab, client, [4 * MIB] * 3)
+    switch_all(lab, 'drop')
+    timer = threading.Timer(1.0, switch_all, (lab, 'serve'))
+    timer.start()
+    try:
+        result, dummy = export_all(lab, made, tmp_path)
+    finally:
+        timer.join()
+        switch_all(lab, 'serve')
+    assert not result['failed'], result.get('msg')
+    assert sum(h['failed_connections'] for h in result['hosts'].values()) >= 1
+    assert all(h['passed_over'] is None for h in result['hosts'].values()), result['hosts']
+    for entry, (uuid, digest, dummy) in zip(result['exports'], made):
+        assert restored_sha256(entry['repository'], tmp_path) == digest
+
+
+def test_an_unchanged_incremental_opens_no_nbd_connection(lab, client, tmp_path):
+    made = disks(lab, client, [4 * MIB])
+    first = made[0][0]
+    disk = client.call('VDI.get_snapshot_of', client.call('VDI.get_by_uuid', first))
+    # CBT on, a full from an anchor, then a snapshot with nothing written in between
+    client.call('VDI.enable_cbt', disk)
+    anchor_ref = client.call('VDI.snapshot', disk, {})
+    anchor = client.call('VDI.get_uuid', anchor_ref)
+    repository = str(tmp_path / 'repo')
+    full, dummy = run_module('vdi_export', dict(lab_connection(lab), exports=[{'snapshot': anchor, 'repository': repository}],
+                                                allocation_map='none'), tmp_path)
+    assert not full['failed'], full.get('msg')
+    client.call('VDI.data_destroy', anchor_ref)
+    second = client.call('VDI.get_uuid', client.call('VDI.snapshot', disk, {}))
+    nbd_counts(lab, reset=True)
+    item = {'snapshot': second, 'base': anchor, 'repository': repository, 'label': 'vm/disk'}
+    result, dummy = run_module('vdi_export', dict(lab_connection(lab), exports=[item]), tmp_path)
+    assert not result['failed'], result.get('msg')
+    entry = result['exports'][0]
+    assert entry['point_type'] == 'incremental' and entry['bytes_read'] == 0 and entry['blocks_changed'] == 0
+    assert entry['connections'] == 0 and entry['nbd_address'] is None
+    assert set(nbd_counts(lab)['peaks'].values()) == {0}
+    assert restored_sha256(repository, tmp_path) == made[0][1]

@@ -41,6 +41,7 @@ from .._nbd.reader import (
     DEFAULT_REQUESTS_IN_FLIGHT,
     DEFAULT_RETRIES,
     ExtentReader,
+    ReadStats,
 )
 from .._nbd.tls import TlsSettings
 from .._image.raw_file import AtomicFile, FileWriter, copy_extents, fsync_directory
@@ -83,7 +84,7 @@ def make_target(nbd_info, tls=True, ca_path=None, timeout=DEFAULT_TIMEOUT, clien
 
 def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNECTIONS,
                    requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
-                   checkpoint=None, allocation=None, progress=None, cancel=None):
+                   checkpoint=None, allocation=None, progress=None, cancel=None, size=None):
     """Export to the raw image ``dest``; return a result dict (see the vdi_export module's RETURN).
 
     ``progress`` and ``cancel``: see :func:`run_export`."""
@@ -105,7 +106,7 @@ def export_to_file(target, dest, changed_blocks=None, connections=DEFAULT_CONNEC
             _check_incremental_dest(dest, size)
     result = run_export(target, changed_blocks, write, check=check, connections=connections,
                         requests_in_flight=requests_in_flight, retries=retries, check_mode=check_mode,
-                        allocation=allocation, progress=progress, cancel=cancel)
+                        allocation=allocation, progress=progress, cancel=cancel, size=size)
     if check_mode and changed_blocks is not None:
         _check_space(dest, result['bytes_to_read'])  # check mode fails where the run would, for lack of space
     if finished:
@@ -142,7 +143,7 @@ def record_failover(result, passed_over, used):
 
 def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CONNECTIONS,
                requests_in_flight=DEFAULT_REQUESTS_IN_FLIGHT, retries=DEFAULT_RETRIES, check_mode=False,
-               allocation=None, progress=None, cancel=None):
+               allocation=None, progress=None, cancel=None, size=None):
     """Plan what to read (all of the export, its allocated blocks, or the bitmap's blocks) and hand it to a
     destination.
 
@@ -157,9 +158,14 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
     for every piece read (from the reader's threads). ``cancel`` (optional, ``is_set()``): checked before
     connecting and between the reader's requests; once set, the export stops with :class:`Cancelled` and its
     destination is left as a failed write leaves it.
+
+    ``size`` (optional): the export's size as the XenAPI gave it. With it, an incremental whose bitmap lists no
+    changed block opens no NBD connection at all (on a host, each connection plugs a VBD into dom0).
     """
     if cancel is not None and cancel.is_set():
         raise Cancelled('the export was cancelled before it connected')
+    if size is not None and changed_blocks is not None and not _cbt.to_extents(_cbt.decode(changed_blocks), size):
+        return _export_nothing(target, write, check, size, check_mode, progress)
     first, passed_over = open_any(target if isinstance(target, list) else [target])
     target = first.target
     try:
@@ -225,6 +231,38 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
         connections=stats.connections,
         reconnects=stats.reconnects,
     )
+    return result
+
+
+class _NothingToRead:
+    """The reader of an incremental without changed blocks: no connection, nothing read."""
+
+    def read(self, extents, writer):  # pylint: disable=unused-argument
+        assert not extents
+        return ReadStats()
+
+    def close(self):
+        pass
+
+
+def _export_nothing(target, write, check, size, check_mode, progress):
+    """run_export for an incremental that lists no changed block: the destination gets its (empty) change and
+    no NBD connection is opened."""
+    first_target = target[0] if isinstance(target, list) else target
+    result = {'export_size': size, 'tls': first_target.tls is not None, 'connections': 0, 'nbd_address': None,
+              'warnings': [], 'blocks_changed': 0}
+    if check is not None:
+        check(size)
+    if check_mode:
+        result.update(changed=False, bytes_read=0, bytes_written=0, bytes_to_read=0, seconds=0.0, throughput_mib_s=0.0)
+        return result
+    if progress is not None:
+        progress.started(0)
+    outcome = write(_NothingToRead(), [], size)
+    if len(outcome) > 2:
+        result.update(outcome[2])
+    result.update(changed=False, bytes_read=0, bytes_written=outcome[1], seconds=0.0, throughput_mib_s=0.0,
+                  reconnects=0)
     return result
 
 

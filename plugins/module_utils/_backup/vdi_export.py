@@ -26,7 +26,7 @@ __metaclass__ = type
 
 
 def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=None, check_mode=False,
-               allocation=None, progress=None, cancel=None):
+               allocation=None, progress=None, cancel=None, size=None):
     """Read the export ``nbd`` (address, port, exportname, cert, subject; or a list of them, the hosts to try
     in order) into the repository or dest.
 
@@ -37,7 +37,7 @@ def export_nbd(params, nbd, changed_blocks, snapshot=None, base_uuid=None, disk=
                for info in (nbd if isinstance(nbd, list) else [nbd])]
     options = dict(connections=params['connections'], requests_in_flight=params['requests_in_flight'],
                    retries=params['retries'], check_mode=check_mode, allocation=allocation, progress=progress,
-                   cancel=cancel)
+                   cancel=cancel, size=size)
     if params['repository']:
         if params.get('compress') not in (None, 'none'):
             options['compression'] = params['compress']
@@ -88,8 +88,9 @@ class SnapshotExport:
     """One snapshot's export, with everything the XenAPI said about it (:func:`prepare_snapshot_export`):
     ``nbd`` lists the hosts that serve it (in the order to try), ``estimated_bytes`` is what it will read."""
 
-    def __init__(self, params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated_bytes):
+    def __init__(self, params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated_bytes, size=None):
         self.params = params
+        self.size = size
         self.nbd = nbd
         self.changed_blocks = changed_blocks
         self.snapshot = snapshot
@@ -98,6 +99,11 @@ class SnapshotExport:
         self.allocation = allocation
         self.estimated_bytes = estimated_bytes
 
+    @property
+    def connects(self):
+        """False for an incremental whose bitmap lists no changed block: it opens no NBD connection."""
+        return not (self.changed_blocks is not None and self.size is not None and self.estimated_bytes == 0)
+
     def run(self, check_mode=False, nbd=None, connections=None, progress=None, cancel=None):
         """Read it (from ``nbd``, default every listed host in order; with ``connections``, default the
         params'); return the vdi_export result. ``progress``, ``cancel``: see export.run_export."""
@@ -105,7 +111,7 @@ class SnapshotExport:
         params = self.params if connections is None else dict(self.params, connections=connections)
         result = export_nbd(params, self.nbd if nbd is None else nbd, self.changed_blocks, snapshot=snapshot,
                             base_uuid=self.base_uuid, disk=self.disk, check_mode=check_mode, allocation=self.allocation,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel, size=self.size)
         result['snapshot'] = snapshot['uuid']
         if self.base_uuid is not None:
             result['base'] = self.base_uuid
@@ -155,7 +161,7 @@ def prepare_snapshot_export(client, params):
         estimated = allocation['map'].allocated_bytes
     else:
         estimated = size
-    return SnapshotExport(params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated)
+    return SnapshotExport(params, nbd, changed_blocks, snapshot, base_uuid, disk, allocation, estimated, size)
 
 
 def full_allocation(client, snap_ref):
