@@ -26,7 +26,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup impor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import scheduler as _scheduler
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vdi_export as _vdi_export
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import Cancelled
-from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import restore, store
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import (
@@ -35,6 +35,7 @@ from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner 
     run_module,
 )
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image
+from ansible_collections.xenserver.cbt_backup.tests.unit.test_module_vdi_export_many import restored_sha256
 
 __metaclass__ = type
 
@@ -57,14 +58,6 @@ def prepared(server, repository, uuid, size=SIZE):
                   retries=0, repository=repository, dest=None, compress='none', run=None)
     snapshot = {'uuid': uuid, 'snapshot_of': 'vdi-' + uuid, 'name': 'disk of ' + uuid, 'time': None}
     return _vdi_export.SnapshotExport(params, [server.nbd_info()], None, snapshot, None, None, None, size)
-
-
-def restored_sha256(repository, tmp_path):
-    out = str(tmp_path / 'restored.raw')
-    with restore.RestoreSource(repository) as source:
-        restore.restore_to_file(source, out, force=True)
-    with open(out, 'rb') as handle:
-        return hashlib.sha256(handle.read()).hexdigest()
 
 
 def image_sha256(image):

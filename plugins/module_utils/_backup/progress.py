@@ -36,12 +36,11 @@ import errno
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 
 from .._errors import Cancelled
-from .._image.raw_file import fsync_directory
+from .._repository.store import write_file_atomically
 from .._time import format_utc, utc_now
 
 __metaclass__ = type
@@ -177,26 +176,9 @@ def document(disks):
 
 
 def write_atomically(path, data):
-    """Write ``data`` (bytes) to ``path``: a new file of mode 0600 in the same directory, fsynced, renamed over
-    ``path``, then the directory fsynced. A reader sees the old document or the new one, never a mix."""
-    directory, name = os.path.split(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix='.%s.' % name, suffix='.tmp', dir=directory)  # mode 0600
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, path)
-    except BaseException:
-        try:
-            os.unlink(temp)
-        except OSError:
-            pass
-        raise
-    fsync_directory(directory)
+    """Write ``data`` (bytes) to ``path`` as every replacing write of the collection does (mode 0600, see
+    store.write_file_atomically): a reader sees the old document or the new one, never a mix."""
+    write_file_atomically(path, data)
 
 
 def lease_problem(path, lease_seconds, now=None):
