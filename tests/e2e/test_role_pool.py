@@ -1,0 +1,142 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The incremental_backup role on a pool of three lab hosts (shared SR, one NBD front each), end to end through the
+backup playbook: the exports spread over every host and move off a host whose NBD server refuses; a run cancelled in
+the middle of its exports (SIGTERM to ansible-playbook, as an AWX cancel sends) stops them within the lease, and the
+next run destroys what it left, says so in its report and backs every disk up; restored disks equal their sources.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, 'scripts', 'demo'))
+from lab_demo import BIN, LabPlaybooks, disk_modes  # noqa: E402 pylint: disable=wrong-import-position
+from test_role_incremental_backup import data_bearing_snapshots, require_tools  # noqa: E402 pylint: disable=wrong-import-position
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import restore  # noqa: E402
+
+__metaclass__ = type
+
+HOSTS = 3
+VMS = ['lab-vm-%02d' % n for n in range(1, 7)]
+MIB = 1024 * 1024
+DISK_SIZE = 128 * MIB
+LEASE_SECONDS = 3
+
+
+@pytest.fixture(scope='module')
+def pool(tmp_path_factory):
+    require_tools()
+    workdir = str(tmp_path_factory.mktemp('role-pool'))
+    lab_args = ['--hosts', str(HOSTS), '--extra-vms', str(len(VMS)), '--extra-vm-disk-size', '128M',
+                '--auth-failure-delay', '0']
+    for name in VMS:
+        lab_args += ['--vm-tags', '%s=nightly' % name]
+    instance = LabPlaybooks(workdir, lab_args=lab_args, verbose=False,
+                            host_vars={'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 2})
+    yield instance
+    instance.stop()
+
+
+def disk_uuids(lab):
+    return dict((r['name_label'], u) for u, r in lab.vdis().items()
+                if r['name_label'].startswith('lab-vm-') and not r['is_a_snapshot'])
+
+
+def fill(lab, seed):
+    """Every disk written whole (the exports then take a while on the lab)."""
+    for number, uuid in enumerate(sorted(disk_uuids(lab).values())):
+        for offset in range(0, DISK_SIZE, 32 * MIB):
+            lab.guest_write(uuid, offset, 32 * MIB, seed * 1000 + number * 100 + offset // MIB)
+
+
+def restored_equals_source(lab, tmp_path):
+    for name, uuid in disk_uuids(lab).items():
+        repository = glob.glob(os.path.join(lab.backups, '*', uuid))[0]
+        out = str(tmp_path / 'restored.raw')
+        with restore.RestoreSource(repository) as source:
+            restore.restore_to_file(source, out, force=True)
+        with open(out, 'rb') as restored, open(lab.vdi_file(uuid), 'rb') as original:
+            assert hashlib.sha256(restored.read()).digest() == hashlib.sha256(original.read().ljust(DISK_SIZE, b'\0')).digest(), name
+
+
+def counts(lab, reset=False):
+    return json.loads(lab.xenlab('nbd-counts', *(['--reset'] if reset else [])))
+
+
+def test_the_exports_spread_over_the_hosts_and_move_off_a_refusing_one(pool, tmp_path):
+    fill(pool, 1)
+    counts(pool, reset=True)
+    pool.xenlab('nbd-switch', '--host', 'lab-host-2', '--switch', 'refuse')
+    try:
+        rc, out = pool.playbook('backup', check=False)
+    finally:
+        pool.xenlab('nbd-switch', '--host', 'lab-host-2', '--switch', 'serve')
+    assert rc == 0, out[-4000:]
+    modes = disk_modes(pool.reports()[-1])
+    assert set(modes.values()) == {('full', 'FIRST_BACKUP', 'ok')} and len(modes) == len(VMS)
+    peaks = counts(pool)['peaks']
+    assert peaks['lab-host-2'] == 0 and peaks['lab-host-1'] > 0 and peaks['lab-host-3'] > 0, peaks
+    assert all(peak <= 16 for peak in peaks.values())
+    assert 'FAILED - RETRYING' not in out
+    restored_equals_source(pool, tmp_path)
+
+
+def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_path):
+    fill(pool, 2)
+    # one connection, one request in flight per disk: the exports last long enough to be interrupted
+    pool.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 1,
+                          'incremental_backup_requests_in_flight': 1, 'incremental_backup_lease_seconds': LEASE_SECONDS})
+    argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', 'backup.yml'), '-i', pool.inventory]
+    proc = subprocess.Popen(argv, env=pool.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    progress_glob = os.path.join(pool.backups, 'reports', '.progress-*.json')
+    try:
+        deadline = time.monotonic() + 120
+        running = False
+        while not running and time.monotonic() < deadline:  # cancel once a disk is being read
+            time.sleep(0.1)
+            for path in glob.glob(progress_glob):
+                try:
+                    with open(path) as handle:
+                        document = json.load(handle)
+                except (IOError, OSError, ValueError):
+                    continue
+                running = any(d['state'] == 'running' and d['bytes_done'] > 0 for d in document['disks'])
+        assert running, 'no export was seen running'
+        proc.send_signal(signal.SIGTERM)
+        killed = time.monotonic()
+        out = proc.communicate(timeout=60)[0].decode('utf-8', 'replace')
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    # the background exports, nobody waiting any more, stop by themselves within the lease and a few seconds
+    while glob.glob(progress_glob) and time.monotonic() - killed < LEASE_SECONDS + 30:
+        time.sleep(0.2)
+    assert not glob.glob(progress_glob) and time.monotonic() - killed <= LEASE_SECONDS + 10
+    assert 'FAILED - RETRYING' not in out
+    # its snapshots stay, marked: those of cancelled exports are leftovers for the next run, those of finished
+    # ones are their repositories' anchors
+    left = data_bearing_snapshots(pool)
+    assert len(left) == len(VMS), left
+
+    # the next run destroys them, says so, and backs up every disk
+    pool.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 2})
+    rc, out = pool.playbook('backup', check=False)
+    assert rc == 0, out[-4000:]
+    report = pool.reports()[-1]
+    assert set(status for dummy, dummy, status in disk_modes(report).values()) == {'ok'}
+    warnings = [w['msg'] for w in report['warnings'] if 'interrupted run' in w['msg']]
+    assert 1 <= len(warnings) <= len(left), (warnings, left)
+    assert data_bearing_snapshots(pool) == []
+    restored_equals_source(pool, tmp_path)
