@@ -96,8 +96,8 @@ def main(argv=None):
             lab.stop()
             shutil.rmtree(work, ignore_errors=True)
         rows.append((count, full / count, statistics.median(unchanged) / count, statistics.median(floor) / count))
-    print('lab, 1 host, %s disk per VM, batch size %d, medians of %d unchanged runs' % (args.disk_size, args.batch_size,
-                                                                                    args.runs))
+    print('lab, 1 host, %s disk per VM, batch size %d, medians of %d unchanged runs'
+          % (args.disk_size, args.batch_size, args.runs))
     print('| VMs | first full run, s/VM | unchanged run, s/VM | XenAPI floor, s/VM | unchanged / floor |')
     print('|---|---|---|---|---|')
     for count, full, unchanged, floor in rows:
