@@ -238,7 +238,8 @@ class _NothingToRead:
     """The reader of an incremental without changed blocks: no connection, nothing read."""
 
     def read(self, extents, writer):  # pylint: disable=unused-argument
-        assert not extents
+        if extents:
+            raise AssertionError('an export without changed blocks was asked to read %d extent(s)' % len(extents))
         return ReadStats()
 
     def close(self):
