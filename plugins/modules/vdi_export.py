@@ -495,7 +495,6 @@ reconnects:
   sample: 0
 '''
 
-import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
@@ -578,18 +577,9 @@ def check_params(module):
     if (params['progress_file'] or params['lease_seconds']) and params['exports'] is None:
         module.fail_json(msg='progress_file and lease_seconds belong to the list form: give exports',
                          error_code='INVALID_OPTION')
-    if params['lease_seconds'] and not params['progress_file']:
-        module.fail_json(msg='lease_seconds needs progress_file (the lease file is <progress_file>.lease)',
-                         error_code='INVALID_OPTION')
-    if params['lease_seconds'] < 0 or 0 < params['lease_seconds'] < _progress.MIN_LEASE_SECONDS:
-        module.fail_json(msg='lease_seconds must be 0 (no lease) or at least %d, not %d'
-                             % (_progress.MIN_LEASE_SECONDS, params['lease_seconds']), error_code='INVALID_OPTION')
-    if params['progress_file'] and not os.path.isabs(params['progress_file']):
-        module.fail_json(msg='progress_file must be an absolute path (export_wait reads it from another process), not '
-                             '%s' % params['progress_file'], error_code='INVALID_OPTION')
-    if params['progress_file'] and not os.path.isdir(os.path.dirname(params['progress_file'])):
-        module.fail_json(msg='the directory of progress_file %s does not exist; create it first'
-                             % params['progress_file'], error_code='INVALID_OPTION')
+    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'])
+    if problem:
+        module.fail_json(msg=problem, error_code='INVALID_OPTION')
     if params['compress'] != 'none' and not (params['repository'] or params['exports']):
         module.fail_json(msg='compress: %s needs repository (a raw dest holds the disk bytes as they are); remove '
                              'compress or export into a repository' % params['compress'], error_code='INVALID_OPTION')
@@ -637,21 +627,6 @@ def exit_with_items(module, items, outcome, cancellation=None):
     module.exit_json(**facts)
 
 
-def start_watch(module, params):
-    """The list form's progress file and lease (None without progress_file); fails the task when the first
-    document cannot be written."""
-    if not params['progress_file']:
-        return None
-    labels = [item.get('label') or item['snapshot'] for item in params['exports']]
-    watch = _progress.ProgressWatch(params['progress_file'], labels, lease_seconds=params['lease_seconds'])
-    try:
-        return watch.start()
-    except (IOError, OSError) as exc:
-        watch.stop()
-        module.fail_json(msg='cannot write progress_file %s: %s; nothing was exported' % (params['progress_file'], exc),
-                         error_code='WRITE_FAILED')
-
-
 def main():
     module = AnsibleModule(
         argument_spec=argument_spec(),
@@ -668,7 +643,9 @@ def main():
     try:
         try:
             if params['exports'] is not None:
-                watch = start_watch(module, params)
+                watch = _xenapi_module.start_progress(
+                    module, params['progress_file'], [item.get('label') or item['snapshot'] for item in params['exports']],
+                    params['lease_seconds'], 'nothing was exported')
                 client = _xenapi_module.make_client(module)
                 client.open()
                 result = _vdi_export.export_snapshots(

@@ -88,6 +88,27 @@ options:
         the host may refuse anyway).
     type: bool
     default: false
+  progress_file:
+    description:
+      - With O(sr) or O(vdi), a JSON file the module rewrites once a second while it uploads, and removes when it
+        ends, in the format of M(xenserver.cbt_backup.vdi_export)'s O(xenserver.cbt_backup.vdi_export#module:progress_file)
+        (one disk, labelled O(label)). Run the task with C(async) and C(poll=0) and wait for it with
+        M(xenserver.cbt_backup.export_wait), which prints the restore's progress (percent, bytes, MiB/s, ETA).
+      - An absolute path in a directory that exists.
+    type: path
+  label:
+    description:
+      - The disk's name in the progress lines (for example C(web01/xvda)); default the repository's directory name.
+    type: str
+  lease_seconds:
+    description:
+      - With O(progress_file), stop the upload when nobody waits for it any more, as
+        O(xenserver.cbt_backup.vdi_export#module:lease_seconds) does (an AWX cancel, SIGINT or SIGTERM to
+        ansible-playbook, a dead controller); the task then fails with C(error_code=CANCELLED), and a VDI it created
+        is destroyed (a VDI given in O(vdi) is left partly overwritten, as after any failed upload).
+      - V(0) (the default) turns the lease off; otherwise at least 2.
+    type: int
+    default: 0
 requirements:
   - XenAPI (for O(sr) and O(vdi))
 notes:
@@ -111,6 +132,26 @@ EXAMPLES = r'''
     repository: /backups/vm1/disk0
     point: 20261124T140101Z-full
     sr: Local storage
+  register: restored
+
+- name: Restore into a new VDI in the background, printing its progress while it runs
+  xenserver.cbt_backup.vdi_restore:
+    hostname: xenserver01.example.com
+    username: backup
+    password: "{{ vault_xenserver_password }}"
+    repository: /backups/vm1/disk0
+    sr: Local storage
+    progress_file: /backups/reports/.restore-vm1-disk0.json
+    label: vm1/xvda
+    lease_seconds: 60
+  async: 86400
+  poll: 0
+  register: restore_job
+
+- name: Wait for the restore
+  xenserver.cbt_backup.export_wait:
+    jid: "{{ restore_job.ansible_job_id }}"
+    progress_file: /backups/reports/.restore-vm1-disk0.json
   register: restored
 
 - name: Overwrite a disk of a halted VM with the newest point
@@ -191,8 +232,12 @@ throughput_mib_s:
   sample: 512.3
 '''
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import progress as _progress
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import Cancelled
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._image.qcow2 import Qcow2Error
@@ -216,6 +261,9 @@ def main():
             vdi=dict(type='str'),
             format=dict(type='str', choices=['vhd', 'raw'], default='vhd'),
             force=dict(type='bool', default=False),
+            progress_file=dict(type='path'),
+            label=dict(type='str'),
+            lease_seconds=dict(type='int', default=0),
         ),
         mutually_exclusive=[('dest', 'sr', 'vdi'), ('name', 'vdi'), ('name', 'dest')],
         required_one_of=[('dest', 'sr', 'vdi')],
@@ -224,6 +272,12 @@ def main():
     params = module.params
     if not params['dest'] and not params['hostname']:
         module.fail_json(msg='sr and vdi need the XenAPI connection: set hostname (or XENSERVER_HOST)', error_code='INVALID_OPTION')
+    if (params['progress_file'] or params['lease_seconds']) and params['dest']:
+        module.fail_json(msg='progress_file and lease_seconds go with sr or vdi (an upload to a host), not dest',
+                         error_code='INVALID_OPTION')
+    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'])
+    if problem:
+        module.fail_json(msg=problem, error_code='INVALID_OPTION')
     try:
         source = RestoreSource(params['repository'], params['point'])
     except RestoreError as exc:
@@ -237,7 +291,7 @@ def main():
                 result = restore_to_file(source, params['dest'], force=params['force'], check_mode=module.check_mode)
             else:
                 result = restore_to_vdi(module, source)
-    except (RestoreError, XenApiError) as exc:
+    except (RestoreError, XenApiError, Cancelled) as exc:
         _xenapi_module.fail(module, exc)
     except (Qcow2Error, VhdError) as exc:
         module.fail_json(msg='reading restore point %s failed: %s. Run xenserver.cbt_backup.backup_verify on %s'
@@ -254,13 +308,26 @@ def main():
 
 def restore_to_vdi(module, source):
     params = module.params
+    label = params['label'] or os.path.basename(os.path.normpath(params['repository']))
+    watch = None if module.check_mode else _xenapi_module.start_progress(
+        module, params['progress_file'], [label], params['lease_seconds'], 'nothing was restored')
+    tracker = watch.disks[0] if watch else None
     client = _xenapi_module.make_client(module)
+    state = 'failed'
     try:
         client.open()
-        return _vdi_import.restore_to_vdi(client, source, sr=params['sr'], vdi=params['vdi'], name=params['name'],
-                                          fmt=params['format'], force=params['force'], check_mode=module.check_mode)
+        if tracker:
+            tracker.running()
+        result = _vdi_import.restore_to_vdi(client, source, sr=params['sr'], vdi=params['vdi'], name=params['name'],
+                                            fmt=params['format'], force=params['force'], check_mode=module.check_mode,
+                                            progress=tracker, cancel=watch.cancellation if watch else None)
+        state = 'done'
+        return result
     finally:
         client.close()
+        if watch:
+            tracker.ended(state if not watch.cancellation.is_set() else 'cancelled')
+            watch.stop()  # removes progress_file and its lease, whatever happened
 
 
 if __name__ == '__main__':

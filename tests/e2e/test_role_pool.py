@@ -140,3 +140,17 @@ def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_
     assert 1 <= len(warnings) <= len(left), (warnings, left)
     assert data_bearing_snapshots(pool) == []
     restored_equals_source(pool, tmp_path)
+
+
+def test_a_restore_through_the_role_waits_with_export_wait_and_equals_the_source(pool):
+    rc, out = pool.playbook('restore', {'incremental_backup_restore_vm': 'lab-vm-01',
+                                        'incremental_backup_restore_sr': 'Local storage'}, check=False)
+    assert rc == 0, out[-4000:]
+    assert 'Restore | Wait for each disk' in out and 'FAILED - RETRYING' not in out
+    assert glob.glob(os.path.join(pool.backups, 'reports', '.restore-*')) == []  # progress and lease files removed
+    source = disk_uuids(pool)['lab-vm-01-disk0']
+    restored = [u for u, r in pool.vdis().items() if r['name_label'] == 'lab-vm-01-disk0 (restored)']
+    assert len(restored) == 1
+    with open(pool.vdi_file(source), 'rb') as original, open(pool.vdi_file(restored[0]), 'rb') as copy:
+        assert hashlib.sha256(copy.read().ljust(DISK_SIZE, b'\0')).digest() == \
+            hashlib.sha256(original.read().ljust(DISK_SIZE, b'\0')).digest()

@@ -10,6 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 from ansible.module_utils.basic import env_fallback, missing_required_lib
 
+from .._backup import progress as _progress
 from .._backup.each import XENAPI_WORKERS, run_each_with_client
 from .._errors import CbtBackupError
 from .._xenapi.client import HAS_XENAPI, XENAPI_IMPORT_ERROR, XenApiClient, XenApiError
@@ -171,3 +172,16 @@ def run_items(module, key, items, one, name_key, error_code, what, name_of=lambd
         fail(module, exc)
     entries = item_entries(module, outcomes, lambda index: {name_key: name_of(items[index])})
     exit_with_items(module, key, entries, error_code, what, name_key)
+
+
+def start_progress(module, path, labels, lease_seconds, nothing_done):
+    """A started progress.ProgressWatch writing ``path`` for ``labels`` (None without ``path``); fails the task,
+    saying ``nothing_done``, when the first document cannot be written."""
+    if not path:
+        return None
+    watch = _progress.ProgressWatch(path, labels, lease_seconds=lease_seconds)
+    try:
+        return watch.start()
+    except (IOError, OSError) as exc:
+        watch.stop()
+        module.fail_json(msg='cannot write progress_file %s: %s; %s' % (path, exc, nothing_done), error_code='WRITE_FAILED')

@@ -53,6 +53,20 @@ LEASE_SUFFIX = '.lease'
 MIN_LEASE_SECONDS = 2
 
 
+def option_problem(progress_file, lease_seconds):
+    """What is wrong with a module's ``progress_file`` and ``lease_seconds`` options, or None."""
+    if lease_seconds and not progress_file:
+        return 'lease_seconds needs progress_file (the lease file is <progress_file>.lease)'
+    if lease_seconds < 0 or 0 < lease_seconds < MIN_LEASE_SECONDS:
+        return 'lease_seconds must be 0 (no lease) or at least %d, not %d' % (MIN_LEASE_SECONDS, lease_seconds)
+    if progress_file and not os.path.isabs(progress_file):
+        return ('progress_file must be an absolute path (export_wait reads it from another process), not %s'
+                % progress_file)
+    if progress_file and not os.path.isdir(os.path.dirname(progress_file)):
+        return 'the directory of progress_file %s does not exist; create it first' % progress_file
+    return None
+
+
 def lease_path(progress_file):
     return progress_file + LEASE_SUFFIX
 
@@ -199,8 +213,9 @@ def lease_problem(path, lease_seconds, now=None):
 def cancel_reason(problem):
     return ('the run was cancelled because the playbook stopped waiting for it (%s): an AWX job cancel, SIGINT or '
             'SIGTERM to ansible-playbook, a timeout of export_wait, or a controller that died. Exports that had not '
-            'started were not started, running ones were stopped before their restore point was recorded; the next '
-            'run into the same repository cleans up what they left.' % problem)
+            'started were not started, running ones were stopped before their restore point was recorded (a restore '
+            'stops before its disk is complete); the next run into the same repository cleans up what they left.'
+            % problem)
 
 
 def _remove(path):

@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - Python 2 is not supported, kept for th
     http_client = None
     quote = None
 
-from ..._errors import CbtBackupError
+from ..._errors import Cancelled, CbtBackupError
 
 __metaclass__ = type
 
@@ -116,10 +116,14 @@ def _mib_s(size, seconds):
     return round(size / 1048576.0 / seconds, 1) if seconds > 0 else 0.0
 
 
-def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', force=False, check_mode=False):
+def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', force=False, check_mode=False,
+                   progress=None, cancel=None):
     """Write a restore point (``source``: a restore.RestoreSource) into a new VDI on ``sr`` or over ``vdi``.
 
     Returns the result dict (with ``warnings``).  A failed upload into a VDI created here destroys that VDI.
+    ``progress`` (optional): told ``started(bytes to send)``, then ``read(length)`` for every piece sent.
+    ``cancel`` (optional, ``is_set()``/``error()``): checked before every piece; once set, the upload stops with
+    its error, as a failed upload does.
     """
     point = source.point
     size = source.virtual_size
@@ -141,6 +145,10 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
     result.update(format=actual_fmt, bytes_to_send=length, bytes_sent=0, seconds=0.0, throughput_mib_s=0.0)
     if check_mode:
         return result
+    if progress is not None or cancel is not None:
+        chunks = _watched(chunks, progress, cancel)
+        if progress is not None:
+            progress.started(length)
     if created:
         description = 'Restored by xenserver.cbt_backup from restore point %s of %s' % (point['id'], source.path)
         vdi_ref, record = create_vdi(client, sr_ref, name, size, description)
@@ -149,10 +157,12 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
         uploaded = upload(client, vdi_ref, actual_fmt, length, chunks,
                           task_label='xenserver.cbt_backup restore %s' % point['id'])
     except Exception as exc:  # pylint: disable=broad-except
+        cause = exc.error if isinstance(exc, SourceError) else exc  # what stopped the body being sent
         if isinstance(exc, XenApiError):
             error = exc
+        elif isinstance(cause, Cancelled):
+            error = cause
         else:  # reading the repository failed while the body was being sent (Qcow2Error, VhdError, OSError)
-            cause = exc.error if isinstance(exc, SourceError) else exc
             error = XenApiError('the upload stopped because reading restore point %s failed: %s. Run '
                                 'xenserver.cbt_backup.backup_verify on %s' % (point['id'], cause, source.path),
                                 code='RESTORE_READ_FAILED')
@@ -175,6 +185,18 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
     result.update(bytes_sent=uploaded.bytes_sent, seconds=round(uploaded.seconds, 3),
                   throughput_mib_s=_mib_s(size, uploaded.seconds))
     return result
+
+
+def _watched(chunks, progress, cancel):
+    """The chunk factory ``chunks`` telling ``progress`` what it sent and stopping once ``cancel`` is set."""
+    def watched():
+        for chunk in chunks():
+            if cancel is not None and cancel.is_set():
+                raise cancel.error()
+            yield chunk
+            if progress is not None:
+                progress.read(len(chunk))
+    return watched
 
 
 def find_target_vdi(client, ident, size, force):

@@ -17,6 +17,8 @@ import pytest
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import cbt_bitmap as _cbt
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import export as _export
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import progress as _progress
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import Cancelled
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import backup, restore, store
@@ -351,6 +353,26 @@ def test_a_failed_upload_destroys_the_new_vdi(repository, http_import):
             _vdi_import.restore_to_vdi(client, source, sr='Local storage', fmt='raw')
     assert info.value.code == 'VDI_IO_ERROR'
     assert 'new-uuid was destroyed' in info.value.message
+    assert ('VDI.destroy', 'OpaqueRef:new') in client.calls
+
+
+def test_an_upload_reports_its_progress_and_stops_when_cancelled(repository, http_import):
+    repo_dir, dummy, dummy2 = repository
+    url, state = http_import
+    tracker = _progress.DiskProgress('vm/disk0')
+    with restore.RestoreSource(repo_dir) as source:
+        result = _vdi_import.restore_to_vdi(FakeClient(url), source, sr='Local storage', progress=tracker)
+    entry = tracker.entry()
+    assert entry['bytes_total'] == result['bytes_to_send'] == entry['bytes_done'] == len(state['requests'][0]['body'])
+
+    cancel = _progress.Cancellation()
+    cancel.cancel('the lease expired')
+    client = FakeClient(url)
+    with restore.RestoreSource(repo_dir) as source:
+        with pytest.raises(Cancelled) as info:
+            _vdi_import.restore_to_vdi(client, source, sr='Local storage', cancel=cancel)
+    assert info.value.code == 'CANCELLED' and 'the lease expired' in info.value.message
+    assert 'new-uuid was destroyed' in info.value.message  # no half-restored disk is left
     assert ('VDI.destroy', 'OpaqueRef:new') in client.calls
 
 
