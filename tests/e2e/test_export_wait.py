@@ -94,6 +94,32 @@ def own_files_only(repository):
         return repo.points
 
 
+def sigterm_once_reading(argv, env, progress_glob, wait=60):
+    """Run ansible-playbook ``argv``; once a progress file matching ``progress_glob`` shows a disk being read,
+    send it SIGTERM (what an AWX cancel does). Returns (the ended process, when it was signalled, its output)."""
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + wait
+        running = False
+        while not running and time.monotonic() < deadline:
+            time.sleep(0.1)
+            for path in glob.glob(progress_glob):
+                try:
+                    document = read_json(path)
+                except (IOError, OSError, ValueError):
+                    continue
+                running = running or any(d['state'] == 'running' and d['bytes_done'] > 0 for d in document['disks'])
+        assert running, 'no export was seen running'
+        proc.send_signal(signal.SIGTERM)
+        killed = time.monotonic()
+        out = proc.communicate(timeout=60)[0].decode('utf-8', 'replace')
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, killed, out
+
+
 def test_the_wait_prints_progress_and_returns_the_result(lab):
     extra = run_vars(lab, 'progress', snapshots(lab, VMS[:2]))
     rc, out = lab.playbook(PLAYBOOK, extra_vars=extra, check=False)
@@ -124,25 +150,7 @@ def test_sigterm_to_ansible_playbook_cancels_the_export_within_the_lease(lab):
     with open(vars_file, 'w') as handle:
         json.dump(extra, handle)
     argv = [os.path.join(BIN, 'ansible-playbook'), PLAYBOOK, '-i', lab.inventory, '-e', '@' + vars_file]
-    proc = subprocess.Popen(argv, env=lab.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        running = False
-        while not running and time.monotonic() < deadline:  # kill it once a disk is being read
-            time.sleep(0.1)
-            try:
-                document = read_json(extra['progress_file'])
-            except (IOError, OSError, ValueError):
-                continue
-            running = any(d['state'] == 'running' and d['bytes_done'] > 0 for d in document['disks'])
-        assert running, 'no export was seen running'
-        proc.send_signal(signal.SIGTERM)
-        killed = time.monotonic()
-        out = proc.communicate(timeout=30)[0].decode('utf-8', 'replace')
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, killed, out = sigterm_once_reading(argv, lab.env(), extra['progress_file'])
     assert proc.returncode != 0
 
     # the background job, nobody waiting for it any more, cancels itself within the lease and a few seconds

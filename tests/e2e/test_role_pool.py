@@ -11,8 +11,6 @@ import glob
 import hashlib
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -21,6 +19,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, 'scripts', 'demo'))
 from lab_demo import BIN, LabPlaybooks, disk_modes  # noqa: E402 pylint: disable=wrong-import-position
+from test_export_wait import sigterm_once_reading  # noqa: E402 pylint: disable=wrong-import-position
 from test_role_incremental_backup import data_bearing_snapshots, require_tools  # noqa: E402 pylint: disable=wrong-import-position
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import restore  # noqa: E402
 
@@ -97,28 +96,8 @@ def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_
     pool.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 1,
                           'incremental_backup_requests_in_flight': 1, 'incremental_backup_lease_seconds': LEASE_SECONDS})
     argv = [os.path.join(BIN, 'ansible-playbook'), os.path.join(ROOT, 'playbooks', 'backup.yml'), '-i', pool.inventory]
-    proc = subprocess.Popen(argv, env=pool.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     progress_glob = os.path.join(pool.backups, 'reports', '.progress-*.json')
-    try:
-        deadline = time.monotonic() + 120
-        running = False
-        while not running and time.monotonic() < deadline:  # cancel once a disk is being read
-            time.sleep(0.1)
-            for path in glob.glob(progress_glob):
-                try:
-                    with open(path) as handle:
-                        document = json.load(handle)
-                except (IOError, OSError, ValueError):
-                    continue
-                running = any(d['state'] == 'running' and d['bytes_done'] > 0 for d in document['disks'])
-        assert running, 'no export was seen running'
-        proc.send_signal(signal.SIGTERM)
-        killed = time.monotonic()
-        out = proc.communicate(timeout=60)[0].decode('utf-8', 'replace')
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    proc, killed, out = sigterm_once_reading(argv, pool.env(), progress_glob, wait=120)
     assert proc.returncode != 0
     # the background exports, nobody waiting any more, stop by themselves within the lease and a few seconds
     while glob.glob(progress_glob) and time.monotonic() - killed < LEASE_SECONDS + 30:
