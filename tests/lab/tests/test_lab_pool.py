@@ -96,6 +96,25 @@ def test_switches_refuse_and_drop_one_host_only(lab, api, psnap):
     assert bad.returncode != 0 and 'no host named lab-host-9' in bad.stderr
 
 
+def test_a_drop_switch_with_times_drops_that_many_connections_then_serves(lab, api, psnap):
+    port = lab.info['hosts'][2]['nbd_port']
+    name = api.VDI.get_nbd_info(psnap)[0]['exportname']
+    try:
+        out = json.loads(xenlab('nbd-switch', '--dir', lab.dir, '--host', 'lab-host-3', '--switch', 'drop',
+                                '--times', '2').stdout)
+        assert out == {'host': 'lab-host-3', 'switch': 'drop', 'ok': True}
+        for dummy in range(2):
+            with pytest.raises((EOFError, ConnectionResetError, ssl.SSLError)):
+                first_sector(lab, port, name)
+        assert first_sector(lab, port, name)  # the third connection is served
+        assert first_sector(lab, port, name)
+    finally:
+        switch(lab, 'lab-host-3', 'serve')
+    bad = xenlab('nbd-switch', '--dir', lab.dir, '--host', 'lab-host-3', '--switch', 'refuse', '--times', '1',
+                 check=False)
+    assert bad.returncode != 0 and 'times goes with drop' in bad.stderr
+
+
 def test_the_connection_cap_counts_per_host(lab, api, psnap):
     hosts = lab.info['hosts']
     name = api.VDI.get_nbd_info(psnap)[0]['exportname']

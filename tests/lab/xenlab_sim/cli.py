@@ -223,8 +223,10 @@ def cmd_path(opts):
 
 
 def cmd_nbd_switch(opts):
-    print(json.dumps(control(opts.dir, '/internal/nbd/switch', {'host': opts.host, 'switch': opts.switch}),
-                     sort_keys=True))
+    args = {'host': opts.host, 'switch': opts.switch}
+    if opts.times is not None:
+        args['times'] = opts.times
+    print(json.dumps(control(opts.dir, '/internal/nbd/switch', args), sort_keys=True))
     return 0
 
 
@@ -300,6 +302,7 @@ def parser():
     switch.add_argument('--dir', required=True)
     switch.add_argument('--host', required=True, help='host name (lab-host-N) or uuid')
     switch.add_argument('--switch', required=True, choices=('serve', 'refuse', 'drop'))
+    switch.add_argument('--times', type=int, help='with drop: drop this many connections, then serve again')
     switch.set_defaults(func=cmd_nbd_switch)
     counts = sub.add_parser('nbd-counts', help="print each host's open NBD connections and their peak")
     counts.add_argument('--dir', required=True)

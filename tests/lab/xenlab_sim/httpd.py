@@ -340,7 +340,7 @@ class ControlHandler(BaseHTTPRequestHandler):
         if path == '/internal/path':
             return {'path': lab.content_path(args['vdi'])}
         if path == '/internal/nbd/switch':
-            return lab.set_nbd_switch(args['host'], args['switch'])
+            return lab.set_nbd_switch(args['host'], args['switch'], args.get('times'))
         if path == '/internal/nbd/counts':
             return lab.nbd_connection_counts(reset=bool(args.get('reset')))
         raise LabError('unknown endpoint %s' % path)

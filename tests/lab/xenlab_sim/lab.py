@@ -41,6 +41,7 @@ class Lab:
         self.nbd_connections = {}  # connection id -> dom0 VBD ref
         self.nbd_hosts = {}  # connection id -> host ref of the front that serves it
         self.nbd_peaks = {}  # host ref -> most connections its front held at once (since the last reset)
+        self.nbd_drops_left = {}  # host ref -> connections a 'drop' switch still drops before serving again
         self.on_change = lambda: None  # the server rewrites lab.json
         self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
         self.store.computed[('VDI', 'allowed_operations')] = self._vdi_allowed_operations
@@ -93,13 +94,20 @@ class Lab:
                 self.nbd_peaks = dict((ref, counts[names[ref]]) for ref in names)
             return {'counts': counts, 'peaks': peaks}
 
-    def set_nbd_switch(self, host_name, switch):
-        """Make a host's front serve, refuse or drop connections; returns when the front is so."""
+    def set_nbd_switch(self, host_name, switch, times=None):
+        """Make a host's front serve, refuse or drop connections; returns when the front is so. With ``times``
+        (drop only), the front drops that many connections, then serves again (a host full for a moment)."""
         if switch not in NBD_SWITCHES:
             raise LabError('the NBD switch is one of %s, not %s' % (', '.join(NBD_SWITCHES), switch))
+        if times is not None and (switch != 'drop' or int(times) < 1):
+            raise LabError('times goes with drop and is at least 1')
         with self.lock:
             host = self.host_by_name_or_uuid(host_name)
             self.nbd_switches[host] = switch
+            if times is None:
+                self.nbd_drops_left.pop(host, None)
+            else:
+                self.nbd_drops_left[host] = int(times)
         self.apply_nbd_mode()
         self.on_change()
         return {'host': host_name, 'switch': switch}
@@ -174,6 +182,11 @@ class Lab:
         with self.lock:
             host_ref = self.store.by_uuid('host', host) if host else self.master()
             if self.nbd_switches.get(host_ref) == 'drop':
+                if host_ref in self.nbd_drops_left:
+                    self.nbd_drops_left[host_ref] -= 1
+                    if not self.nbd_drops_left[host_ref]:  # the last one it drops: serve from the next one on
+                        del self.nbd_drops_left[host_ref]
+                        self.nbd_switches[host_ref] = 'serve'
                 raise LabError('the NBD front of %s drops connections (xenlab nbd-switch)'
                                % self.store.raw('host', host_ref)['name_label'])
             if not self.session_valid(session):
