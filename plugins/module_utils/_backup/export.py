@@ -164,8 +164,12 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
     """
     if cancel is not None and cancel.is_set():
         raise Cancelled('the export was cancelled before it connected')
-    if size is not None and changed_blocks is not None and not _cbt.to_extents(_cbt.decode(changed_blocks), size):
-        return _export_nothing(target, write, check, size, check_mode, progress)
+    planned = None  # the bitmap's extents, when the XenAPI's size is known before connecting
+    if size is not None and changed_blocks is not None:
+        planned = _cbt.to_extents(_cbt.decode(changed_blocks), size)
+        if not planned:
+            return _export_nothing(target, write, check, size, check_mode, progress)
+    known_size = size
     first, passed_over = open_any(target if isinstance(target, list) else [target])
     target = first.target
     try:
@@ -195,8 +199,8 @@ def run_export(target, changed_blocks, write, check=None, connections=DEFAULT_CO
                 result['warnings'].append('the host gave no allocation map (%s): the full export reads the whole '
                                           'disk' % reason)
         else:
-            raw = _cbt.decode(changed_blocks)
-            extents = _cbt.to_extents(raw, size)
+            # decoded once: the extents planned above serve when the server agrees on the size
+            extents = planned if known_size == size else _cbt.to_extents(_cbt.decode(changed_blocks), size)
             result['blocks_changed'] = sum(-(-length // CBT_BLOCK_SIZE) for _o, length in extents)
         if check is not None:
             check(size)

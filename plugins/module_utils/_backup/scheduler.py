@@ -129,9 +129,8 @@ class _Job:
         self.hosts = [host_key(info) for info in export.nbd]
         # a small disk does not hold connections it cannot use (as run_export opens them); an incremental that
         # lists no changed block opens none
-        self.connections = max(1, min(connections, -(-export.estimated_bytes // DEFAULT_REQUEST_SIZE)))
-        if not getattr(export, 'connects', True):
-            self.connections = 0
+        self.connections = max(1, min(connections, -(-export.estimated_bytes // DEFAULT_REQUEST_SIZE))) \
+            if export.connects else 0
         self.passed_over = []  # (host, error) of the hosts that did not serve it
         # each listed host once, and two more tries (a host that was full for a moment serves again)
         self.attempts_left = len(set(self.hosts)) + 2
