@@ -6,8 +6,9 @@
 About every second the export_progress module runs on the task's host (where the export runs and writes its
 files): it renews the run's lease, reads the progress file and tells whether the async job has ended. Every
 ``interval`` seconds the running disks are printed, one line each. Once the job has ended, its result is read
-and its job file removed with ansible.legacy.async_status (the module the builtin async_status action runs, with
-the async directory that action computes), a line per disk sums it up, and the result is returned.
+with ansible.legacy.async_status (the module the builtin async_status action runs, with the async directory that
+action computes); then its job file is removed with the job's ``record`` (written at the first look, it tells the
+next run what a cancelled playbook left: export_leftovers), a line per disk sums it up, and the result is returned.
 
 The lease is only ever renewed by this loop: when the worker running it dies (SIGINT or SIGTERM forwarded by
 ansible-playbook, an AWX cancel) or the controller goes away, nothing renews it, and the export cancels itself
@@ -42,6 +43,8 @@ ARGUMENT_SPEC = dict(
     progress_file=dict(type='str', required=True),  # a path on the task's host: export_progress expands it there
     timeout=dict(type='int', default=86400),
     interval=dict(type='int', default=5),
+    record=dict(type='str'),          # a path on the task's host: see export_progress
+    also_renew=dict(type='list', elements='str', default=[]),
 )
 
 
@@ -150,9 +153,10 @@ class ActionModule(ActionBase):
         """Where async job files are on the task's host: what the builtin async_status action reads."""
         return self._remote_expand_user(self.get_shell_option('async_dir', default='~/.ansible_async'))
 
-    def _look(self, args, async_dir, task_vars, lease):
+    def _look(self, args, async_dir, task_vars, lease, forget=False):
         return self._execute_module(module_name=PROGRESS_MODULE, task_vars=task_vars, module_args=dict(
-            jid=args['jid'], async_dir=async_dir, progress_file=args['progress_file'], lease=lease, cleanup=True))
+            jid=args['jid'], async_dir=async_dir, progress_file=args['progress_file'], lease=lease, cleanup=True,
+            also_renew=args['also_renew'], record=args['record'], forget=forget))
 
     def _async_status(self, jid, async_dir, mode, task_vars):
         return self._execute_module(module_name=ASYNC_STATUS, task_vars=task_vars,
@@ -241,7 +245,7 @@ class ActionModule(ActionBase):
     def _finish(self, result, args, async_dir, task_vars, host, seen, timed_out):
         jid = args['jid']
         job = self._async_status(jid, async_dir, 'status', task_vars)
-        cleanup = self._async_status(jid, async_dir, 'cleanup', task_vars)
+        cleanup = self._look(args, async_dir, task_vars, 'keep', forget=True)  # the job file and the record
         if cleanup.get('failed'):
             display.warning('export_wait: the job file of %s could not be removed: %s' % (jid, cleanup.get('msg')))
         for key in ASYNC_KEYS:

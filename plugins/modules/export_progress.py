@@ -54,6 +54,27 @@ options:
     type: str
     choices: [renew, release, keep]
     default: renew
+  also_renew:
+    description:
+      - The progress files of other runs whose leases to renew at the same time (with O(lease=renew), while the
+        job O(jid) has not ended). M(xenserver.cbt_backup.export_wait) passes the uploads of one VM started
+        together, so that the lease of the second disk holds while the wait is on the first.
+    type: list
+    elements: path
+    default: []
+  record:
+    description:
+      - A file naming the job (its O(jid), O(async_dir) and O(progress_file)), written once (atomically, mode
+        0600) when the job is found and the file is not there yet. If the playbook is cancelled, the record
+        tells the next run which job file to remove (M(xenserver.cbt_backup.export_leftovers)).
+      - Needs O(jid).
+    type: path
+  forget:
+    description:
+      - The job's result has been read (with M(ansible.builtin.async_status)), so remove its job file from
+        O(async_dir) and the O(record). Needs O(jid).
+    type: bool
+    default: false
   cleanup:
     description:
       - Once the job has ended, remove O(progress_file) and its lease file if they are still there (the module
@@ -65,6 +86,7 @@ notes:
 seealso:
   - module: xenserver.cbt_backup.export_wait
   - module: xenserver.cbt_backup.vdi_export
+  - module: xenserver.cbt_backup.export_leftovers
 '''
 
 EXAMPLES = r'''
@@ -105,7 +127,7 @@ job:
       type: bool
       sample: false
 removed:
-  description: Files removed by O(cleanup).
+  description: Files removed by O(cleanup) and O(forget).
   type: list
   elements: str
   returned: always
@@ -117,25 +139,7 @@ import json
 import os
 
 from ansible.module_utils.basic import AnsibleModule
-
-
-def job_state(async_dir, jid):
-    """``{'found', 'finished'}`` of the async job, read as ansible.builtin.async_status reads it."""
-    path = os.path.join(async_dir, jid)
-    try:
-        with open(path) as handle:
-            text = handle.read()
-    except (IOError, OSError) as exc:
-        if exc.errno == errno.ENOENT:
-            return {'found': False, 'finished': False}
-        raise
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {'found': True, 'finished': False}  # not written yet: the job is running
-    if not isinstance(data, dict):
-        return {'found': True, 'finished': True}
-    return {'found': True, 'finished': 'started' not in data or bool(data.get('finished'))}
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import jobs as _jobs
 
 
 def read_progress(path):
@@ -150,6 +154,43 @@ def read_progress(path):
         return None  # written atomically, so this is not a progress file of this collection
 
 
+def renew(lease_file):
+    """Set the lease's modification time to now, never creating it: 'renewed' or 'missing'."""
+    try:
+        os.utime(lease_file, None)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return 'missing'
+    return 'renewed'
+
+
+def look(params, result):
+    """One look at the job, its lease and its progress (see DOCUMENTATION), into ``result``."""
+    lease_file = params['progress_file'] + '.lease'
+    ended = False
+    if params['jid']:
+        result['job'] = _jobs.job_state(params['async_dir'], params['jid'])
+        ended = result['job']['finished']
+        if params['forget']:
+            result['removed'] += _jobs.forget(params['async_dir'], params['jid'], params['record'])
+        elif params['record'] and result['job']['found']:
+            result['changed'] = _jobs.write_record(params['record'], params['jid'], params['async_dir'],
+                                                   params['progress_file'])
+    if ended:
+        result['lease'] = 'ended'
+        if params['cleanup']:
+            result['removed'] += [path for path in (params['progress_file'], lease_file) if _jobs.remove(path)]
+    elif params['lease'] == 'renew':
+        result['lease'] = renew(lease_file)
+    elif params['lease'] == 'release':
+        result['lease'] = 'released' if _jobs.remove(lease_file) else 'missing'
+    if not ended and params['lease'] == 'renew':
+        for other in params['also_renew']:
+            renew(other + '.lease')
+    result['progress'] = None if ended else read_progress(params['progress_file'])
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -157,48 +198,22 @@ def main():
             jid=dict(type='str'),
             async_dir=dict(type='path', default='~/.ansible_async'),
             lease=dict(type='str', default='renew', choices=['renew', 'release', 'keep']),
+            also_renew=dict(type='list', elements='path', default=[]),
             cleanup=dict(type='bool', default=True),
+            record=dict(type='path'),
+            forget=dict(type='bool', default=False),
         ),
+        required_by={'record': 'jid'},
         supports_check_mode=True,
     )
     params = module.params
-    if not os.path.isabs(params['progress_file']):
-        module.fail_json(msg='progress_file must be an absolute path, as given to vdi_export, not %s'
-                             % params['progress_file'], error_code='INVALID_OPTION')
-    lease_file = params['progress_file'] + '.lease'
+    for path in [params['progress_file'], params['record']] + params['also_renew']:
+        if path and not os.path.isabs(path):
+            module.fail_json(msg='progress_file, also_renew and record take absolute paths (as given to vdi_export '
+                                 'and export_wait), not %s' % path, error_code='INVALID_OPTION')
     result = dict(changed=False, removed=[], lease='kept')
-    ended = False
     try:
-        if params['jid']:
-            result['job'] = job_state(params['async_dir'], params['jid'])
-            ended = result['job']['finished']
-        if ended:
-            result['lease'] = 'ended'
-            if params['cleanup']:
-                for path in (params['progress_file'], lease_file):
-                    try:
-                        os.unlink(path)
-                        result['removed'].append(path)
-                    except OSError as exc:
-                        if exc.errno != errno.ENOENT:
-                            raise
-        elif params['lease'] == 'renew':
-            try:
-                os.utime(lease_file, None)  # never creates it
-                result['lease'] = 'renewed'
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                result['lease'] = 'missing'
-        elif params['lease'] == 'release':
-            try:
-                os.unlink(lease_file)
-                result['lease'] = 'released'
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                result['lease'] = 'missing'
-        result['progress'] = None if ended else read_progress(params['progress_file'])
+        look(params, result)
     except (IOError, OSError) as exc:
         module.fail_json(msg='cannot read or renew the progress of the export (%s): %s' % (params['progress_file'], exc),
                          error_code='READ_FAILED', **result)

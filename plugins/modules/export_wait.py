@@ -22,7 +22,7 @@ description:
     of the bytes to read (MiB or GiB), rate (MiB/s) and estimated time left, and one line with how many disks are
     queued, running and ended.
   - When the job has ended it removes the async job file (as M(ansible.builtin.async_status) with C(mode=cleanup)
-    does), prints one line per disk (label, ok or failed, bytes read, seconds) and returns the job's result.
+    does) and the O(record), prints one line per disk (label, ok or failed, bytes read, seconds) and returns the job's result.
   - If the playbook stops waiting (an AWX job cancel, SIGINT or SIGTERM to ansible-playbook, a controller that
     dies), nobody renews the lease any more, and a run started with O(xenserver.cbt_backup.vdi_export#module:lease_seconds)
     cancels itself within that many seconds. The next run cleans up what the cancelled exports left.
@@ -64,6 +64,22 @@ options:
       - Seconds between two rounds of progress lines.
     type: int
     default: 5
+  record:
+    description:
+      - A file on the task's host that names the job while this task waits (written at the first look, mode
+        0600) and is removed with the job file at the end. When the playbook is cancelled, it is left behind;
+        M(xenserver.cbt_backup.export_leftovers) given the same path then removes the job file the cancelled
+        run left in the async directory, once the job has ended.
+      - An absolute path; the role uses C(<incremental_backup_report_dir>/.export-<inventory_hostname>.job).
+    type: path
+  also_renew:
+    description:
+      - The progress files of other background runs whose leases this task renews as well while it waits, for
+        example the other disks of a VM restored at once with M(xenserver.cbt_backup.vdi_restore), so that their
+        leases hold while the wait is on the first disk.
+    type: list
+    elements: path
+    default: []
 notes:
   - The job's result is returned once, and its job file is removed; a second wait for the same O(jid) fails with
     C(error_code=JOB_NOT_FOUND).
@@ -72,6 +88,7 @@ notes:
 seealso:
   - module: xenserver.cbt_backup.vdi_export
   - module: xenserver.cbt_backup.export_progress
+  - module: xenserver.cbt_backup.export_leftovers
   - module: ansible.builtin.async_status
 '''
 

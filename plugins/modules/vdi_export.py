@@ -232,6 +232,22 @@ options:
         connection to the host the module runs on (for example 60).
     type: int
     default: 0
+  logout_on_abandon:
+    description:
+      - With O(lease_seconds), log out the XenAPI session given in O(session_id) when the run was abandoned,
+        that is when its lease file grew older than O(lease_seconds) (an AWX job cancel, SIGINT or SIGTERM to
+        ansible-playbook, a dead controller), so the playbook that would have logged out is gone. The session
+        is logged out after the exports have stopped.
+      - Since a playbook can be killed just before the exports end, the module then waits for one more renewal
+        of the lease (about a second while M(xenserver.cbt_backup.export_wait) waits); a lease that instead grows
+        older than O(lease_seconds) means the run was abandoned all the same.
+      - A lease released on purpose (its file deleted, as M(xenserver.cbt_backup.export_wait) does on its
+        timeout) cancels the run but leaves the session to the playbook, which goes on.
+      - Set it only when the session belongs to the playbook run alone (the role sets it when it logged in
+        itself, not with C(incremental_backup_session_id)). A session this module logged in itself (with
+        O(username) and O(password)) is always logged out when the module ends.
+    type: bool
+    default: false
   max_host_connections:
     description:
       - With O(exports), at most this many NBD connections per host at any instant, across every export of the
@@ -523,6 +539,7 @@ def argument_spec():
         )),
         progress_file=dict(type='path'),
         lease_seconds=dict(type='int', default=0),
+        logout_on_abandon=dict(type='bool', default=False),
         max_host_connections=dict(type='int', default=MAX_CONNECTIONS),
         snapshot=dict(type='str'),
         base=dict(type='str'),
@@ -577,7 +594,7 @@ def check_params(module):
     if (params['progress_file'] or params['lease_seconds']) and params['exports'] is None:
         module.fail_json(msg='progress_file and lease_seconds belong to the list form: give exports',
                          error_code='INVALID_OPTION')
-    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'])
+    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'], params['logout_on_abandon'])
     if problem:
         module.fail_json(msg=problem, error_code='INVALID_OPTION')
     if params['compress'] != 'none' and not (params['repository'] or params['exports']):
@@ -661,10 +678,7 @@ def main():
                 result = _vdi_export.export_nbd(params, params['nbd'], params['changed_blocks'],
                                                 check_mode=module.check_mode)
         finally:
-            if client is not None:
-                client.close()  # logs out a session this module logged in
-            if watch is not None:
-                watch.stop()  # removes progress_file and its lease, whatever happened
+            _xenapi_module.close_after_progress(module, client, watch, params['logout_on_abandon'])
     except CbtBackupError as exc:  # every error names its condition in ``code`` (NBD_TIMEOUT, REPOSITORY_DAMAGED...)
         _xenapi_module.fail(module, exc)
     except (IOError, OSError) as exc:

@@ -109,6 +109,15 @@ options:
       - V(0) (the default) turns the lease off; otherwise at least 2.
     type: int
     default: 0
+  logout_on_abandon:
+    description:
+      - With O(lease_seconds), log out the XenAPI session given in O(session_id) when the upload was abandoned
+        (its lease file grew older than O(lease_seconds)), after the upload has stopped and its new VDI was
+        destroyed; see O(xenserver.cbt_backup.vdi_export#module:logout_on_abandon). Only for a session no other
+        task still uses; when several uploads share a session, let each log in with O(username) and O(password)
+        instead (a session the module logged in itself is always logged out when it ends).
+    type: bool
+    default: false
 requirements:
   - XenAPI (for O(sr) and O(vdi))
 notes:
@@ -264,6 +273,7 @@ def main():
             progress_file=dict(type='path'),
             label=dict(type='str'),
             lease_seconds=dict(type='int', default=0),
+            logout_on_abandon=dict(type='bool', default=False),
         ),
         mutually_exclusive=[('dest', 'sr', 'vdi'), ('name', 'vdi'), ('name', 'dest')],
         required_one_of=[('dest', 'sr', 'vdi')],
@@ -275,7 +285,7 @@ def main():
     if (params['progress_file'] or params['lease_seconds']) and params['dest']:
         module.fail_json(msg='progress_file and lease_seconds go with sr or vdi (an upload to a host), not dest',
                          error_code='INVALID_OPTION')
-    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'])
+    problem = _progress.option_problem(params['progress_file'], params['lease_seconds'], params['logout_on_abandon'])
     if problem:
         module.fail_json(msg=problem, error_code='INVALID_OPTION')
     try:
@@ -324,10 +334,9 @@ def restore_to_vdi(module, source):
         state = 'done'
         return result
     finally:
-        client.close()
         if watch:
             tracker.ended(state if not watch.cancellation.is_set() else 'cancelled')
-            watch.stop()  # removes progress_file and its lease, whatever happened
+        _xenapi_module.close_after_progress(module, client, watch, params['logout_on_abandon'])
 
 
 if __name__ == '__main__':

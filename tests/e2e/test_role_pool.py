@@ -85,6 +85,11 @@ def cancelled_exports(lab):
     raise AssertionError('the background job of the cancelled run did not end')
 
 
+def collection_sessions(lab):
+    """The lab's sessions that the collection logged in and did not log out."""
+    return [s for s in json.loads(lab.xenlab('sessions')) if s['originator'] == 'xenserver.cbt_backup']
+
+
 def counts(lab, reset=False):
     return json.loads(lab.xenlab('nbd-counts', *(['--reset'] if reset else [])))
 
@@ -108,6 +113,7 @@ def test_the_exports_spread_over_the_hosts_and_move_off_a_refusing_one(pool, tmp
 
 
 def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_path):
+    assert collection_sessions(pool) == []  # every run so far logged out
     fill(pool, 2)
     # one connection, one request in flight per disk: the exports last long enough to be interrupted
     pool.write_inventory({'incremental_backup_vm_tags': ['nightly'], 'incremental_backup_connections': 1,
@@ -125,6 +131,8 @@ def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_
     # the background job ended: the exports that had not finished within the lease were cancelled (how many depends
     # on the machine's speed: an export that finished before the lease ran out keeps its point)
     cancelled = cancelled_exports(pool)
+    # the abandoned job logged out the role's session (the playbook that would have done it was killed)
+    assert collection_sessions(pool) == []
     # its snapshots stay, marked: those of cancelled exports are leftovers for the next run, those of finished
     # ones are their repositories' anchors
     left = data_bearing_snapshots(pool)
@@ -137,10 +145,16 @@ def test_a_cancelled_run_stops_its_exports_and_the_next_run_cleans_up(pool, tmp_
     report = pool.reports()[-1]
     assert set(status for dummy, dummy, status in disk_modes(report).values()) == {'ok'}
     # exactly the snapshots of the cancelled exports were leftovers (the others were their repositories' anchors)
-    warnings = [w['msg'] for w in report['warnings'] if 'interrupted run' in w['msg']]
+    warnings = [w['msg'] for w in report['warnings'] if 'destroyed the snapshot' in w['msg']]
     assert len(warnings) == len(cancelled), (warnings, cancelled)
     assert all(any(snapshot in w for w in warnings) for snapshot in cancelled)
     assert data_bearing_snapshots(pool) == []
+    # and removed the async job file the cancelled run left (the job had ended), naming it in the report
+    jobs = [w['msg'] for w in report['warnings'] if 'left its export job' in w['msg']]
+    assert len(jobs) == 1 and 'its job file was removed' in jobs[0] and '%d cancelled' % len(cancelled) in jobs[0], jobs
+    assert glob.glob(os.path.join(pool.workdir, 'async', 'j*')) == []
+    assert glob.glob(os.path.join(pool.backups, 'reports', '.*')) == []  # no record, progress or lease file
+    assert collection_sessions(pool) == []
     restored_equals_source(pool, tmp_path)
 
 
@@ -149,7 +163,8 @@ def test_a_restore_through_the_role_waits_with_export_wait_and_equals_the_source
                                         'incremental_backup_restore_sr': 'Local storage'}, check=False)
     assert rc == 0, out[-4000:]
     assert 'Restore | Wait for each disk' in out and 'FAILED - RETRYING' not in out
-    assert glob.glob(os.path.join(pool.backups, 'reports', '.restore-*')) == []  # progress and lease files removed
+    assert glob.glob(os.path.join(pool.backups, 'reports', '.restore-*')) == []  # progress, lease, record removed
+    assert collection_sessions(pool) == []  # each upload logged in and out by itself
     source = disk_uuids(pool)['lab-vm-01-disk0']
     restored = [u for u, r in pool.vdis().items() if r['name_label'] == 'lab-vm-01-disk0 (restored)']
     assert len(restored) == 1

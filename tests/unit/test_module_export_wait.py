@@ -124,6 +124,70 @@ def test_export_progress_reads_the_job_as_async_status_does(tmp_path, async_dir)
     assert not (tmp_path / 'progress.json').exists() and (async_dir / JID).exists()
 
 
+def test_export_progress_renews_the_other_leases_it_is_given(tmp_path, async_dir):
+    write_job(async_dir, RUNNING)
+    others = [tmp_path / 'disk1.json', tmp_path / 'disk2.json']
+    for other in others[:1]:
+        (tmp_path / (other.name + '.lease')).write_text(u'')
+        os.utime(str(tmp_path / (other.name + '.lease')), (time.time() - 100, time.time() - 100))
+    look(tmp_path, async_dir, also_renew=[str(other) for other in others])
+    assert time.time() - (tmp_path / 'disk1.json.lease').stat().st_mtime < 30
+    assert not (tmp_path / 'disk2.json.lease').exists()  # renewed, never created
+    look(tmp_path, async_dir, lease='keep', also_renew=[str(others[0])])  # only a renewing look renews them
+
+
+def test_export_progress_records_the_job_and_forgets_it_with_its_job_file(tmp_path, async_dir):
+    record = tmp_path / 'run.job'
+    look(tmp_path, async_dir, record=str(record))
+    assert not record.exists()  # no such job: nothing to record
+    write_job(async_dir, RUNNING)
+    result = look(tmp_path, async_dir, record=str(record))
+    assert result['changed'] is True and (os.stat(str(record)).st_mode & 0o777) == 0o600
+    content = json.loads(record.read_text())
+    assert content['jid'] == JID and content['async_dir'] == str(async_dir)
+    assert content['progress_file'] == str(tmp_path / 'progress.json')
+    assert look(tmp_path, async_dir, record=str(record))['changed'] is False  # written once
+    write_job(async_dir, {'changed': True, 'exports': []})
+    result = look(tmp_path, async_dir, record=str(record), forget=True, lease='keep')
+    assert sorted(result['removed']) == sorted([str(async_dir / JID), str(record)])
+    assert not record.exists() and not (async_dir / JID).exists()
+
+
+def leftovers(tmp_path, records, check=False):
+    result, dummy = run_module('export_leftovers', dict(records=records), tmp_path, check=check)
+    return result
+
+
+def test_export_leftovers_removes_what_a_cancelled_wait_left_once_the_job_has_ended(tmp_path, async_dir):
+    record = str(tmp_path / 'run.job')
+    write_job(async_dir, RUNNING)
+    (tmp_path / 'progress.json').write_text(u'{}')
+    (tmp_path / 'progress.json.lease').write_text(u'')
+    look(tmp_path, async_dir, record=record)
+    # the job still runs (its lease has not run out yet): everything stays for a later run
+    result = leftovers(tmp_path, [record, str(tmp_path / 'none.job')])
+    assert not result['failed'] and result['changed'] is False
+    assert [(j['jid'], j['state'], j['removed']) for j in result['jobs']] == [(JID, 'running', [])]
+    write_job(async_dir, {'failed': True, 'error_code': 'EXPORTS_FAILED', 'exports': [
+        {'failed': False}, {'failed': True, 'error_code': 'CANCELLED'}, {'failed': True, 'error_code': 'CANCELLED'}]})
+    expected = sorted([str(async_dir / JID), str(tmp_path / 'progress.json'), str(tmp_path / 'progress.json.lease'), record])
+    result = leftovers(tmp_path, [record], check=True)
+    assert result['changed'] is True and sorted(result['jobs'][0]['removed']) == expected
+    assert os.path.exists(record) and (async_dir / JID).exists()  # check mode removes nothing
+    result = leftovers(tmp_path, [record])
+    job = result['jobs'][0]
+    assert job['state'] == 'ended' and job['summary'] == {'ok': 1, 'cancelled': 2, 'failed': 0}
+    assert sorted(job['removed']) == expected and all(not os.path.exists(path) for path in expected)
+    assert leftovers(tmp_path, [record])['jobs'] == []
+
+
+def test_export_leftovers_never_touches_a_file_it_did_not_write(tmp_path, async_dir):
+    foreign = tmp_path / 'notes.job'
+    foreign.write_text(u'{"jid": "j1", "async_dir": "/etc"}\n')
+    result = leftovers(tmp_path, [str(foreign)])
+    assert result['failed'] and result['error_code'] == 'INVALID_RECORD' and foreign.exists()
+
+
 # -- export_wait --------------------------------------------------------------------------------------------
 
 
@@ -205,12 +269,13 @@ def test_export_wait_prints_progress_renews_the_lease_and_returns_the_result(tmp
         {'snapshot': 's1', 'label': 'vm1/xvda', 'failed': False, 'bytes_read': 8 * MIB, 'seconds': 4.0},
         {'snapshot': 's2', 'label': 'vm2/xvda', 'failed': False, 'bytes_read': 8 * MIB, 'seconds': 2.0}]}
     with FakeJob(tmp_path, async_dir, steps, result) as job:
-        outcome, output, elapsed = wait(tmp_path)
+        outcome, output, elapsed = wait(tmp_path, record=str(tmp_path / 'run.job'))
     assert not outcome['failed'], outcome
     for key in ('changed', 'bytes_read', 'hosts', 'exports'):
         assert outcome[key] == result[key], key
     assert outcome['ansible_job_id'] == JID and 'started' not in outcome and 'finished' not in outcome
     assert not (async_dir / JID).exists()  # cleaned up as async_status mode=cleanup does
+    assert not (tmp_path / 'run.job').exists()  # and the record with it
 
     lines = re.findall(r'^\[localhost\] vm1/xvda: \d+\.\d%, \d+\.\d MiB of 8\.0 MiB, 2\.0 MiB/s, ETA \d+s$', output, re.M)
     assert len(lines) >= 2, output  # every interval (1 s) while it ran (about 5 s)

@@ -28,6 +28,7 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup impor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import Cancelled
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import store
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient, XenApiError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vdi_import as _vdi_import
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import (
     collections_path,
@@ -276,7 +277,46 @@ def test_the_module_reports_labels_and_removes_its_files(lab, client, tmp_path):
     assert lab.info['password'] not in json.dumps(reader.documents())
 
 
+@pytest.mark.parametrize('end_the_lease, abandoned', [
+    (lambda lease: os.utime(lease, (time.time() - 60, time.time() - 60)), True),  # nobody renews it: the waiter died
+    (os.unlink, False),  # released on purpose (export_wait's timeout): the playbook goes on with its session
+])
+def test_an_abandoned_run_logs_out_the_session_it_was_given(lab, client, tmp_path, end_the_lease, abandoned):
+    snapshots = lab_disks(lab, client, 8, 64 * MIB)
+    path = str(tmp_path / 'progress.json')
+    items = [{'snapshot': uuid, 'repository': str(tmp_path / 'repos' / uuid)} for uuid in snapshots]
+    with XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
+                      ca_path=lab.info['ca_cert'], timeout=30) as playbook:
+        # one disk after another, one request at a time: the run outlasts the first lease check (1 s)
+        args = dict(hostname=lab.info['url'], ca_path=lab.info['ca_cert'], session_id=playbook.session_id,
+                    exports=items, allocation_map='none', progress_file=path, lease_seconds=2, logout_on_abandon=True,
+                    connections=1, max_host_connections=1, requests_in_flight=1)
+
+        def end_it():
+            deadline = time.time() + 60
+            while not os.path.exists(path + '.lease') and time.time() < deadline:
+                time.sleep(0.01)
+            end_the_lease(path + '.lease')
+        ender = threading.Thread(target=end_it)
+        ender.start()
+        result, output = run_module('vdi_export', args, tmp_path)
+        ender.join()
+        assert result['failed'] and 'cancelled' in result['msg'], result.get('msg')
+        assert 'CANCELLED' in [e.get('error_code') for e in result['exports']]
+        # (asked on the session alone: the SDK's session object would log in again with its password)
+        attached = XenApiClient(lab.info['url'], session_id=playbook.session_id, ca_path=lab.info['ca_cert'], timeout=30)
+        if abandoned:
+            with pytest.raises(XenApiError) as caught:
+                attached.open()
+            assert caught.value.code == 'SESSION_INVALID'
+            playbook.logged_in = False
+        else:
+            attached.open()  # still logged in: the playbook logs out itself
+    assert playbook.session_id not in output
+
+
 @pytest.mark.parametrize('extra, fragment', [
+    (dict(logout_on_abandon=True, progress_file='{tmp}/p.json'), 'logout_on_abandon needs lease_seconds'),
     (dict(lease_seconds=30), 'lease_seconds needs progress_file'),
     (dict(lease_seconds=1, progress_file='{tmp}/p.json'), 'lease_seconds must be 0 (no lease) or at least 2, not 1'),
     (dict(lease_seconds=-5, progress_file='{tmp}/p.json'), 'not -5'),

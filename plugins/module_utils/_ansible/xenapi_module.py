@@ -185,3 +185,23 @@ def start_progress(module, path, labels, lease_seconds, nothing_done):
     except (IOError, OSError) as exc:
         watch.stop()
         module.fail_json(msg='cannot write progress_file %s: %s; %s' % (path, exc, nothing_done), error_code='WRITE_FAILED')
+
+
+def close_after_progress(module, client, watch, logout_on_abandon):
+    """The end of a run watched by ``watch`` (a ProgressWatch or None): close ``client`` (which logs out a session
+    it logged in), and, when the run was abandoned (its lease ran out: the playbook that would have logged out is
+    gone) and ``logout_on_abandon`` is set, log out the session it was given too. Then stop the watch, which
+    removes the progress and lease files. Never raises: a failed logout becomes a warning."""
+    try:
+        if client is not None:
+            if watch is not None and logout_on_abandon and not client.logged_in:
+                watch.await_waiter()
+            if watch is not None and watch.abandoned and logout_on_abandon and not client.logged_in:
+                try:
+                    client.logout()
+                except CbtBackupError as exc:
+                    module.warn('the run was abandoned, but logging out its session failed: %s' % exc)
+            client.close()
+    finally:
+        if watch is not None:
+            watch.stop()

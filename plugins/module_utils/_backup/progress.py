@@ -17,12 +17,17 @@ document; mode 0600)::
 average of the whole export once it is done); ``eta_s`` is null while it cannot be told.
 
 With a lease (``lease_seconds`` > 0) the same thread checks, every second, the modification time of
-``progress_file + '.lease'``, which the waiting side (the export_wait action) renews about every second. A lease
-file that is gone, or older than ``lease_seconds``, means nobody waits for the run any more (the job was
-cancelled in AWX, ansible-playbook got SIGINT or SIGTERM, the controller died): the :class:`Cancellation` is set,
-exports not started yet are not started, running ones stop before their next NBD request. The watch creates the
-lease file when it starts, so that the waiter has ``lease_seconds`` to take over, and removes both files when it
-stops.
+``progress_file + '.lease'``, which the waiting side (the export_wait action) renews about every second. Either
+way the :class:`Cancellation` is set, exports not started yet are not started, running ones stop before their
+next NBD request:
+
+- a lease file older than ``lease_seconds`` means nobody waits for the run any more (the job was cancelled in
+  AWX, ansible-playbook got SIGINT or SIGTERM, the controller died): the run is *abandoned*
+  (``ProgressWatch.abandoned``), and nothing after it will log out the session the playbook used;
+- a lease file that is gone was released on purpose (export_wait's timeout): the playbook goes on.
+
+The watch creates the lease file when it starts, so that the waiter has ``lease_seconds`` to take over, and
+removes both files when it stops.
 
 Byte counts come from the export engine's own counting: ``export.run_export`` tells a :class:`DiskProgress` the
 bytes it is about to read (``started``) and the NBD reader reports each piece it handed to the sink (``read``),
@@ -53,8 +58,10 @@ LEASE_SUFFIX = '.lease'
 MIN_LEASE_SECONDS = 2
 
 
-def option_problem(progress_file, lease_seconds):
-    """What is wrong with a module's ``progress_file`` and ``lease_seconds`` options, or None."""
+def option_problem(progress_file, lease_seconds, logout_on_abandon=False):
+    """What is wrong with a module's ``progress_file``, ``lease_seconds`` and ``logout_on_abandon`` options, or None."""
+    if logout_on_abandon and not lease_seconds:
+        return 'logout_on_abandon needs lease_seconds (a run is abandoned when its lease runs out)'
     if lease_seconds and not progress_file:
         return 'lease_seconds needs progress_file (the lease file is <progress_file>.lease)'
     if lease_seconds < 0 or 0 < lease_seconds < MIN_LEASE_SECONDS:
@@ -195,19 +202,25 @@ def write_atomically(path, data):
     write_file_atomically(path, data)
 
 
-def lease_problem(path, lease_seconds, now=None):
-    """Why the lease at ``path`` has expired (gone, or older than ``lease_seconds``), or None while it holds."""
+def lease_state(path, lease_seconds, now=None):
+    """``(state, why)`` of the lease at ``path``: ``('held', None)``, ``('released', why)`` when the file is gone
+    (the waiter deleted it) or ``('abandoned', why)`` when it is older than ``lease_seconds`` (nobody renews it)."""
     try:
         mtime = os.stat(path).st_mtime
     except OSError as exc:
         if exc.errno == errno.ENOENT:
-            return 'its lease file %s is gone' % path
+            return 'released', 'its lease file %s is gone' % path
         raise
     age = (time.time() if now is None else now) - mtime
     if age > lease_seconds:
-        return 'its lease file %s was last renewed %.1f seconds ago, more than lease_seconds (%d)' % (
+        return 'abandoned', 'its lease file %s was last renewed %.1f seconds ago, more than lease_seconds (%d)' % (
             path, age, lease_seconds)
-    return None
+    return 'held', None
+
+
+def lease_problem(path, lease_seconds, now=None):
+    """Why the lease at ``path`` has ended (released or abandoned), or None while it holds."""
+    return lease_state(path, lease_seconds, now)[1]
 
 
 def cancel_reason(problem):
@@ -238,6 +251,7 @@ class ProgressWatch:
         self.period = period
         self.disks = [DiskProgress(label) for label in labels]
         self.cancellation = Cancellation()
+        self.abandoned = False  # the lease ran out: nobody waits for the run, nor logs out after it
         self.file_error = None  # the last OSError writing or removing the files (the run goes on without them)
         self._stopped = threading.Event()
         self._thread = None
@@ -261,15 +275,36 @@ class ProgressWatch:
         """One second's work: check the lease, then write the document."""
         if self.lease and not self.cancellation.is_set():
             try:
-                problem = lease_problem(self.lease, self.lease_seconds)
+                state, problem = lease_state(self.lease, self.lease_seconds)
             except OSError as exc:
-                problem = 'its lease file %s cannot be read: %s' % (self.lease, exc)
+                state, problem = 'released', 'its lease file %s cannot be read: %s' % (self.lease, exc)
             if problem:
+                self.abandoned = state == 'abandoned'
                 self.cancellation.cancel(cancel_reason(problem))
         try:
             self.write()
         except OSError as exc:
             self.file_error = exc
+
+    def await_waiter(self, poll=0.1):
+        """After the work, with a lease: find out whether anybody still waits, since an abandoned playbook may
+        have gone without cancelling anything (the work ended before the lease ran out). Returns once the lease
+        is renewed after now (the waiter lives; about a second), released, or older than ``lease_seconds``
+        (``abandoned`` is set)."""
+        if not self.lease or self.cancellation.is_set():
+            return
+        ended = time.time()
+        while True:
+            try:
+                state, dummy = lease_state(self.lease, self.lease_seconds)
+                renewed = state == 'held' and os.stat(self.lease).st_mtime > ended
+            except OSError:
+                return
+            if state == 'abandoned':
+                self.abandoned = True
+            if state != 'held' or renewed:
+                return
+            time.sleep(poll)
 
     def _loop(self):
         while not self._stopped.wait(self.period):

@@ -237,6 +237,12 @@ def cmd_nbd_counts(opts):
     return 0
 
 
+def cmd_sessions(opts):
+    reply = control(opts.dir, '/internal/sessions', {})
+    print(json.dumps(reply['sessions'], sort_keys=True))
+    return 0
+
+
 def cmd_info(opts):
     print(json.dumps(read_lab(opts.dir), indent=2, sort_keys=True))
     return 0
@@ -308,6 +314,9 @@ def parser():
     counts.add_argument('--dir', required=True)
     counts.add_argument('--reset', action='store_true', help='start the peaks again from now')
     counts.set_defaults(func=cmd_nbd_counts)
+    sessions = sub.add_parser('sessions', help='print the sessions logged in now (originator and user)')
+    sessions.add_argument('--dir', required=True)
+    sessions.set_defaults(func=cmd_sessions)
     info = sub.add_parser('info', help='print lab.json')
     info.add_argument('--dir', required=True)
     info.set_defaults(func=cmd_info)

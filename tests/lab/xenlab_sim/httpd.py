@@ -343,6 +343,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             return lab.set_nbd_switch(args['host'], args['switch'], args.get('times'))
         if path == '/internal/nbd/counts':
             return lab.nbd_connection_counts(reset=bool(args.get('reset')))
+        if path == '/internal/sessions':
+            return {'sessions': lab.open_sessions()}
         raise LabError('unknown endpoint %s' % path)
 
     def _reply(self, code, obj):

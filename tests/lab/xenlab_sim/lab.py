@@ -81,6 +81,13 @@ class Lab:
                 return ref
         raise LabError('no host named %s' % value)
 
+    def open_sessions(self):
+        """The sessions logged in now: their originator and user (not their references, which are secrets)."""
+        with self.lock:
+            return sorted(({'originator': self.store.get('session', ref, 'originator'),
+                            'user': self.store.get('session', ref, 'auth_user_name')}
+                           for ref in self.store.all('session')), key=lambda s: (s['originator'] or '', s['user'] or ''))
+
     def nbd_connection_counts(self, reset=False):
         """``{'counts': host name -> NBD connections its front holds open now, 'peaks': the most at once since
         the last reset}``; ``reset`` starts the peaks again from now."""

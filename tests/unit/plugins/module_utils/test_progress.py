@@ -12,6 +12,7 @@ import json
 import os
 import re
 import stat
+import threading
 import time
 
 import pytest
@@ -116,6 +117,20 @@ def test_a_failed_write_leaves_the_old_document_and_no_temporary_file(tmp_path, 
     assert sorted(os.listdir(str(tmp_path))) == ['progress.json']
 
 
+def test_lease_state_tells_a_released_lease_from_an_abandoned_one(tmp_path):
+    lease = str(tmp_path / 'p.json.lease')
+    assert _progress.lease_state(lease, 5)[0] == 'released'
+    open(lease, 'w').close()
+    assert _progress.lease_state(lease, 5) == ('held', None)
+    os.utime(lease, (time.time() - 30, time.time() - 30))
+    assert _progress.lease_state(lease, 5)[0] == 'abandoned'
+
+
+def test_logout_on_abandon_needs_a_lease(tmp_path):
+    assert 'needs lease_seconds' in _progress.option_problem(str(tmp_path / 'p.json'), 0, logout_on_abandon=True)
+    assert _progress.option_problem(str(tmp_path / 'p.json'), 5, logout_on_abandon=True) is None
+
+
 def test_lease_problem(tmp_path):
     lease = str(tmp_path / 'p.json.lease')
     assert 'is gone' in _progress.lease_problem(lease, 5)
@@ -151,11 +166,11 @@ def test_the_watch_writes_every_second_and_removes_its_files(tmp_path):
     assert watch.file_error is None
 
 
-@pytest.mark.parametrize('expire, reason', [
-    (os.unlink, 'is gone'),
-    (lambda lease: os.utime(lease, (time.time() - 10, time.time() - 10)), 'was last renewed'),
+@pytest.mark.parametrize('expire, reason, abandoned', [
+    (os.unlink, 'is gone', False),  # released by the waiter (export_wait's timeout): the playbook goes on
+    (lambda lease: os.utime(lease, (time.time() - 10, time.time() - 10)), 'was last renewed', True),  # nobody waits
 ])
-def test_an_expired_lease_cancels(tmp_path, expire, reason):
+def test_an_expired_lease_cancels(tmp_path, expire, reason, abandoned):
     path = str(tmp_path / 'progress.json')
     watch = _progress.ProgressWatch(path, ['a'], lease_seconds=3, period=3600).start()  # ticks by hand below
     try:
@@ -169,9 +184,28 @@ def test_an_expired_lease_cancels(tmp_path, expire, reason):
         assert 'next run' in message and 'cleans up' in message
         error = watch.cancellation.error()
         assert isinstance(error, Cancelled) and error.code == 'CANCELLED' and error.message == message
+        assert watch.abandoned is abandoned
     finally:
         watch.stop()
     assert os.listdir(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize('waiter, abandoned', [
+    (lambda lease: os.utime(lease, None), False),  # renews it: alive
+    (os.unlink, False),                            # releases it: alive, and the playbook goes on
+    (lambda lease: None, True),                    # killed just before the work ended: nobody renews it
+])
+def test_after_the_work_the_watch_finds_out_whether_anybody_still_waits(tmp_path, waiter, abandoned):
+    path = str(tmp_path / 'progress.json')
+    watch = _progress.ProgressWatch(path, ['a'], lease_seconds=2, period=3600).start()
+    try:
+        acting = threading.Timer(0.5, waiter, [path + '.lease'])
+        acting.start()
+        watch.await_waiter()
+        acting.join()
+        assert watch.abandoned is abandoned and not watch.cancellation.is_set()
+    finally:
+        watch.stop()
 
 
 def test_without_a_lease_nothing_cancels(tmp_path):
