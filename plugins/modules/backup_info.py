@@ -195,6 +195,33 @@ repositories:
           description: Number of files a restore of this point reads (1 for a full; null if a parent is not listed).
           type: int
           sample: 3
+vm_configs:
+  description:
+    - The VM configurations kept beside the repositories found (M(xenserver.cbt_backup.vdi_snapshot)'s
+      O(xenserver.cbt_backup.vdi_snapshot#module:repository_root)), one entry per VM directory that has them.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    path:
+      description: The directory of the configurations (C(<repository_root>/<vm uuid>/vm-config)).
+      type: str
+      sample: /backups/8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f/vm-config
+    vm_uuid:
+      description: The uuid of the VM (the name of its directory).
+      type: str
+      sample: 8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f
+    configs:
+      description: One per backup run, oldest first, with C(run), C(file), C(sha256), C(snapshot_time) and C(vm_name).
+      type: list
+      elements: dict
+      sample: [{run: "2026-11-25T02:00:00Z", file: 20261125T020000Z.json, vm_name: web01,
+                snapshot_time: "2026-11-25T02:00:04Z", sha256: 9f2c0e4b7a1d3c5e}]
+    problems:
+      description: What was wrong reading them (a lost or damaged manifest; the files are then listed from the directory).
+      type: list
+      elements: str
+      sample: []
 '''
 
 from ansible.module_utils.basic import AnsibleModule

@@ -184,11 +184,22 @@ recovery_pending:
   type: bool
   returned: check mode
   sample: false
+vm_configs_pruned:
+  description:
+    - The runs whose VM configuration was deleted (in check mode, would be) beside the repository, because no
+      disk of the VM has a restore point of that run any more. A configuration newer than every point is kept
+      (its run is still going, or its exports failed). When another disk of the VM cannot be read, nothing is
+      deleted and a warning says why.
+  type: list
+  elements: str
+  returned: success, for each repository
+  sample: ["2026-11-18T02:00:00Z"]
 '''
 
 from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vm_configuration as _vm_configuration
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup.each import run_each
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors import CbtBackupError
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import retention
@@ -212,8 +223,10 @@ def main():
     params = module.params
     rules = dict((name, params[name]) for name in retention.RULES)
 
+    pruning = _vm_configuration.Pruning(rules, check_mode=module.check_mode)
+
     def one(path):
-        result = retention.prune_repository(path, rules, check_mode=module.check_mode)
+        result = pruning.one(path)
         before = result.pop('before')
         if module._diff:  # pylint: disable=protected-access
             result['diff'] = {'before': '\n'.join(before) + '\n' if before else '',

@@ -51,6 +51,14 @@ options:
     type: list
     elements: dict
     default: []
+  consistency:
+    description:
+      - What each VM's snapshot got, by VM uuid. V(application) (a pre-snapshot hook quiesced the guest, with the role's
+        C(incremental_backup_pre_snapshot_tasks)), V(crash) (the disks as a power cut would leave them) or V(none)
+        (no snapshot was taken, for example because a failed pre-snapshot hook skipped the VM). VMs it does not
+        name got V(crash).
+    type: dict
+    default: {}
   failures:
     description:
       - What failed during the run, each with C(vm_uuid), C(vdi_uuid), C(step) (what the run was doing) and C(msg),
@@ -186,6 +194,11 @@ report:
               C(skipped) if every disk was skipped, C(planned) if none was backed up (check mode).
           type: str
           sample: ok
+        consistency:
+          description:
+            - C(application), C(crash) or C(none), as O(consistency) says.
+          type: str
+          sample: crash
         warnings:
           description: Warnings about the whole VM, each with C(step) and C(msg).
           type: list
@@ -311,6 +324,7 @@ def main():
         argument_spec=dict(
             plan=dict(type='list', elements='dict', required=True),
             snapshots=dict(type='list', elements='dict', default=[]),
+            consistency=dict(type='dict', default={}),
             failures=dict(type='list', elements='dict', default=[]),
             warnings=dict(type='list', elements='dict', default=[]),
             started=dict(type='str', required=True),
@@ -322,7 +336,8 @@ def main():
     )
     params = module.params
     try:
-        report = build_report(params['plan'], snapshots=params['snapshots'], failures=params['failures'],
+        report = build_report(params['plan'], snapshots=params['snapshots'], consistency=params['consistency'],
+                              failures=params['failures'],
                               warnings=params['warnings'], started=params['started'], pool=params['pool'],
                               advice=role_advice if params['role_advice'] else None)
     except ReportError as exc:

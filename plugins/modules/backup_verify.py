@@ -301,6 +301,33 @@ spot_check:
       type: bool
       returned: when it ran
       sample: true
+vm_configs:
+  description:
+    - The check of the VM configurations beside the repository (in its parent directory, the VM's), null when the
+      VM has none. Each listed configuration is read and compared with its checksum.
+    - A damaged or missing configuration is a warning, not a failure of the verification; the restore points
+      are sound, only a whole-VM restore of that run is refused.
+  type: dict
+  returned: success, for each repository
+  contains:
+    checked:
+      description: How many configurations were checked.
+      type: int
+      sample: 7
+    problems:
+      description: What is wrong with them.
+      type: list
+      elements: str
+      sample: []
+    unknown_files:
+      description: Files in the configuration directory that it does not list (never touched).
+      type: list
+      elements: str
+      sample: []
+    newest_run_kept:
+      description: Whether the run of the newest restore point has a configuration (null without points).
+      type: bool
+      sample: true
 '''
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib

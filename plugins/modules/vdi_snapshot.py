@@ -90,6 +90,26 @@ options:
     type: list
     elements: str
     default: []
+  repository_root:
+    description:
+      - With O(vm) or O(vms), also keep the VM's configuration of this backup run (name, description, tags, vCPUs,
+        memory, boot policy and parameters, platform, C(other_config), PV/PVH/UEFI settings and NVRAM, its drives
+        with userdevice, mode, bootable and type, empty CD drives included, and its network interfaces with
+        device, network, MAC and MTU), read from the same VM snapshot as the disks, before its record is destroyed.
+      - It is written (atomically) to C(<repository_root>/<vm uuid>/vm-config/<run>.json), beside the VM's disk
+        repositories, which is where M(xenserver.cbt_backup.backup_plan) puts them. M(xenserver.cbt_backup.backup_info)
+        lists the configurations, M(xenserver.cbt_backup.backup_verify) checks them and
+        M(xenserver.cbt_backup.backup_prune) deletes them with their run.
+      - A configuration that cannot be read or written is a warning, not a failure; the disks are backed up all
+        the same (RV(vm_config) is then null).
+    type: path
+  run:
+    description:
+      - With O(repository_root), the backup run the configuration belongs to, an RFC 3339 UTC time (for example
+        C(2026-11-25T02:00:00Z)); give the same value as M(xenserver.cbt_backup.vdi_export)'s
+        O(xenserver.cbt_backup.vdi_export#module:run), so that the configuration and the run's restore points
+        belong together. Default now.
+    type: str
   state:
     description:
       - V(present) takes a snapshot.
@@ -151,6 +171,15 @@ EXAMPLES = r'''
     vm: web01
     skip_disks:
       - web01-scratch
+  register: snap
+
+- name: Snapshot a VM's disks and keep its configuration of the run beside its disk repositories
+  xenserver.cbt_backup.vdi_snapshot:
+    hostname: xenserver01.example.com
+    session_id: "{{ xs.session_id }}"
+    vm: web01
+    repository_root: /backups
+    run: "2026-11-25T02:00:00Z"
   register: snap
 
 - name: Snapshot one disk, by uuid
@@ -263,9 +292,16 @@ attempts:
   type: int
   returned: O(state=metadata_only) or O(state=absent)
   sample: 1
+vm_config:
+  description:
+    - With O(repository_root), the file that holds the VM's configuration of this run (in check mode, the file
+      it would be); null when it could not be read or written (see the warnings) or no disk was snapshotted.
+  type: str
+  returned: O(vm) and O(repository_root) are given
+  sample: /backups/8d2f1c3b-7a6e-4f5d-9c0b-1e2a3d4c5b6f/vm-config/20261125T020000Z.json
 vms:
   description:
-    - With O(vms), one result per entry, in the order given. Each holds RV(vm), RV(snapshots) and RV(skipped_disks)
+    - With O(vms), one result per entry, in the order given. Each holds RV(vm), RV(snapshots), RV(vm_config) and RV(skipped_disks)
       as this module returns them for O(vm), and C(failed).
     - A failed entry holds C(failed=true), C(msg) and C(error_code) instead (and RV(snapshots) when its VM snapshot
       succeeded and a later step failed); the module then fails after every entry was tried.
@@ -285,6 +321,8 @@ vdis:
 
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vm_configuration as _vm_configuration
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._time import parse_utc_or_none
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import snapshot as _snapshot_ops
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible import xenapi_module as _xenapi_module
 
@@ -303,6 +341,8 @@ def main():
             retries=dict(type='int', default=10),
             delay=dict(type='float', default=2),
             skip_disks=dict(type='list', elements='str', default=[]),
+            repository_root=dict(type='path'),
+            run=dict(type='str'),
         ),
         mutually_exclusive=[('vdi', 'vm', 'vms', 'vdis')],
         required_one_of=[('vdi', 'vm', 'vms', 'vdis')],
@@ -318,6 +358,14 @@ def main():
     if params['vms'] is not None and params['state'] != 'present':
         module.fail_json(msg='vms takes VM snapshots (state=present); reduce or destroy snapshots with vdis',
                          error_code='INVALID_OPTION')
+    if (params['repository_root'] or params['run']) and not (params['vm'] or params['vms'] is not None):
+        module.fail_json(msg='repository_root and run keep a VM configuration: they need vm or vms', error_code='INVALID_OPTION')
+    if params['run'] and not params['repository_root']:
+        module.fail_json(msg='run names the backup run of the VM configuration kept in repository_root: give '
+                             'repository_root too', error_code='INVALID_OPTION')
+    if params['run'] and parse_utc_or_none(params['run']) is None:
+        module.fail_json(msg='run must be an RFC 3339 UTC time such as 2026-11-25T02:00:00Z, not %s' % params['run'],
+                         error_code='INVALID_OPTION')
     check_mode = module.check_mode
 
     def one_vdi(client, vdi):
@@ -331,7 +379,9 @@ def main():
 
     def one_vm(client, entry):
         # A PartialSnapshotError's result (changed, snapshots) comes back with the failure.
-        return _snapshot_ops.snapshot_vm(client, entry['vm'], check_mode=check_mode, skip_disks=entry['skip_disks'])
+        return _vm_configuration.snapshot_vm(client, entry['vm'], skip_disks=entry['skip_disks'],
+                                        repository_root=params['repository_root'], run=params['run'],
+                                        check_mode=check_mode)
 
     if params['vms'] is not None:
         _xenapi_module.run_items(module, 'vms', params['vms'], one_vm, 'vm', 'SNAPSHOTS_FAILED', 'VM snapshots',

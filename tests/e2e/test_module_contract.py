@@ -248,6 +248,45 @@ def test_export_wait_for_a_background_export(lab):
     os.unlink(progress + '.lease')
 
 
+def test_export_leftovers_after_a_cancelled_wait(lab):
+    """A background export whose wait was cancelled after its first look (which wrote the job's record): the next
+    run's export_leftovers removes the job file and the record once the job has ended, and then has nothing to do."""
+    progress = os.path.join(lab.workdir, 'progress-leftovers.json')
+    record = os.path.join(lab.backups, 'reports', '.export-contract.job')
+    os.makedirs(os.path.dirname(record), exist_ok=True)
+    async_dir = os.path.join(lab.workdir, 'async')
+    export = xenapi_args(lab, exports=[{'snapshot': lab.state['snapshot2'],
+                                        'repository': os.path.join(lab.backups, 'async', 'disk0')}],
+                         nbd_network='backup-net', progress_file=progress, lease_seconds=30)
+    job = ok(run(lab, 'vdi_export', export, options=['-B', '600', '-P', '0']), 'vdi_export')
+    look = {'jid': job['ansible_job_id'], 'async_dir': async_dir, 'progress_file': progress, 'record': record}
+    for dummy in range(600):
+        looked = ok(run(lab, 'export_progress', look), 'export_progress')
+        if looked['job']['finished']:
+            break
+    assert os.path.exists(record) and os.path.exists(os.path.join(async_dir, job['ansible_job_id']))
+    result = contract(lab, 'export_leftovers', {'records': [record]}, changes=True)
+    assert [(j['jid'], j['state']) for j in result['jobs']] == [(job['ansible_job_id'], 'ended')]
+    assert not os.path.exists(record) and not os.path.exists(os.path.join(async_dir, job['ansible_job_id']))
+
+
+def test_whole_vm_restore_and_health_check(lab):
+    """A backup run of demo-vm with its configuration, then vm_restore (a new VM each time: not idempotent) and
+    backup_health_check (its temporary VM is gone afterwards: no change)."""
+    root = os.path.join(lab.backups, 'whole-vm')
+    run_id = '2026-11-25T02:00:00Z'
+    snap = ok(run(lab, 'vdi_snapshot', xenapi_args(lab, vm='demo-vm', repository_root=root, run=run_id)), 'vdi_snapshot')
+    exports = [{'snapshot': s['uuid'], 'repository': os.path.join(root, snap['vm'], s['snapshot_of'])}
+               for s in snap['snapshots']]
+    ok(run(lab, 'vdi_export', xenapi_args(lab, exports=exports, run=run_id, nbd_network='backup-net')), 'vdi_export')
+    restored = contract(lab, 'vm_restore', xenapi_args(lab, repository_root=root, vm='demo-vm', default_sr='Local storage'),
+                        changes=True, idempotent=False)
+    assert restored['run'] == run_id and len(restored['disks']) == 2
+    checked = contract(lab, 'backup_health_check', xenapi_args(lab, repository_root=root, vm='demo-vm',
+                                                               sr='Local storage', timeout=60), changes=False)
+    assert checked['booted'] is True
+
+
 def test_vdi_snapshot_reduce_and_destroy(lab):
     contract(lab, 'vdi_snapshot', xenapi_args(lab, vdi=lab.state['snapshot2'], state='metadata_only'), changes=True)
     contract(lab, 'vdi_snapshot', xenapi_args(lab, vdi=lab.state['snapshot1'], state='absent'), changes=True)

@@ -21,7 +21,7 @@ import errno
 import json
 import os
 
-from .._repository.store import write_file_atomically
+from .._repository.store import remove_if_exists as remove, write_file_atomically
 from .._time import format_utc, utc_now
 
 __metaclass__ = type
@@ -105,17 +105,6 @@ def summarize(result):
         else:
             counts['failed'] += 1
     return counts
-
-
-def remove(path):
-    """Remove ``path``; False when it was not there."""
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno == errno.ENOENT:
-            return False
-        raise
-    return True
 
 
 _MISSING = object()

@@ -45,7 +45,7 @@ import threading
 import time
 
 from .._errors import Cancelled
-from .._repository.store import write_file_atomically
+from .._repository.store import remove_if_exists, write_file_atomically
 from .._time import format_utc, utc_now
 
 __metaclass__ = type
@@ -231,14 +231,6 @@ def cancel_reason(problem):
             % problem)
 
 
-def _remove(path):
-    try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
-
-
 class ProgressWatch:
     """Writes ``path`` once a second while a run lasts and, with ``lease_seconds``, cancels the run when its
     lease expires. ``start()`` writes the first document (an OSError there is the caller's to report) and
@@ -319,6 +311,6 @@ class ProgressWatch:
         for path in (self.path, self.lease):
             if path:
                 try:
-                    _remove(path)
+                    remove_if_exists(path)
                 except OSError as exc:
                     self.file_error = exc

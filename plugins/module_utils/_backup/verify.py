@@ -9,6 +9,7 @@ Note that this module util is **PRIVATE** to the collection. It can have breakin
 from __future__ import absolute_import, division, print_function
 
 from . import export as _export
+from . import vm_configuration
 from .._xenapi.ops import nbd_access as _nbd_access
 from .._xenapi import model as _objects
 from .._errors import CbtBackupError
@@ -110,4 +111,25 @@ def verify(path, point=None, read_data=True, rebuild_manifest=False, spot_check=
     if not result['ok']:
         raise CbtBackupError(result['message'], code='MANIFEST_DAMAGED' if result['manifest_damaged'] else 'VERIFY_FAILED',
                              result=result)
+    check_configurations(path, result)
     return result
+
+
+def check_configurations(path, result):
+    """Add the check of the VM configurations beside the repository (``vm_configs``; null when there are none).
+    A damaged configuration is a warning: the restore points are sound, only a whole-VM restore of its run is not."""
+    try:
+        with Repository(path) as repo:
+            newest = repo.newest() if repo.points else None
+        newest_run = (newest.get('run') or newest.get('snapshot_time')) if newest else None
+        checked = vm_configuration.verify_configurations(path, newest_run)
+    except (CbtBackupError, OSError) as exc:
+        checked = {'checked': 0, 'problems': ['the VM configurations cannot be read: %s' % exc], 'unknown_files': [],
+                   'newest_run_kept': None}
+    result['vm_configs'] = checked
+    if checked:
+        for problem in checked['problems']:
+            result['warnings'].append('VM configuration: %s' % problem)
+        if checked['newest_run_kept'] is False:
+            result['warnings'].append('the run %s of the newest restore point has no VM configuration: it can restore '
+                                      'disks, not the whole VM' % newest_run)

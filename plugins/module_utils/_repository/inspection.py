@@ -15,7 +15,7 @@ from __future__ import absolute_import, division, print_function
 import os
 import random
 
-from . import retention
+from . import retention, vm_configs
 from .._image import qcow2
 from .._image.qcow2 import Qcow2Chain, Qcow2Error, Qcow2Image
 from .store import FILE_FACTS, MANIFEST, MANIFEST_PREV, MARKER, Repository, RepositoryError, file_sha256
@@ -33,7 +33,7 @@ def find_repositories(root, max_depth=DEFAULT_MAX_DEPTH):
     """Sorted directories at or below ``root`` (at most ``max_depth`` levels down) that hold a manifest.
 
     A repository's own subdirectories are not searched, symbolic links to directories are not
-    followed, hidden directories are skipped.
+    followed, hidden directories and the VMs' ``vm-config`` directories are skipped.
     """
     root = os.path.abspath(root)
     if not os.path.isdir(root):
@@ -50,7 +50,8 @@ def find_repositories(root, max_depth=DEFAULT_MAX_DEPTH):
         if depth >= max_depth:
             dirs[:] = []
         else:
-            dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+            # a VM's directory also holds its configurations (vm-config, with a manifest of its own): not a disk
+            dirs[:] = sorted(d for d in dirs if not d.startswith('.') and d != vm_configs.DIRECTORY)
     return sorted(found)
 
 
@@ -126,7 +127,22 @@ def list_repositories(path, max_depth=DEFAULT_MAX_DEPTH, now=None):
         raise RepositoryError('%s does not exist: give a repository directory or a directory that holds repositories'
                               % path)
     now = now or utc_now()
-    return {'repositories': [describe_repository(found, now=now) for found in find_repositories(path, max_depth)]}
+    repositories = [describe_repository(found, now=now) for found in find_repositories(path, max_depth)]
+    return {'repositories': repositories, 'vm_configs': describe_vm_configs(path, repositories)}
+
+
+def describe_vm_configs(path, repositories):
+    """The VM configurations kept beside the repositories found (in their parent directories, and in ``path``
+    itself when it is a VM's directory): per VM directory, the runs kept, and what was wrong reading them."""
+    directories = set(os.path.dirname(r['path']) for r in repositories) | set([os.path.abspath(path)])
+    found = []
+    for directory in sorted(directories):
+        if not os.path.isdir(vm_configs.directory_of(directory)):
+            continue
+        with vm_configs.VmConfigs(directory) as store:
+            found.append({'path': store.path, 'vm_uuid': os.path.basename(directory), 'configs': store.entries(),
+                          'problems': store.problems})
+    return found
 
 
 # -- verification ------------------------------------------------------------------------------------

@@ -210,12 +210,23 @@ def _vm_status(disks, vm_failures):
     return 'partial'
 
 
-def build_report(plan, snapshots=None, failures=None, warnings=None, started=None, pool=None, now=None, advice=None):
+CONSISTENCIES = ('application', 'crash', 'none')
+
+
+def build_report(plan, snapshots=None, failures=None, warnings=None, started=None, pool=None, now=None, advice=None,
+                 consistency=None):
     """The report dict (see the ``backup_report`` module's RETURN for its fields).
 
     ``now``: the run's end (an aware datetime; default: the current time). ``advice``: a function from an error
     code to the remedy in the caller's vocabulary (or None), added to each failure as ``advice``.
+    ``consistency``: VM uuid -> what its snapshot got (``CONSISTENCIES``: ``application`` when a pre-snapshot hook
+    quiesced the guest, ``none`` when no snapshot was taken); VMs it does not name got ``crash``.
     """
+    consistency = consistency or {}
+    for vm_uuid, value in consistency.items():
+        if value not in CONSISTENCIES:
+            raise ReportError('the consistency of %s must be one of %s, not %r' % (vm_uuid, ', '.join(CONSISTENCIES),
+                                                                                   value))
     started_at = parse_utc_or_none(started)
     if started_at is None:
         raise ReportError('started must be an RFC 3339 time (for example 2026-11-25T02:00:05Z), not %r' % (started,))
@@ -248,6 +259,7 @@ def build_report(plan, snapshots=None, failures=None, warnings=None, started=Non
             'uuid': vm_uuid,
             'name': _text(vm.get('name')),
             'status': _vm_status(disks, vm_failures),
+            'consistency': consistency.get(vm_uuid, 'crash'),
             'warnings': [{'step': w['step'], 'msg': w['msg']} for w in vm_warnings],
             'disks': disks,
         })

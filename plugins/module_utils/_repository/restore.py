@@ -220,6 +220,11 @@ class RestoreSource:
         allocated = range(0, self.virtual_size, DEFAULT_BLOCK_SIZE) if every_block else self.reader.iter_allocated()
         return VhdStream(self.reader.read, self.virtual_size, allocated)
 
+    def vhd_stream_of(self, offsets):
+        """A dynamic VHD of the point holding only the 2 MiB blocks that contain ``offsets`` (guest byte offsets),
+        each whole: what overwrites a disk that differs from the point in those places only."""
+        return VhdStream(self.reader.read, self.virtual_size, offsets)
+
     def upload_stream(self, wanted='vhd', overwrite=False):
         """What a VDI upload sends: ``(format, length, chunks factory, warning or None)``.
 

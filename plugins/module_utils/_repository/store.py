@@ -131,6 +131,17 @@ def write_file_atomically(path, data, temp_name=None, keep_previous=None):
     fsync_directory(directory)
 
 
+def remove_if_exists(path):
+    """Remove the file ``path``; False when it was not there (any other failure raises)."""
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def _link_over(source, dest):
     """Make ``dest`` a hard link of ``source``, replacing it atomically (no data is copied)."""
     link = dest + '.link'

@@ -82,16 +82,19 @@ def test_seeded_inventory(api):
     host = api.pool.get_master(pool)
     assert api.host.get_record(host)['hostname'] == 'lab-host-1'
     nets = dict((r['name_label'], ref) for ref, r in api.network.get_all_records().items())
-    assert 'backup-net' in nets and len(nets) == 2
-    for ref in nets.values():
+    assert sorted(nets) == ['Pool-wide network associated with eth0', 'backup-net', 'lab-private']
+    for name, ref in nets.items():
         pifs = api.network.get_PIFs(ref)
-        assert [api.PIF.get_IP(p) for p in pifs] == ['127.0.0.1']
+        # lab-private carries VM traffic only: its PIF has no host address
+        assert [api.PIF.get_IP(p) for p in pifs] == ['' if name == 'lab-private' else '127.0.0.1']
         assert api.network.get_purpose(ref) == []
     local = api.SR.get_by_name_label('Local storage')[0]
     ops = api.SR.get_allowed_operations(local)
     assert {'vdi_enable_cbt', 'vdi_list_changed_blocks', 'vdi_data_destroy'} <= set(ops)
     iso = api.SR.get_by_name_label('ISO library')[0]
     assert 'vdi_enable_cbt' not in api.SR.get_allowed_operations(iso)
+    second = api.SR.get_by_name_label('Second storage')[0]
+    assert api.SR.get_VDIs(second) == [] and 'vdi_create' in api.SR.get_allowed_operations(second)
     demo = api.VM.get_by_name_label('demo-vm')[0]
     disks = sorted(api.VDI.get_name_label(api.VBD.get_VDI(v)) for v in api.VM.get_VBDs(demo)
                    if api.VBD.get_type(v) == 'Disk')

@@ -1,5 +1,6 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""xenlab command line: start, stop, write, path, info (and the internal `serve`)."""
+"""xenlab command line: start, stop, write, path, info, nbd-switch, vm-switch, guest-exec... (and the internal
+`serve`)."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -54,6 +55,22 @@ def extra_vms_arg(text):
     if not 0 <= count <= MAX_EXTRA_VMS:
         raise argparse.ArgumentTypeError('must be 0..%d: %s' % (MAX_EXTRA_VMS, text))
     return count
+
+
+def seconds_arg(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError('not a number of seconds: %s' % text) from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError('must be 0..3600 seconds: %s' % text)
+    return value
+
+
+def pool_name_arg(text):
+    if not text.strip():
+        raise argparse.ArgumentTypeError('the pool name must not be empty')
+    return text
 
 
 def vm_tags_arg(text):
@@ -156,7 +173,8 @@ def serve_args(opts, directory):
             '--other-disk-size', str(opts.other_disk_size), '--auth-failure-delay', str(opts.auth_failure_delay),
             '--api-port', str(opts.api_port), '--nbd-port', str(opts.nbd_port),
             '--extra-vms', str(opts.extra_vms), '--extra-vm-disk-size', str(opts.extra_vm_disk_size),
-            '--hosts', str(opts.hosts)]
+            '--hosts', str(opts.hosts), '--pool-name=' + opts.pool_name,
+            '--guest-boot-seconds', str(opts.guest_boot_seconds)]
     # One NAME=TAG,TAG argument each, attached with '=' so a value starting with '-' stays a value.
     args.extend('--vm-tags=%s=%s' % (name, ','.join(tags)) for name, tags in opts.vm_tags or ())
     if opts.ca_signed:
@@ -211,7 +229,7 @@ def control(directory, endpoint, payload):
 
 def cmd_write(opts):
     reply = control(opts.dir, '/internal/write', {'vdi': opts.vdi, 'offset': opts.offset, 'length': opts.length,
-                                                  'seed': opts.seed})
+                                                  'seed': opts.seed, 'broken_boot_sector': opts.broken_boot_sector})
     reply.pop('ok', None)
     print(json.dumps(reply, sort_keys=True))
     return 0
@@ -235,6 +253,43 @@ def cmd_nbd_counts(opts):
     reply.pop('ok', None)
     print(json.dumps(reply, sort_keys=True))
     return 0
+
+
+def cmd_vm_switch(opts):
+    print(json.dumps(control(opts.dir, '/internal/vm/switch', {'vm': opts.vm, 'boot': opts.boot}), sort_keys=True))
+    return 0
+
+
+def rfc3339_now():
+    return time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())
+
+
+def cmd_guest_exec(opts):
+    """Run a command "in" a VM's guest: here, with the VM named in the environment; log it; pass its status on."""
+    argv = list(opts.argv)
+    if argv[:1] == ['--']:
+        argv = argv[1:]
+    if not argv:
+        raise SystemExit('xenlab: guest-exec needs a command after --')
+    directory = os.path.abspath(opts.dir)
+    vm = control(directory, '/internal/vm/info', {'vm': opts.vm})
+    env = dict(os.environ, XENLAB_VM_UUID=vm['uuid'], XENLAB_VM_NAME=vm['vm'], XENLAB_DIR=directory)
+    began = rfc3339_now()
+    try:
+        status = subprocess.call(argv, env=env)
+    except OSError as err:
+        print('xenlab: guest-exec: %s: %s' % (argv[0], err.strerror), file=sys.stderr)
+        status = 127 if isinstance(err, FileNotFoundError) else 126
+    if status < 0:  # killed by a signal: what a shell reports
+        status = 128 - status
+    line = json.dumps({'time': began, 'vm': vm['vm'], 'vm_uuid': vm['uuid'], 'argv': argv, 'exit_code': status},
+                      sort_keys=True) + '\n'
+    fd = os.open(os.path.join(directory, 'guest-exec.log'), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode('utf-8'))  # one write: lines of concurrent guest-execs do not interleave
+    finally:
+        os.close(fd)
+    return status
 
 
 def cmd_sessions(opts):
@@ -280,11 +335,15 @@ def add_start_options(parser, internal=False):
                         help='tags of a seeded VM at start (repeatable)')
     parser.add_argument('--hosts', type=hosts_arg, default=1, metavar='N',
                         help='a pool of N hosts on a shared SR, each with its own NBD front (default 1)')
+    parser.add_argument('--pool-name', type=pool_name_arg, default='lab-pool', metavar='NAME',
+                        help="the pool's name_label (default lab-pool); run a second lab for a second pool")
+    parser.add_argument('--guest-boot-seconds', type=seconds_arg, default=2.0, metavar='S',
+                        help="how long after VM.start a VM's guest agent reports (VM_guest_metrics; default 2)")
 
 
 def parser():
     top = argparse.ArgumentParser(prog='xenlab', description='XenServer lab: XenAPI simulator with an NBD front')
-    sub = top.add_subparsers(dest='command', required=True)
+    sub = top.add_subparsers(dest='command', required=True, metavar='COMMAND')
     start = sub.add_parser('start', help='start a lab in the background')
     start.add_argument('--dir', required=True)
     start.add_argument('--timeout', type=float, default=60.0)
@@ -296,9 +355,11 @@ def parser():
     write = sub.add_parser('write', help='simulate a guest write (marks the CBT log)')
     write.add_argument('--dir', required=True)
     write.add_argument('--vdi', required=True, help='VDI uuid')
-    write.add_argument('--offset', type=int, required=True)
-    write.add_argument('--length', type=int, required=True)
+    write.add_argument('--offset', type=int, default=0)
+    write.add_argument('--length', type=int, default=0)
     write.add_argument('--seed', type=int, default=0)
+    write.add_argument('--broken-boot-sector', action='store_true',
+                       help='write the bytes that keep a VM booting from this disk from ever booting (at offset 0)')
     write.set_defaults(func=cmd_write)
     path = sub.add_parser('path', help="print the file holding a VDI's content")
     path.add_argument('--dir', required=True)
@@ -314,13 +375,26 @@ def parser():
     counts.add_argument('--dir', required=True)
     counts.add_argument('--reset', action='store_true', help='start the peaks again from now')
     counts.set_defaults(func=cmd_nbd_counts)
+    vm_switch = sub.add_parser('vm-switch', help="make a VM's guest boot normally or never (no guest agent)")
+    vm_switch.add_argument('--dir', required=True)
+    vm_switch.add_argument('--vm', required=True, help='VM name_label or uuid')
+    vm_switch.add_argument('--boot', required=True, choices=('normal', 'never'),
+                           help='never: the VM runs but its guest agent never reports')
+    vm_switch.set_defaults(func=cmd_vm_switch)
+    guest_exec = sub.add_parser('guest-exec', help="run a command as a VM's guest (locally; logged)",
+                                usage='xenlab guest-exec --dir DIR --vm VM -- CMD [ARG ...]')
+    guest_exec.add_argument('--dir', required=True)
+    guest_exec.add_argument('--vm', required=True, help='VM name_label or uuid')
+    guest_exec.add_argument('argv', nargs=argparse.REMAINDER, metavar='-- CMD [ARG ...]',
+                            help='runs with XENLAB_VM_UUID, XENLAB_VM_NAME, XENLAB_DIR set; exits with its status')
+    guest_exec.set_defaults(func=cmd_guest_exec)
     sessions = sub.add_parser('sessions', help='print the sessions logged in now (originator and user)')
     sessions.add_argument('--dir', required=True)
     sessions.set_defaults(func=cmd_sessions)
     info = sub.add_parser('info', help='print lab.json')
     info.add_argument('--dir', required=True)
     info.set_defaults(func=cmd_info)
-    serve = sub.add_parser('serve', help=argparse.SUPPRESS)
+    serve = sub.add_parser('serve')  # internal: what `start` runs in the background (not listed)
     serve.add_argument('--dir', required=True)
     add_start_options(serve, internal=True)
     serve.set_defaults(func=cmd_serve)

@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .lab import LabError
+from .lab import BROKEN_BOOT_SECTOR, LabError
 from .store import XenAPIError
 from .vhd import VhdError, apply_vhd, export_stream
 
@@ -302,7 +302,7 @@ class ApiHandler(BaseHTTPRequestHandler):
 
 
 class ControlHandler(BaseHTTPRequestHandler):
-    """Internal JSON endpoints on 127.0.0.1 for the nbdkit plugin and `xenlab write/path`."""
+    """Internal JSON endpoints on 127.0.0.1 for the nbdkit plugin and `xenlab write/path/nbd-switch/vm-switch...`."""
 
     protocol_version = 'HTTP/1.1'
     disable_nagle_algorithm = True  # as ApiHandler: no delayed-ACK wait between headers and body
@@ -336,6 +336,8 @@ class ControlHandler(BaseHTTPRequestHandler):
             lab.nbd_close(args['connection'])
             return {}
         if path == '/internal/write':
+            if args.get('broken_boot_sector'):  # the guest wrecks its boot sector: it never boots again
+                return lab.guest_write(args['vdi'], 0, len(BROKEN_BOOT_SECTOR), 0, data=BROKEN_BOOT_SECTOR)
             return lab.guest_write(args['vdi'], int(args['offset']), int(args['length']), args.get('seed', 0))
         if path == '/internal/path':
             return {'path': lab.content_path(args['vdi'])}
@@ -345,6 +347,10 @@ class ControlHandler(BaseHTTPRequestHandler):
             return lab.nbd_connection_counts(reset=bool(args.get('reset')))
         if path == '/internal/sessions':
             return {'sessions': lab.open_sessions()}
+        if path == '/internal/vm/switch':
+            return lab.set_vm_switch(args['vm'], args['boot'])
+        if path == '/internal/vm/info':
+            return lab.vm_info(args['vm'])
         raise LabError('unknown endpoint %s' % path)
 
     def _reply(self, code, obj):

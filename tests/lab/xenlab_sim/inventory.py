@@ -1,10 +1,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The seeded pool: one host (or more, on a shared SR), two networks, a CBT-capable SR, an ISO SR, two VMs
+"""The seeded pool: one host (or more, on a shared SR), three networks, a CBT-capable SR, an ISO SR, two VMs
 (and optionally more)."""
 
 from __future__ import absolute_import, division, print_function
 
+import base64
+
+from .lab import xapi_now
 from .storage import guest_bytes
+from .store import new_uuid
+from .xapi_vm import gen_mac
 
 __metaclass__ = type
 
@@ -17,6 +22,23 @@ MAX_HOSTS = 8
 MAX_EXTRA_VMS = 99
 EXTRA_VM_DISK_SIZE = 16 * MIB
 BLOCK = 64 * 1024  # a CBT block
+GIB = 1024 * MIB
+DEFAULT_POOL_NAME = 'lab-pool'
+# (name_label, bridge, host IP on its PIFs): eth0 is the management network, backup-net the one NBD purposes go
+# on, lab-private carries VM traffic only (its PIFs have no address).
+NETWORKS = (('Pool-wide network associated with eth0', 'xenbr0', ADDRESS), ('backup-net', 'xenbr1', ADDRESS),
+            ('lab-private', 'xenbr2', ''))
+# demo-vm's settings that a whole-VM backup must carry over (everything else of the VM keeps xapi's defaults).
+DEMO_VM_CONFIG = {
+    'name_description': 'Demo VM of the lab: UEFI, two network interfaces',
+    'VCPUs_max': 4, 'VCPUs_at_startup': 2,
+    'memory_static_min': 512 * MIB, 'memory_static_max': 2 * GIB,
+    'memory_dynamic_min': 1 * GIB, 'memory_dynamic_max': 2 * GIB,
+    'platform': {'viridian': 'true', 'nx': 'true', 'device-model': 'qemu-upstream-compat'},
+    'HVM_boot_params': {'order': 'dc', 'firmware': 'uefi'},
+    'NVRAM': {'EFI-variables': base64.b64encode(b'xenlab demo-vm EFI variables: BootOrder=0001,0000').decode()},
+    'other_config': {'base_template_name': 'Debian Bookworm 12', 'xenlab-role': 'demo'},
+}
 
 # An EXT (file-based VHD) SR: SM advertises VDI_CONFIG_CBT, so xapi lists the CBT operations.
 CBT_SR_OPERATIONS = ['vdi_enable_cbt', 'vdi_disable_cbt', 'vdi_data_destroy', 'vdi_list_changed_blocks',
@@ -55,10 +77,11 @@ def extra_disk_data(number, size):
     return [(i * BLOCK, 1000 * number + k) for k, i in enumerate(indices)]
 
 
-def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
+def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1, pool_name=DEFAULT_POOL_NAME):
     """Create the inventory described in docs/lab.md. ``sizes``: disk0, disk1, other and (optional) extra
     (bytes); ``extra_vms``: how many lab-vm-NN to add; ``vm_tags``: [(VM name_label, [tag, ...])];
-    ``hosts``: lab-host-1 (the master) .. lab-host-N, every one attached to both SRs (shared when N > 1)."""
+    ``hosts``: lab-host-1 (the master) .. lab-host-N, every one attached to both SRs (shared when N > 1);
+    ``pool_name``: the pool's name_label."""
     if not 0 <= extra_vms <= MAX_EXTRA_VMS:
         raise ValueError('extra_vms must be 0..%d' % MAX_EXTRA_VMS)
     if not 1 <= hosts <= MAX_HOSTS:
@@ -75,26 +98,31 @@ def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
                            API_version_major=2, API_version_minor=21,
                            license_params={'restrict_cbt': 'false'}, edition='xcp-ng')
         dom0 = store.create('VM', name_label=control_domain_name(number), is_control_domain=True,
-                            power_state='Running', resident_on=ref, domid=0)
+                            power_state='Running', resident_on=ref, domid=0, metrics=store.create('VM_metrics'))
         store.set('host', ref, control_domain=dom0)
         host_refs.append(ref)
     host = host_refs[0]
-    store.create('pool', name_label='lab-pool', master=host)
+    store.create('pool', name_label=pool_name, master=host)
 
-    for i, (label, bridge) in enumerate([('Pool-wide network associated with eth0', 'xenbr0'),
-                                         ('backup-net', 'xenbr1')]):
+    networks = []
+    for i, (label, bridge, address) in enumerate(NETWORKS):
         net = store.create('network', name_label=label, bridge=bridge, other_config={'automatic': 'true'})
+        networks.append(net)
         for number, ref in enumerate(host_refs):
             store.create('PIF', device='eth%d' % i, network=net, host=ref,
-                         MAC='02:00:00:00:%02x:%02x' % (number, i + 1),
-                         IP=ADDRESS, netmask='255.0.0.0', management=(i == 0), currently_attached=True)
+                         MAC='02:00:00:00:%02x:%02x' % (number, i + 1), IP=address,
+                         netmask='255.0.0.0' if address else '', ip_configuration_mode='Static' if address else 'None',
+                         management=(i == 0), currently_attached=True)
 
     local = store.create('SR', name_label='Local storage', type='ext',  # the name tests know, shared or not
                          content_type='user', shared=hosts > 1,
                          allowed_operations=list(CBT_SR_OPERATIONS), physical_size=64 * 1024 * MIB)
     iso = store.create('SR', name_label='ISO library', type='iso', content_type='iso', shared=hosts > 1,
                        allowed_operations=list(ISO_SR_OPERATIONS), physical_size=1024 * MIB)
-    for sr in (local, iso):
+    # a second disk SR, empty, for restores onto another SR
+    second = store.create('SR', name_label='Second storage', type='ext', content_type='user', shared=hosts > 1,
+                          allowed_operations=list(CBT_SR_OPERATIONS), physical_size=64 * 1024 * MIB)
+    for sr in (local, iso, second):
         for ref in host_refs:
             store.create('PBD', host=ref, SR=sr, currently_attached=True)
     store.set('pool', store.all('pool')[0], default_SR=local, suspend_image_SR=local, crash_dump_SR=local)
@@ -110,8 +138,20 @@ def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
         store.create('VBD', VM=vm, VDI=vdi, userdevice=str(userdevice), device='xvd' + 'abcdefgh'[userdevice],
                      bootable=(userdevice == 0), currently_attached=running, **fields)
 
-    demo = store.create('VM', name_label='demo-vm', power_state='Running', resident_on=host, domid=1,
-                        memory_target=1073741824)
+    def running_vm(name, domid, **fields):
+        """A VM that has been booted: mac_seed (as VM.create sets it), VM_metrics, and its guest agent's report."""
+        other_config = dict(fields.pop('other_config', {}), mac_seed=new_uuid())
+        vm = store.create('VM', name_label=name, power_state='Running', resident_on=host, domid=domid,
+                          other_config=other_config, metrics=store.create('VM_metrics'), **fields)
+        rec = store.raw('VM', vm)
+        vcpus = range(rec['VCPUs_at_startup'])
+        store.set('VM_metrics', rec['metrics'], memory_actual=rec['memory_target'],
+                  VCPUs_number=rec['VCPUs_at_startup'], VCPUs_utilisation=dict((n, 0.0) for n in vcpus),
+                  VCPUs_CPU=dict((n, n) for n in vcpus), start_time=xapi_now(), last_updated=xapi_now(), hvm=True,
+                  current_domain_type='hvm')
+        return vm
+
+    demo = running_vm('demo-vm', 1, memory_target=1073741824, **DEMO_VM_CONFIG)
     disk0 = disk(local, 'demo-vm-disk0', sizes['disk0'])
     disk1 = disk(local, 'demo-vm-disk1', sizes['disk1'])
     _fill_disk0(lab, disk0, sizes['disk0'], data_seed)
@@ -120,8 +160,13 @@ def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
     iso_vdi = disk(iso, 'lab-tools.iso', 4 * MIB, read_only=True)
     store.create('VBD', VM=demo, VDI=iso_vdi, userdevice='3', device='xvdd', type='CD', mode='RO',
                  currently_attached=True)
+    # Two interfaces, MACs derived from the VM's mac_seed as VIF.create does: eth0's network and lab-private.
+    seed_of_demo = store.raw('VM', demo)['other_config']['mac_seed']
+    for device, net in enumerate((networks[0], networks[2])):
+        store.create('VIF', VM=demo, network=net, device=str(device), MAC=gen_mac(device, seed_of_demo),
+                     MAC_autogenerated=True, MTU=1500, currently_attached=True)
 
-    other = store.create('VM', name_label='other-vm', power_state='Running', resident_on=host, domid=2)
+    other = running_vm('other-vm', 2)
     scratch = disk(local, 'other-vm-scratch', sizes['other'], on_boot='reset')
     attach(other, scratch, 0, True)
 
@@ -129,14 +174,17 @@ def seed(lab, sizes, data_seed=1, extra_vms=0, vm_tags=(), hosts=1):
     extra_size = sizes.get('extra', EXTRA_VM_DISK_SIZE)
     for number in range(1, extra_vms + 1):
         name = extra_vm_name(number)
-        vm = store.create('VM', name_label=name, power_state='Running', resident_on=host, domid=2 + number,
-                          memory_target=1073741824)
+        vm = running_vm(name, 2 + number, memory_target=1073741824)
         vdi = disk(local, name + '-disk0', extra_size)
         path = lab.paths[store.raw('VDI', vdi)['uuid']]
         for offset, piece_seed in extra_disk_data(number, extra_size):
             lab.storage.write(path, offset, guest_bytes(min(BLOCK, extra_size - offset), piece_seed))
         attach(vm, vdi, 0, True)
         extra.append(vm)
+
+    for vm in [demo, other] + extra:
+        lab.boots[vm] = 1
+        lab.report_guest(vm)
 
     for name, tags in vm_tags:
         current = store.raw('VM', store.find('VM', name_label=name)[0])['tags']

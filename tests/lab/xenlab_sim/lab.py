@@ -3,11 +3,14 @@
 
 from __future__ import absolute_import, division, print_function
 
+import threading
 import time
+import zlib
 from urllib.parse import parse_qs, urlsplit
 
 from . import cbt
 from .storage import Storage, guest_bytes
+from .schema import NULL_REF
 from .store import Store, XenAPIError
 
 __metaclass__ = type
@@ -16,6 +19,18 @@ NBD_PURPOSES = ('nbd', 'insecure_nbd')
 # a host's NBD switch (failover tests): serve like xapi-nbd, refuse connections (nothing listens), or drop
 # every connection after NBD_OPT_EXPORT_NAME (the client sees EOF, as when xapi-nbd fails to plug the VBD)
 NBD_SWITCHES = ('serve', 'refuse', 'drop')
+# a VM's boot switch (xenlab vm-switch): its guest agent reports after a start (normal), or the guest never comes up
+VM_BOOT_SWITCHES = ('normal', 'never')
+# a bootable disk that starts with these bytes never boots (xenlab write --broken-boot-sector puts them there)
+BROKEN_BOOT_SECTOR = b'XENLAB BROKEN BOOT SECTOR\n'
+
+# What the simulated guest agent (xe-guest-utilities in a Debian guest) reports in VM_guest_metrics.
+GUEST_OS = {'name': 'Debian GNU/Linux 12 (bookworm)', 'distro': 'debian', 'major': '12', 'minor': '5'}
+GUEST_TOOLS = {'major': '8', 'minor': '4', 'micro': '0', 'build': '1'}
+GUEST_FEATURES = {'feature-shutdown': '1', 'feature-poweroff': '1', 'feature-reboot': '1', 'feature-suspend': '1',
+                  'feature-vcpu-hotplug': '1', 'platform-feature-multiprocessor-suspend': '1', 'has-vendor-device': '0'}
+# Guest addresses per VIF device: the documentation ranges (RFC 5737), never a real network.
+GUEST_NETS = ('192.0.2.', '198.51.100.', '203.0.113.')
 
 
 def xapi_now():
@@ -44,7 +59,12 @@ class Lab:
         self.nbd_drops_left = {}  # host ref -> connections a 'drop' switch still drops before serving again
         self.on_change = lambda: None  # the server rewrites lab.json
         self.paths = {}  # VDI uuid -> file holding its content (absent for cbt_metadata)
+        self.vm_boot = {}  # VM ref -> one of VM_BOOT_SWITCHES (absent: normal)
+        self.boots = {}  # VM ref -> how many times it was started: a guest agent only reports for its own boot
+        self.agents = set()  # pending guest agent timers
+        self.last_domid = 0  # Xen hands out increasing domain ids: a rebooted VM gets a new one
         self.store.computed[('VDI', 'allowed_operations')] = self._vdi_allowed_operations
+        self.store.computed[('VIF', 'allowed_operations')] = self._vif_allowed_operations
 
     def _vdi_allowed_operations(self, vdi):
         """Like xapi: only the pre-Ely operations are ever listed, never the CBT ones (CA-260245);
@@ -59,6 +79,14 @@ class Lab:
             ops = ['forget', 'destroy', 'copy', 'snapshot', 'clone', 'resize', 'update', 'generate_config']
         needs = {'snapshot': 'vdi_snapshot', 'clone': 'vdi_clone', 'resize': 'vdi_resize', 'destroy': 'vdi_destroy'}
         return [op for op in ops if op not in needs or needs[op] in sr_ops]
+
+    def _vif_allowed_operations(self, vif):
+        """Xapi_vif_helpers.valid_operations: plug or unplug only while the VM runs, as the VIF is."""
+        rec = self.store.raw('VIF', vif)
+        vm = rec['VM']
+        if not self.store.exists('VM', vm) or self.store.raw('VM', vm)['power_state'] != 'Running':
+            return ['attach']
+        return ['attach', 'unplug' if rec['currently_attached'] else 'plug']
 
     # ----- lookups -----------------------------------------------------------------------------
 
@@ -119,6 +147,127 @@ class Lab:
         self.on_change()
         return {'host': host_name, 'switch': switch}
 
+    def vm_by_name_or_uuid(self, value):
+        """A VM by uuid, or by name_label among the VMs that are neither snapshots nor templates."""
+        with self.lock:
+            for ref in self.store.all('VM'):
+                if self.store.raw('VM', ref)['uuid'] == value:
+                    return ref
+            refs = self.store.find('VM', name_label=value, is_a_snapshot=False, is_a_template=False)
+        if len(refs) != 1:
+            raise LabError('no VM named %s' % value if not refs else 'several VMs are named %s: use a uuid' % value)
+        return refs[0]
+
+    def vm_info(self, value):
+        """What `xenlab guest-exec` needs to know of a VM."""
+        vm = self.vm_by_name_or_uuid(value)
+        with self.lock:
+            rec = self.store.raw('VM', vm)
+            return {'vm': rec['name_label'], 'uuid': rec['uuid'], 'power_state': rec['power_state'],
+                    'guest_up': rec['guest_metrics'] != NULL_REF}
+
+    def set_vm_switch(self, value, boot):
+        """Make a VM's guest boot normally (its agent reports after each start) or never (Running, no agent)."""
+        if boot not in VM_BOOT_SWITCHES:
+            raise LabError('the boot switch is one of %s, not %s' % (', '.join(VM_BOOT_SWITCHES), boot))
+        vm = self.vm_by_name_or_uuid(value)
+        with self.lock:
+            rec = self.store.raw('VM', vm)
+            if boot == 'normal':
+                self.vm_boot.pop(vm, None)
+                if rec['power_state'] == 'Running' and rec['guest_metrics'] == NULL_REF:
+                    self.start_guest_agent(vm)  # a guest that was stuck comes up now
+            else:
+                self.vm_boot[vm] = boot
+            result = {'vm': rec['name_label'], 'uuid': rec['uuid'], 'boot': boot}
+        self.on_change()
+        return result
+
+    def vm_switches(self):
+        """name_label -> switch of the VMs that do not boot normally (for lab.json)."""
+        with self.lock:
+            return dict((self.store.raw('VM', vm)['name_label'], boot) for vm, boot in self.vm_boot.items()
+                        if self.store.exists('VM', vm))
+
+    # ----- the guest agent ---------------------------------------------------------------------
+
+    def new_domid(self):
+        """The next domain id (caller holds the lock)."""
+        self.last_domid = max([self.last_domid] + [self.store.raw('VM', r)['domid'] for r in self.store.all('VM')]) + 1
+        return self.last_domid
+
+    def new_boot(self, vm):
+        """The VM (re)started: forget the old guest and start its agent (caller holds the lock)."""
+        self.boots[vm] = self.boots.get(vm, 0) + 1
+        self.clear_guest(vm)
+        self.start_guest_agent(vm)
+
+    def end_boot(self, vm):
+        """The VM halted or was destroyed: a pending agent report must not land (caller holds the lock)."""
+        self.boots[vm] = self.boots.get(vm, 0) + 1
+        self.clear_guest(vm)
+
+    def start_guest_agent(self, vm):
+        """The agent reports guest_boot_seconds from now, if the VM is still running the same boot then."""
+        timer = threading.Timer(float(self.settings.get('guest_boot_seconds', 2.0)), self._agent_reports,
+                                (vm, self.boots.get(vm, 0)))
+        timer.daemon = True
+        self.agents.add(timer)
+        timer.start()
+
+    def _agent_reports(self, vm, boot):
+        with self.lock:
+            self.agents = set(t for t in self.agents if t.is_alive() and t is not threading.current_thread())
+            if not self.store.exists('VM', vm) or self.boots.get(vm, 0) != boot or self.vm_boot.get(vm) == 'never':
+                return
+            if self.boot_disk_is_broken(vm):
+                return
+            rec = self.store.raw('VM', vm)
+            if rec['power_state'] == 'Running' and rec['guest_metrics'] == NULL_REF:
+                self.report_guest(vm)
+
+    def boot_disk_is_broken(self, vm):
+        """Whether the VM's bootable disk starts with BROKEN_BOOT_SECTOR: a guest that cannot boot, carried by the
+        disk's content, so that a backup of it restores a VM that does not boot either (caller holds the lock)."""
+        for vbd in self.store.find('VBD', VM=vm):
+            record = self.store.raw('VBD', vbd)
+            if record['bootable'] and record['type'] == 'Disk' and not record['empty']:
+                path = self.paths.get(self.store.raw('VDI', record['VDI'])['uuid'])
+                if path:
+                    with open(path, 'rb') as handle:
+                        return handle.read(len(BROKEN_BOOT_SECTOR)) == BROKEN_BOOT_SECTOR
+        return False
+
+    def stop_guest_agents(self):
+        with self.lock:
+            agents, self.agents = self.agents, set()
+        for timer in agents:
+            timer.cancel()
+
+    def report_guest(self, vm):
+        """The guest agent's report: a VM_guest_metrics record with an address per VIF (caller holds the lock)."""
+        rec = self.store.raw('VM', vm)
+        networks = {}
+        for vif in self.store.find('VIF', VM=vm):
+            device = self.store.raw('VIF', vif)['device']
+            prefix = GUEST_NETS[min(int(device) if device.isdigit() else 0, len(GUEST_NETS) - 1)]
+            address = prefix + str(zlib.crc32(rec['uuid'].encode('ascii')) % 253 + 2)
+            networks['%s/ip' % device] = address
+            networks['%s/ipv4/0' % device] = address
+        metrics = self.store.create('VM_guest_metrics', os_version=GUEST_OS, PV_drivers_version=GUEST_TOOLS,
+                                    PV_drivers_up_to_date=True, networks=networks, other=GUEST_FEATURES,
+                                    last_updated=xapi_now(), live=True, can_use_hotplug_vbd='yes',
+                                    can_use_hotplug_vif='yes', PV_drivers_detected=True)
+        rec['guest_metrics'] = metrics
+        return metrics
+
+    def clear_guest(self, vm):
+        """Destroy the VM's guest metrics, as xapi does when the domain goes (caller holds the lock)."""
+        rec = self.store.raw('VM', vm)
+        if self.store.exists('VM_guest_metrics', rec['guest_metrics']):
+            self.store.destroy('VM_guest_metrics', rec['guest_metrics'])
+        rec['guest_metrics'] = NULL_REF
+
     def session_valid(self, session_ref):
         return isinstance(session_ref, str) and self.store.exists('session', session_ref)
 
@@ -147,7 +296,8 @@ class Lab:
 
     # ----- guest writes (xenlab write) ---------------------------------------------------------
 
-    def guest_write(self, vdi_uuid, offset, length, seed):
+    def guest_write(self, vdi_uuid, offset, length, seed, data=None):
+        """A guest writes ``length`` pseudo-random bytes of ``seed`` (or ``data``) at ``offset``."""
         with self.lock:
             ref = self._vdi_by_uuid(vdi_uuid)
             rec = self.store.raw('VDI', ref)
@@ -155,7 +305,7 @@ class Lab:
                 raise LabError('a guest can only write to a live VDI with data, not %s' % vdi_uuid)
             if offset < 0 or length < 0 or offset + length > rec['virtual_size']:
                 raise LabError('write [%d, %d) is outside the VDI (%d bytes)' % (offset, offset + length, rec['virtual_size']))
-            self.storage.write(self.paths[vdi_uuid], offset, guest_bytes(length, seed))
+            self.storage.write(self.paths[vdi_uuid], offset, guest_bytes(length, seed) if data is None else data)
             # tapdisk logs every write into the leaf's CBT log.
             self.cbt.mark(vdi_uuid, offset, length)
             return {'vdi': vdi_uuid, 'offset': offset, 'length': length, 'seed': seed,

@@ -10,6 +10,8 @@ import signal
 import threading
 
 from . import inventory, pki, tls_policy
+# Importing xapi_vm registers the VM and VIF calls with the dispatcher.
+from . import xapi_vm  # noqa: F401 pylint: disable=unused-import
 from .httpd import ApiHandler, ControlHandler, TLSServer, ThreadingServer
 from .lab import Lab
 from .nbd_front import NbdFront, free_port
@@ -44,10 +46,12 @@ class LabServer:
         self.lab = Lab(self.root, {
             'username': opts.username, 'password': opts.password, 'host_cert_pem': cert_pem,
             'subject': inventory.HOSTNAME, 'nbd_port': self.nbd_port, 'auth_failure_delay': opts.auth_failure_delay,
+            'guest_boot_seconds': opts.guest_boot_seconds,
         })
         seeded = inventory.seed(self.lab, {'disk0': opts.disk0_size, 'disk1': opts.disk1_size,
                                            'other': opts.other_disk_size, 'extra': opts.extra_vm_disk_size},
-                                extra_vms=opts.extra_vms, vm_tags=opts.vm_tags, hosts=getattr(opts, 'hosts', 1))
+                                extra_vms=opts.extra_vms, vm_tags=opts.vm_tags, hosts=getattr(opts, 'hosts', 1),
+                                pool_name=opts.pool_name)
         self.hosts = seeded['hosts']  # the master first: its front keeps --nbd-port and the lab directory
         self.lab.settings['nbd_ports'] = dict((host, self.nbd_port if n == 0 else free_port())
                                               for n, host in enumerate(self.hosts))
@@ -95,6 +99,9 @@ class LabServer:
             'control_url': self.control_url,
             'control_secret': self.secret,
             'dir': self.root,
+            'pool_name': self.opts.pool_name,
+            'guest_boot_seconds': self.opts.guest_boot_seconds,
+            'vm_boot': self.lab.vm_switches(),
             'hosts': [{'name': inventory.host_name(n + 1), 'uuid': self.lab.store.raw('host', host)['uuid'],
                        'nbd_port': front.port, 'nbd_mode': front.mode,
                        'nbd_switch': self.lab.nbd_switches.get(host, 'serve')}
@@ -125,6 +132,7 @@ class LabServer:
 
     def shutdown(self):
         self.write_lab_json()
+        self.lab.stop_guest_agents()
         for front in self.lab.fronts.values():
             front.stop()
         for server in (self.api, self.control):

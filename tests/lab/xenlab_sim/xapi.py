@@ -15,7 +15,7 @@ from xml.sax.saxutils import escape
 
 from .cbt import Unrelated, encode_bitmap
 from .lab import NBD_PURPOSES, xapi_now
-from .schema import NULL_REF, SCHEMA, SETTABLE
+from .schema import CLASS_SETTABLE, NULL_REF, SCHEMA, SETTABLE
 from .store import XenAPIError
 
 __metaclass__ = type
@@ -62,7 +62,8 @@ def to_wire(value):
 
 
 # Fields of type datetime in the classes the lab serves.
-DATETIME_FIELDS = {'snapshot_time', 'created', 'finished', 'last_active', 'validation_time', 'timestamp'}
+DATETIME_FIELDS = {'snapshot_time', 'created', 'finished', 'last_active', 'validation_time', 'timestamp',
+                   'start_time', 'install_time', 'last_updated'}
 
 
 def wire_record(record):
@@ -205,15 +206,48 @@ def generic_method(method):
     return _generic_setter(cls, name, fields)
 
 
+def typed_value(default, value, field='value'):
+    """``value`` as the type of the field whose default is ``default`` (xapi unmarshals every call by type)."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise XenAPIError('FIELD_TYPE_ERROR', field)
+        return value
+    if isinstance(default, int):
+        return as_int(value, field)
+    if isinstance(default, float):
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise XenAPIError('FIELD_TYPE_ERROR', field) from None
+    if isinstance(default, dict):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise XenAPIError('FIELD_TYPE_ERROR', field)
+        return dict((str(k), v) for k, v in value.items())
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise XenAPIError('FIELD_TYPE_ERROR', field)
+        return list(value)
+    if not isinstance(value, str):
+        raise XenAPIError('FIELD_TYPE_ERROR', field)
+    return value
+
+
+def _settable(cls, field):
+    return field in SETTABLE or field in CLASS_SETTABLE.get(cls, ())
+
+
 def _generic_setter(cls, name, fields):
-    if name.startswith('set_') and name[4:] in SETTABLE and name[4:] in fields:
+    if name.startswith('set_') and _settable(cls, name[4:]) and name[4:] in fields:
         field = name[4:]
+        checked = field in CLASS_SETTABLE.get(cls, ())
 
         def setter(ctx, ref, value):
+            if checked:
+                value = typed_value(fields[field], value)
             ctx.store.set(cls, ref, **{field: value})
             return ''
         return setter, (3, 3)
-    if name.startswith('add_to_') and name[7:] in SETTABLE and isinstance(fields.get(name[7:]), dict):
+    if name.startswith('add_to_') and _settable(cls, name[7:]) and isinstance(fields.get(name[7:]), dict):
         field = name[7:]
 
         def add_to(ctx, ref, key, value):
@@ -223,7 +257,7 @@ def _generic_setter(cls, name, fields):
             current[key] = value
             return ''
         return add_to, (4, 4)
-    if name.startswith('remove_from_') and name[12:] in SETTABLE and isinstance(fields.get(name[12:]), dict):
+    if name.startswith('remove_from_') and _settable(cls, name[12:]) and isinstance(fields.get(name[12:]), dict):
         field = name[12:]
 
         def remove_from(ctx, ref, key):
@@ -322,7 +356,7 @@ def _attached_vbds(ctx, vdi):
     return [v for v in ctx.store.find('VBD', VDI=vdi) if ctx.store.raw('VBD', v)['currently_attached']]
 
 
-def _check_not_cbt_metadata(vdi, rec):
+def check_not_cbt_metadata(vdi, rec):
     if rec['type'] == 'cbt_metadata':
         raise XenAPIError('VDI_INCOMPATIBLE_TYPE', vdi, 'cbt_metadata')
 
@@ -331,7 +365,7 @@ def _check_cbt_toggle(ctx, vdi, sr_op):
     """Checks shared by enable_cbt and disable_cbt, in xapi's order."""
     rec = ctx.store.raw('VDI', vdi)
     _sr_supports(ctx, rec, sr_op)
-    _check_not_cbt_metadata(vdi, rec)
+    check_not_cbt_metadata(vdi, rec)
     if rec['is_a_snapshot']:
         raise XenAPIError('OPERATION_NOT_ALLOWED', 'VDI is a snapshot: %s' % vdi)
     if rec['type'] not in ('user', 'system'):
@@ -365,7 +399,7 @@ def vdi_disable_cbt(ctx, vdi):
 def vdi_set_on_boot(ctx, vdi, value):
     with ctx.lab.lock:
         rec = ctx.store.raw('VDI', vdi)
-        _check_not_cbt_metadata(vdi, rec)
+        check_not_cbt_metadata(vdi, rec)
         if rec['cbt_enabled']:
             raise XenAPIError('VDI_CBT_ENABLED', vdi)
         if value not in ('persist', 'reset'):
@@ -379,7 +413,7 @@ def snapshot_vdi(ctx, vdi, extra=None):
     lab = ctx.lab
     rec = ctx.store.raw('VDI', vdi)
     _sr_supports(ctx, rec, 'vdi_snapshot')
-    _check_not_cbt_metadata(vdi, rec)
+    check_not_cbt_metadata(vdi, rec)
     if rec['sharable']:
         raise XenAPIError('VDI_IS_SHARABLE', vdi)
     if rec['on_boot'] == 'reset':
@@ -497,7 +531,7 @@ def vdi_get_nbd_info(ctx, vdi):
     store = ctx.store
     with lab.lock:
         rec = store.raw('VDI', vdi)
-        _check_not_cbt_metadata(vdi, rec)
+        check_not_cbt_metadata(vdi, rec)
         nbd_networks = set(n for n in store.all('network') if set(store.raw('network', n)['purpose']) & set(NBD_PURPOSES))
         hosts = [store.raw('PBD', p)['host'] for p in store.find('PBD', SR=rec['SR'])
                  if store.raw('PBD', p)['currently_attached']]
@@ -549,82 +583,7 @@ def vdi_create(ctx, args):
         return vdi
 
 
-# ----- VBD, VM, task ----------------------------------------------------------------------------
-
-@api('VBD.create')
-def vbd_create(ctx, args):
-    if not isinstance(args, dict):
-        raise XenAPIError('FIELD_TYPE_ERROR', 'args')
-    with ctx.lab.lock:
-        vm = args.get('VM', NULL_REF)
-        ctx.store.raw('VM', vm)
-        vdi = args.get('VDI', NULL_REF)
-        empty = bool(args.get('empty', False))
-        if not empty:
-            _check_not_cbt_metadata(vdi, ctx.store.raw('VDI', vdi))
-        optional = ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'other_config', 'qos_algorithm_type',
-                    'qos_algorithm_params')
-        fields = dict((k, args[k]) for k in optional if k in args)
-        return ctx.store.create('VBD', VM=vm, VDI=vdi, empty=empty, **fields)
-
-
-@api('VBD.destroy')
-def vbd_destroy(ctx, vbd):
-    with ctx.lab.lock:
-        if ctx.store.raw('VBD', vbd)['currently_attached']:
-            raise XenAPIError('OPERATION_NOT_ALLOWED', 'VBD is currently attached: %s' % vbd)
-        ctx.store.destroy('VBD', vbd)
-    return ''
-
-
-@api('VM.snapshot')
-def vm_snapshot(ctx, vm, new_name, ignore_vdis=None):
-    store = ctx.store
-    ignore = set(ignore_vdis or [])
-    with ctx.lab.lock:
-        rec = store.raw('VM', vm)
-        if rec['is_a_snapshot'] or rec['is_a_template'] or rec['is_control_domain']:
-            raise XenAPIError('OPERATION_NOT_ALLOWED', 'VM cannot be snapshotted: %s' % vm)
-        disks = []
-        for vbd in store.find('VBD', VM=vm):
-            vbd_rec = store.raw('VBD', vbd)
-            if vbd_rec['type'] == 'Disk' and not vbd_rec['empty'] and vbd_rec['VDI'] not in ignore:
-                if store.raw('VDI', vbd_rec['VDI'])['on_boot'] == 'reset':
-                    raise XenAPIError('VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION')
-            disks.append(vbd)
-        copied = dict((k, v) for k, v in rec.items()
-                      if k not in ('uuid', 'name_label', 'power_state', 'resident_on', 'domid', 'is_a_snapshot',
-                                   'snapshot_of', 'snapshot_time', 'allowed_operations', 'current_operations'))
-        snap_vm = store.create('VM', name_label=new_name, power_state='Halted', is_a_snapshot=True, snapshot_of=vm,
-                               snapshot_time=xapi_now(), **copied)
-        for vbd in disks:
-            vbd_rec = store.raw('VBD', vbd)
-            vdi = vbd_rec['VDI']
-            if vbd_rec['type'] == 'Disk' and not vbd_rec['empty']:
-                if vdi in ignore:
-                    continue
-                vdi = snapshot_vdi(ctx, vdi)
-            store.create('VBD', VM=snap_vm, VDI=vdi, currently_attached=False,
-                         **dict((k, vbd_rec[k]) for k in ('device', 'userdevice', 'bootable', 'mode', 'type',
-                                                          'unpluggable', 'empty', 'other_config')))
-        return snap_vm
-
-
-@api('VM.destroy')
-def vm_destroy(ctx, vm):
-    store = ctx.store
-    with ctx.lab.lock:
-        rec = store.raw('VM', vm)
-        if rec['is_control_domain']:
-            raise XenAPIError('OPERATION_NOT_ALLOWED', 'Cannot destroy the control domain')
-        if rec['power_state'] != 'Halted':
-            raise XenAPIError('VM_BAD_POWER_STATE', vm, 'halted', rec['power_state'].lower())
-        # VM.destroy removes the VM and its VBDs, never its VDIs.
-        for vbd in store.find('VBD', VM=vm):
-            store.destroy('VBD', vbd)
-        store.destroy('VM', vm)
-    return ''
-
+# ----- task --------------------------------------------------------------------------------------
 
 @api('task.create')
 def task_create(ctx, label, description=''):

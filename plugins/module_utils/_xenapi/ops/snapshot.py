@@ -153,7 +153,7 @@ def skip_matches(record, skip_disks):
             if entry == record['name_label'] or str(entry).lower() == record['uuid'].lower()]
 
 
-def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
+def snapshot_vm(client, ident, check_mode=False, skip_disks=(), capture=None):
     """Snapshot all user disks of a VM at one point in time; keep the disk snapshots, drop the VM record.
 
     VM.snapshot captures every disk at once. The snapshot VM's VBDs would make a later VDI.data_destroy
@@ -162,6 +162,10 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
 
     ``skip_disks``: uuids or names of disks to leave out (VM.snapshot's ignore_vdis); entries that name no
     disk of this VM are ignored. When every disk is left out, nothing is snapshotted and nothing changes.
+
+    ``capture(client, snap_vm_record, vm_record)``, when given, reads what it needs of the VM snapshot before it
+    is destroyed (the VM's configuration); its value is ``captured`` in the result, or, if it raised a
+    XenApiError, ``capture_error`` says why (the disk snapshots are kept all the same).
     """
     vm_ref, vm_record = find_vm(client, ident)
     disks = vm_disks(client, vm_ref, vm_record)
@@ -193,6 +197,11 @@ def snapshot_vm(client, ident, check_mode=False, skip_disks=()):
         snap_vm_record = client.call('VM.get_record', snap_vm)
         when = xenapi_time(snap_vm_record.get('snapshot_time'))
         _collect_disk_snapshots(client, snap_vm_record, disk_order, disk_uuids, when, found, marker)
+        if capture is not None:
+            try:
+                result['captured'] = capture(client, snap_vm_record, vm_record)
+            except XenApiError as exc:
+                result['capture_error'] = exc.message
         client.call('VM.destroy', snap_vm)
     except XenApiError as exc:
         try:  # best effort, once more: the failure may have been passing, or may have stopped the listing half-way

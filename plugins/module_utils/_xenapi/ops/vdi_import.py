@@ -187,6 +187,24 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
     return result
 
 
+def restore_blocks_to_vdi(client, source, vdi, offsets, progress=None, cancel=None):
+    """Write only the 2 MiB blocks of the restore point ``source`` that hold ``offsets`` (guest byte offsets, the
+    changed 64 KiB blocks) over the existing VDI ``vdi`` (checked as :func:`find_target_vdi` does, never forced):
+    a VHD with just those blocks, whole, zeros included; the importer leaves the blocks it omits as they are.
+    Returns ``bytes_sent``, ``seconds`` and ``blocks`` (2 MiB blocks sent)."""
+    vdi_ref, record = find_target_vdi(client, vdi, source.virtual_size, force=False)
+    stream = source.vhd_stream_of(offsets)
+    chunks = stream.chunks
+    if progress is not None or cancel is not None:
+        chunks = _watched(chunks, progress, cancel)
+        if progress is not None:
+            progress.started(stream.length)
+    uploaded = upload(client, vdi_ref, 'vhd', stream.length, chunks,
+                      task_label='xenserver.cbt_backup restore %s (changed blocks)' % source.point['id'])
+    return {'vdi': record['uuid'], 'bytes_sent': uploaded.bytes_sent, 'seconds': round(uploaded.seconds, 3),
+            'blocks': len(stream.blocks)}
+
+
 def _watched(chunks, progress, cancel):
     """The chunk factory ``chunks`` telling ``progress`` what it sent and stopping once ``cancel`` is set."""
     def watched():

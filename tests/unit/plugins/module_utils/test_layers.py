@@ -22,7 +22,7 @@ LAYERS = (
     ('protocols and formats', ('_xenapi.client', '_xenapi.cbt_bitmap', '_nbd.*', '_image.*')),
     ('XenAPI operations', ('_xenapi.model', '_xenapi.ops.*')),
     ('repository', ('_repository.store', '_repository.retention', '_repository.restore', '_repository.inspection',
-                    '_repository.rebuild', '_repository.report')),
+                    '_repository.rebuild', '_repository.report', '_repository.vm_configs')),
     ('use cases', ('_backup.*', '_repository.backup')),
     ('Ansible adapter', ('_ansible.*',)),
 )
