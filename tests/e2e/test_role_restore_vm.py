@@ -125,8 +125,8 @@ def guest_write_task(lab, vdi_uuid, seed, name):
         '--vdi', vdi_uuid, '--offset', '0', '--length', '65536', '--seed', str(seed)]}}
 
 
-def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy):
-    """The backup playbook with a guest host for demo-vm in the inventory and the hooks as task files."""
+def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy, vm='demo-vm'):
+    """The backup playbook with a guest host for ``vm`` in the inventory and the hooks as task files."""
     hooks = {}
     for phase, tasks in (('pre', pre_tasks), ('post', post_tasks)):
         hooks[phase] = str(tmp_path / ('%s.yml' % phase))
@@ -135,7 +135,8 @@ def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy):
     with open(lab.inventory) as handle:
         inventory = json.load(handle)
     pool = inventory['xenserver_pools']['hosts']['lab-pool']
-    pool.update(incremental_backup_guest_hosts={'demo-vm': 'demo-guest'}, incremental_backup_pre_snapshot_tasks=hooks['pre'],
+    pool.update(incremental_backup_vms=[vm], incremental_backup_guest_hosts={vm: 'demo-guest'},
+                incremental_backup_pre_snapshot_tasks=hooks['pre'],
                 incremental_backup_post_snapshot_tasks=hooks['post'], incremental_backup_pre_snapshot_failure=policy,
                 incremental_backup_fail_on_error=False, incremental_backup_hook_timeout=60)
     inventory['guests'] = {'hosts': {'demo-guest': {'ansible_connection': 'local',
@@ -193,6 +194,19 @@ def test_a_failed_pre_snapshot_hook_follows_the_policy(lab, tmp_path, policy, co
     hook_records = [r for r in report['failures'] + report['warnings'] if r['step'] in ('pre_snapshot', 'guest_hook')]
     assert len(hook_records) == 1 and 'freeze the file systems' in hook_records[0]['msg']
     assert [e['argv'] for e in guest_log(lab)[logged:]] == [['false'], ['true']]  # the post hook ran all the same
+
+
+def test_the_post_snapshot_hook_runs_also_when_the_snapshot_fails(lab, tmp_path):
+    # other-vm's disk resets on boot: VM.snapshot refuses it (VDI_ON_BOOT_MODE_INCOMPATIBLE_WITH_OPERATION)
+    logged = len(guest_log(lab))
+    hook = [{'name': 'mark', 'ansible.builtin.command': {'argv': [
+        XENLAB, 'guest-exec', '--dir', lab.lab_dir, '--vm', 'other-vm', '--', 'true']}}]
+    rc, out = backup_with_hooks(lab, tmp_path, hook, hook, 'crash_consistent', vm='other-vm')
+    assert rc == 0, out[-4000:]
+    report = lab.reports()[-1]
+    (vm,) = [v for v in report['vms'] if v['name'] == 'other-vm']
+    assert vm['status'] == 'failed' and any(f['step'] == 'snapshot' for f in report['failures'])
+    assert [(e['vm'], e['exit_code']) for e in guest_log(lab)[logged:]] == [('other-vm', 0), ('other-vm', 0)]
 
 
 def test_a_restore_in_place_through_the_role_sends_only_the_changed_blocks(lab, tmp_path):

@@ -16,7 +16,8 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup impor
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import vm_configs as _vm_configs
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vm_config as _vm_config
-from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import xenlab
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi import client as _xenapi
+from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import lab_connection, run_module
 
 __metaclass__ = type
@@ -241,3 +242,29 @@ def test_a_restore_in_place_sends_only_what_changed_since_the_run_and_refuses_a_
     first = dict((d['name'], d) for d in again['disks'])['demo-vm-disk0']
     assert first['method'] == 'full' and 'no longer exists' in first['why_full']
     assert sha256_of(lab, disk0['snapshot_of'], size) == expected
+
+
+def test_a_vm_is_restored_onto_another_pool(lab, client, tmp_path):
+    root = tmp_path / 'backups'
+    snap = back_up(lab, client, root, tmp_path)
+    other = start_lab(tmp_path / 'dr-lab', '--pool-name', 'dr-pool')
+    try:
+        result = restore(other, tmp_path, repository_root=str(root), vm='demo-vm', name='demo-vm', mac='keep')
+        assert not result['failed'], result.get('msg')
+        assert result['source_vm']['pool_name'] == 'lab-pool' and result['vm']['uuid']
+        with _xenapi.XenApiClient(other.info['url'], username=other.info['username'], password=other.info['password'],
+                                  ca_path=other.info['ca_cert'], timeout=30) as dr:
+            assert dr.call('pool.get_name_label', dr.call('pool.get_all')[0]) == 'dr-pool'
+            vm_ref = dr.call('VM.get_by_uuid', result['vm']['uuid'])
+            assert dr.call('VM.get_name_label', vm_ref) == 'demo-vm'
+            for disk in result['disks']:
+                size = dr.call('VDI.get_virtual_size', dr.call('VDI.get_by_uuid', disk['vdi']))
+                size = int(size)
+                assert hashlib.sha256(other.content(disk['vdi']).ljust(size, b'\0')).hexdigest() == \
+                    sha256_of(lab, disk['source_disk'], size)
+            macs = sorted(dr.call('VIF.get_MAC', ref) for ref in dr.call('VM.get_VIFs', vm_ref))
+        source = client.call('VM.get_by_name_label', 'demo-vm')[0]
+        assert macs == sorted(client.call('VIF.get_MAC', ref) for ref in client.call('VM.get_VIFs', source))
+        assert snap['vm'] != result['vm']['uuid']
+    finally:
+        xenlab('stop', '--dir', other.dir)
