@@ -14,7 +14,7 @@ version_added: 0.1.0
 description:
   - Restores one backup run of a VM (as M(xenserver.cbt_backup.vm_restore) does) into a temporary VM with no network
     interface, starts it, and waits up to O(timeout) seconds for its guest agent to report (the VM's guest metrics
-    carry an OS or PV driver version). Then it shuts the VM down hard and destroys it and its disks, whatever
+    carry an OS or PV driver version), or for the key O(guest_key) that the guest writes. Then it shuts the VM down hard and destroys it and its disks, whatever
     happened.
   - Integrity hashes prove that the backup holds what was read; only a boot proves that the VM can run from it.
   - A VM that does not boot within O(timeout) is a result (RV(booted) false, RV(reason)), not a failure of the task;
@@ -51,6 +51,14 @@ options:
     description: Seconds to wait for the guest agent after the start.
     type: int
     default: 300
+  guest_key:
+    description:
+      - Wait for a key the guest itself writes, instead of the guest agent's report. A boot script in the guest (a
+        systemd unit that runs once the application is up, for example) writes xenstore C(control/<guest_key>)
+        (C(xenstore-write control/backup-ok 1)); xapi copies every C(control/*) key of the guest into the VM's
+        guest metrics (C(other)), where this module looks for it.
+      - This proves more than a boot (the application came up), and works for guests whose agent reports late.
+    type: str
   fail_on_no_boot:
     description: Fail the task when the VM does not boot (the temporary VM is destroyed all the same).
     type: bool
@@ -125,6 +133,7 @@ def main():
             point=dict(type='str', default='latest'),
             sr=dict(type='str'),
             timeout=dict(type='int', default=300),
+            guest_key=dict(type='str', no_log=False),
             fail_on_no_boot=dict(type='bool', default=False),
         ),
         supports_check_mode=True,
@@ -137,7 +146,7 @@ def main():
         chosen = _vm_restore.chosen_run(_vm_restore.find_vm_directory(params['repository_root'], params['vm']),
                                         params['point'])
         result = _vm_restore.health_check(client, chosen, default_sr=params['sr'], timeout=params['timeout'],
-                                          check_mode=module.check_mode)
+                                          check_mode=module.check_mode, guest_key=params['guest_key'])
         if params['fail_on_no_boot'] and result['booted'] is False:
             raise _vm_restore.VmRestoreError('the backup run %s of %s did not boot: %s. The temporary VM was destroyed'
                                              % (result['run'], params['vm'], result['reason']), code='NO_BOOT',

@@ -341,8 +341,10 @@ def _vif_record(vif, vm_ref, network_ref, keep_mac):
 # -- health check --------------------------------------------------------------------------------------------
 
 
-def agent_reported(client, vm_ref):
-    """Whether the VM's guest agent has reported (VM_guest_metrics with an OS or PV driver version)."""
+def agent_reported(client, vm_ref, guest_key=None):
+    """Whether the VM's guest agent has reported (VM_guest_metrics with an OS or PV driver version), or, with
+    ``guest_key``, whether the guest has written xenstore ``control/<guest_key>`` (xapi copies every control/* key
+    of the guest into VM_guest_metrics.other)."""
     metrics = client.call('VM.get_guest_metrics', vm_ref)
     if not metrics or metrics == NULL_REF:
         return False
@@ -352,11 +354,13 @@ def agent_reported(client, vm_ref):
         if exc.code == 'HANDLE_INVALID':
             return False
         raise
+    if guest_key:
+        return guest_key in (record.get('other') or {})
     return bool(record.get('os_version') or record.get('PV_drivers_version'))
 
 
 def health_check(client, chosen, default_sr=None, sr_map=None, timeout=300, poll=1.0, check_mode=False,
-                 clock=None, sleep=None):
+                 clock=None, sleep=None, guest_key=None):
     """Restore the run ``chosen`` into a temporary VM with no network, start it, wait up to ``timeout`` seconds
     for its guest agent to report, then destroy everything it created. The result says whether it booted
     (``booted``, ``seconds_to_agent``) or why not (``reason``); a VM that does not boot is a result, not an error."""
@@ -377,12 +381,14 @@ def health_check(client, chosen, default_sr=None, sr_map=None, timeout=300, poll
         client.call('VM.start', vm_ref, False, False)
         started = clock()
         while True:
-            if agent_reported(client, vm_ref):
+            if agent_reported(client, vm_ref, guest_key):
                 result.update(booted=True, seconds_to_agent=round(clock() - started, 1))
                 break
             if clock() - started >= timeout:
-                result.update(booted=False, reason='the guest agent did not report within %d seconds of the start '
-                                                   '(no OS or PV driver version in its guest metrics)' % timeout)
+                result.update(booted=False, reason=(
+                    'the guest did not write xenstore control/%s within %d seconds of the start' % (guest_key, timeout)
+                    if guest_key else 'the guest agent did not report within %d seconds of the start (no OS or PV '
+                                      'driver version in its guest metrics)' % timeout))
                 break
             sleep(poll)
     except XenApiError as exc:

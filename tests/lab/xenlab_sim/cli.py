@@ -229,7 +229,8 @@ def control(directory, endpoint, payload):
 
 def cmd_write(opts):
     reply = control(opts.dir, '/internal/write', {'vdi': opts.vdi, 'offset': opts.offset, 'length': opts.length,
-                                                  'seed': opts.seed, 'broken_boot_sector': opts.broken_boot_sector})
+                                                  'seed': opts.seed, 'broken_boot_sector': opts.broken_boot_sector,
+                                                  'guest_key': opts.guest_key})
     reply.pop('ok', None)
     print(json.dumps(reply, sort_keys=True))
     return 0
@@ -360,6 +361,8 @@ def parser():
     write.add_argument('--seed', type=int, default=0)
     write.add_argument('--broken-boot-sector', action='store_true',
                        help='write the bytes that keep a VM booting from this disk from ever booting (at offset 0)')
+    write.add_argument('--guest-key', metavar='NAME',
+                       help='install a boot script (at offset 0) that writes xenstore control/NAME once the guest is up')
     write.set_defaults(func=cmd_write)
     path = sub.add_parser('path', help="print the file holding a VDI's content")
     path.add_argument('--dir', required=True)

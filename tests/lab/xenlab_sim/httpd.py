@@ -14,7 +14,7 @@ from http.cookies import SimpleCookie
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-from .lab import BROKEN_BOOT_SECTOR, LabError
+from .lab import BROKEN_BOOT_SECTOR, GUEST_KEY_MARK, LabError
 from .store import XenAPIError
 from .vhd import VhdError, apply_vhd, export_stream
 
@@ -338,6 +338,9 @@ class ControlHandler(BaseHTTPRequestHandler):
         if path == '/internal/write':
             if args.get('broken_boot_sector'):  # the guest wrecks its boot sector: it never boots again
                 return lab.guest_write(args['vdi'], 0, len(BROKEN_BOOT_SECTOR), 0, data=BROKEN_BOOT_SECTOR)
+            if args.get('guest_key'):  # a boot script that writes xenstore control/<key> is installed
+                data = GUEST_KEY_MARK + args['guest_key'].encode('ascii') + b'\n'
+                return lab.guest_write(args['vdi'], 0, len(data), 0, data=data)
             return lab.guest_write(args['vdi'], int(args['offset']), int(args['length']), args.get('seed', 0))
         if path == '/internal/path':
             return {'path': lab.content_path(args['vdi'])}

@@ -23,6 +23,8 @@ NBD_SWITCHES = ('serve', 'refuse', 'drop')
 VM_BOOT_SWITCHES = ('normal', 'never')
 # a bootable disk that starts with these bytes never boots (xenlab write --broken-boot-sector puts them there)
 BROKEN_BOOT_SECTOR = b'XENLAB BROKEN BOOT SECTOR\n'
+# a bootable disk that starts with these bytes and a name: its guest writes xenstore control/<name> at boot
+GUEST_KEY_MARK = b'XENLAB GUEST KEY '
 
 # What the simulated guest agent (xe-guest-utilities in a Debian guest) reports in VM_guest_metrics.
 GUEST_OS = {'name': 'Debian GNU/Linux 12 (bookworm)', 'distro': 'debian', 'major': '12', 'minor': '5'}
@@ -226,17 +228,30 @@ class Lab:
             if rec['power_state'] == 'Running' and rec['guest_metrics'] == NULL_REF:
                 self.report_guest(vm)
 
-    def boot_disk_is_broken(self, vm):
-        """Whether the VM's bootable disk starts with BROKEN_BOOT_SECTOR: a guest that cannot boot, carried by the
-        disk's content, so that a backup of it restores a VM that does not boot either (caller holds the lock)."""
+    def boot_sector(self, vm, length=128):
+        """The first ``length`` bytes of the VM's bootable disk (b'' without one) (caller holds the lock)."""
         for vbd in self.store.find('VBD', VM=vm):
             record = self.store.raw('VBD', vbd)
             if record['bootable'] and record['type'] == 'Disk' and not record['empty']:
                 path = self.paths.get(self.store.raw('VDI', record['VDI'])['uuid'])
                 if path:
                     with open(path, 'rb') as handle:
-                        return handle.read(len(BROKEN_BOOT_SECTOR)) == BROKEN_BOOT_SECTOR
-        return False
+                        return handle.read(length)
+        return b''
+
+    def boot_disk_is_broken(self, vm):
+        """Whether the VM's bootable disk starts with BROKEN_BOOT_SECTOR: a guest that cannot boot, carried by the
+        disk's content, so that a backup of it restores a VM that does not boot either (caller holds the lock)."""
+        return self.boot_sector(vm).startswith(BROKEN_BOOT_SECTOR)
+
+    def guest_control_keys(self, vm):
+        """The control/* keys the guest's boot script writes (GUEST_KEY_MARK + name at the start of its bootable
+        disk, so the script travels with the data): xapi copies each into VM_guest_metrics.other."""
+        sector = self.boot_sector(vm)
+        if not sector.startswith(GUEST_KEY_MARK):
+            return {}
+        name = sector[len(GUEST_KEY_MARK):].split(b'\n', 1)[0].decode('ascii', 'replace').strip()
+        return {name: '1'} if name else {}
 
     def stop_guest_agents(self):
         with self.lock:
@@ -255,7 +270,8 @@ class Lab:
             networks['%s/ip' % device] = address
             networks['%s/ipv4/0' % device] = address
         metrics = self.store.create('VM_guest_metrics', os_version=GUEST_OS, PV_drivers_version=GUEST_TOOLS,
-                                    PV_drivers_up_to_date=True, networks=networks, other=GUEST_FEATURES,
+                                    PV_drivers_up_to_date=True, networks=networks,
+                                    other=dict(GUEST_FEATURES, **self.guest_control_keys(vm)),
                                     last_updated=xapi_now(), live=True, can_use_hotplug_vbd='yes',
                                     can_use_hotplug_vif='yes', PV_drivers_detected=True)
         rec['guest_metrics'] = metrics

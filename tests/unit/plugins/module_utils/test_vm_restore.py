@@ -268,3 +268,20 @@ def test_a_vm_is_restored_onto_another_pool(lab, client, tmp_path):
         assert snap['vm'] != result['vm']['uuid']
     finally:
         xenlab('stop', '--dir', other.dir)
+
+
+def test_a_health_check_can_wait_for_a_key_the_guest_writes(lab, client, tmp_path):
+    vm = client.call('VM.get_by_name_label', 'demo-vm')[0]
+    vbds = [client.call('VBD.get_record', ref) for ref in client.call('VM.get_VBDs', vm)]
+    boot_disk = [client.call('VDI.get_uuid', v['VDI']) for v in vbds if v['bootable'] and v['type'] == 'Disk'][0]
+    root = tmp_path / 'backups'
+    back_up(lab, client, root, tmp_path, run=RUN)  # before the boot script: its guest never writes the key
+    xenlab('write', '--dir', lab.dir, '--vdi', boot_disk, '--guest-key', 'backup-ok')
+    later = '2026-11-26T02:00:00Z'
+    back_up(lab, client, root, tmp_path, run=later)  # with the boot script
+    args = dict(repository_root=str(root), vm='demo-vm', sr='Local storage', guest_key='backup-ok')
+    result = health_check(lab, tmp_path, timeout=60, **args)
+    assert not result['failed'], result.get('msg')
+    assert result['booted'] is True and result['run'] == later
+    result = health_check(lab, tmp_path, timeout=3, point=RUN, **args)
+    assert result['booted'] is False and 'did not write xenstore control/backup-ok within 3 seconds' in result['reason']
