@@ -380,8 +380,8 @@ def main():
     def one_vm(client, entry):
         # A PartialSnapshotError's result (changed, snapshots) comes back with the failure.
         return _vm_configuration.snapshot_vm(client, entry['vm'], skip_disks=entry['skip_disks'],
-                                        repository_root=params['repository_root'], run=params['run'],
-                                        check_mode=check_mode)
+                                             repository_root=params['repository_root'], run=params['run'],
+                                             check_mode=check_mode)
 
     if params['vms'] is not None:
         _xenapi_module.run_items(module, 'vms', params['vms'], one_vm, 'vm', 'SNAPSHOTS_FAILED', 'VM snapshots',

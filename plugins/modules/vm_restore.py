@@ -44,8 +44,8 @@ options:
       - V(new) builds a new VM (the rest of this page). V(in_place) overwrites the disks of an existing, halted VM
         (O(target_vm), default the VM the run backed up), matched by userdevice, and changes nothing else; a running
         VM is refused. Where the disk's CBT chain still reaches the run's snapshot (the newest run's, which the
-        role keeps as the next run's base), only the blocks written since are sent (RV(disks[].method)
-        C(changed_blocks)); else the whole disk (C(full), with RV(disks[].why_full)).
+        role keeps as the next run's base), only the blocks written since are sent (C(method=changed_blocks) in
+        RV(disks)); else the whole disk (C(method=full), and C(why_full) says why).
     type: str
     choices: [new, in_place]
     default: new

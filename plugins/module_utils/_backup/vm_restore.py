@@ -478,8 +478,8 @@ def restore_in_place(client, chosen, target_vm=None, check_mode=False, disk_prog
         disk = vbd['disk']
         if vbd['userdevice'] not in targets:
             raise VmRestoreError('the VM %s has no disk at userdevice %s, where the backup had %s: restore as a new VM, '
-                                 'or restore that disk with vdi_restore' % (vm['name_label'], vbd['userdevice'],
-                                                                           disk['name_label']), code='DISK_NOT_FOUND')
+                                 'or restore that disk with vdi_restore'
+                                 % (vm['name_label'], vbd['userdevice'], disk['name_label']), code='DISK_NOT_FOUND')
         vdi_ref, vdi = targets[vbd['userdevice']]
         if int(vdi['virtual_size']) != int(disk['virtual_size']):
             raise VmRestoreError('the disk %s at userdevice %s has %s bytes, the backup %s: they must be equal; restore '

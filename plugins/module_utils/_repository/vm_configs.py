@@ -304,4 +304,3 @@ class VmConfigs:
             unknown = sorted(name for name in os.listdir(self.path)
                              if name not in listed and name not in OWN_FILES)
         return {'checked': len(self.manifest['configs']), 'problems': problems, 'unknown_files': unknown}
-
