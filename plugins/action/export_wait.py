@@ -106,8 +106,27 @@ class Seen:
         return entry['disk'].get('bytes_done') or 0, seconds
 
 
+def restore_lines(host, result, seen):
+    """One line per disk of a restore job (vdi_restore, or vm_restore's ``disks``), labelled as its progress
+    documents named it: ok with the bytes sent and seconds, or failed with the job's error code."""
+    labels = list(seen.disks)
+    if result.get('failed'):  # the whole job failed (a restore, or an export job that died): its disks with it
+        return ['[%s] %s: failed (%s)' % (host, label, result.get('error_code') or 'error') for label in labels]
+    disks = result.get('disks') if isinstance(result.get('disks'), list) else [result]
+    lines = []
+    for index, disk in enumerate(disk for disk in disks if isinstance(disk, dict)):
+        label = labels[index] if index < len(labels) else disk.get('name') or 'disk %d' % index
+        seconds = disk.get('seconds', seen.bytes_and_seconds(label)[1])
+        method = ' (%s)' % disk['method'] if disk.get('method') else ''
+        lines.append('[%s] %s: ok, %s sent in %.1f s%s' % (host, label, size_text(disk.get('bytes_sent') or 0),
+                                                          float(seconds or 0.0), method))
+    return lines
+
+
 def summary_lines(host, result, seen):
-    """One line per item of the job's result: label, ok or failed, bytes read, seconds."""
+    """One line per item of the job's result: label, ok or failed, bytes read (sent, for a restore), seconds."""
+    if 'exports' not in result and ('bytes_sent' in result or 'disks' in result or result.get('failed')):
+        return restore_lines(host, result, seen)
     lines = []
     for entry in result.get('exports') or []:
         if not isinstance(entry, dict):

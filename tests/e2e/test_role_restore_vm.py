@@ -11,6 +11,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -64,6 +65,7 @@ def test_a_lost_vm_is_rebuilt_from_its_backup_on_another_sr_and_network(lab, tmp
     assert rc == 0, out[-4000:]
     assert 'Restored demo-vm (backup run %s) as demo-vm-dr' % report['started'] in out
     assert 'FAILED - RETRYING' not in out
+    assert re.search(r'\] demo-vm/demo-vm-disk0: ok, [0-9.]+ MiB sent in', out), out[-3000:]  # export_wait's summary
 
     (new_ref, new), = by_name(lab, 'VM', 'demo-vm-dr')
     new['other_config'] = vm_config.other_config_subset(new['other_config'])

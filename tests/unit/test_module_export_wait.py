@@ -65,6 +65,23 @@ def test_the_summary_has_a_line_per_disk():
     ]
 
 
+def test_a_restore_gets_a_line_per_disk_too():
+    seen = _export_wait.Seen()
+    seen.update({'disks': [{'label': 'web01/xvda', 'state': 'running', 'bytes_done': MIB},
+                           {'label': 'web01/xvdb', 'state': 'queued', 'bytes_done': 0}]}, 10.0)
+    seen.update({'disks': [{'label': 'web01/xvda', 'state': 'done', 'bytes_done': 4 * MIB},
+                           {'label': 'web01/xvdb', 'state': 'running', 'bytes_done': 2 * MIB}]}, 12.0)
+    vm_restore = {'changed': True, 'disks': [{'name': 'xvda', 'bytes_sent': 4 * MIB, 'method': 'changed_blocks'},
+                                             {'name': 'xvdb', 'bytes_sent': 2 * MIB}]}
+    assert _export_wait.summary_lines('p', vm_restore, seen) == [
+        '[p] web01/xvda: ok, 4.0 MiB sent in 0.0 s (changed_blocks)', '[p] web01/xvdb: ok, 2.0 MiB sent in 0.0 s']
+    vdi_restore = {'changed': True, 'vdi': {'uuid': 'u'}, 'bytes_sent': 3 * MIB, 'seconds': 1.5}
+    assert _export_wait.summary_lines('p', vdi_restore, seen)[0] == '[p] web01/xvda: ok, 3.0 MiB sent in 1.5 s'
+    failed = {'failed': True, 'error_code': 'CANCELLED', 'msg': 'x'}
+    assert _export_wait.summary_lines('p', failed, seen) == ['[p] web01/xvda: failed (CANCELLED)',
+                                                             '[p] web01/xvdb: failed (CANCELLED)']
+
+
 # -- export_progress ----------------------------------------------------------------------------------------
 
 
