@@ -115,11 +115,11 @@ def restore_lines(host, result, seen):
     disks = result.get('disks') if isinstance(result.get('disks'), list) else [result]
     lines = []
     for index, disk in enumerate(disk for disk in disks if isinstance(disk, dict)):
-        label = labels[index] if index < len(labels) else disk.get('name') or 'disk %d' % index
+        label = disk.get('label') or (labels[index] if index < len(labels) else disk.get('name') or 'disk %d' % index)
         seconds = disk.get('seconds', seen.bytes_and_seconds(label)[1])
         method = ' (%s)' % disk['method'] if disk.get('method') else ''
-        lines.append('[%s] %s: ok, %s sent in %.1f s%s' % (host, label, size_text(disk.get('bytes_sent') or 0),
-                                                          float(seconds or 0.0), method))
+        sent = size_text(disk.get('bytes_sent') or 0)
+        lines.append('[%s] %s: ok, %s sent in %.1f s%s' % (host, label, sent, float(seconds or 0.0), method))
     return lines
 
 

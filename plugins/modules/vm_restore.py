@@ -205,7 +205,7 @@ disks:
   returned: success
   type: list
   elements: dict
-  sample: [{userdevice: "0", source_disk: 5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10, name: web01-disk0,
+  sample: [{userdevice: "0", source_disk: 5f0c2a4e-0c1d-4a57-9a0e-3e2b1c7d9f10, name: web01-disk0, label: web01/web01-disk0,
             repository: /backups/8d2f.../5f0c..., point: 20261125T020004Z-incr, sr: 0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d,
             vdi: 7e6d5c4b-3a29-4b1c-8d0e-1f2a3b4c5d6e, bytes_sent: 1073741824}]
 vifs:
@@ -268,23 +268,23 @@ def main():
         'nothing was restored')
 
     def restore(client):
-        try:
-            if params['mode'] == 'in_place':
-                return _vm_restore.restore_in_place(
-                    client, chosen, target_vm=params['target_vm'], check_mode=module.check_mode,
-                    disk_progress=watch.disks if watch else None, cancel=watch.cancellation if watch else None)
-            return _vm_restore.restore_new_vm(
-                client, chosen, name=params['name'], name_suffix=params['name_suffix'],
-                sr_map=dict((str(k), str(v)) for k, v in params['sr_map'].items()), default_sr=params['default_sr'],
-                network_map=dict((str(k), str(v)) for k, v in params['network_map'].items()),
-                default_network=params['default_network'], keep_macs=params['mac'] == 'keep', start=params['start'],
-                check_mode=module.check_mode, disk_progress=watch.disks if watch else None,
-                cancel=watch.cancellation if watch else None)
-        finally:
-            if watch is not None:
-                watch.stop()  # removes the progress file and its lease
+        if params['mode'] == 'in_place':
+            return _vm_restore.restore_in_place(
+                client, chosen, target_vm=params['target_vm'], check_mode=module.check_mode,
+                disk_progress=watch.disks if watch else None, cancel=watch.cancellation if watch else None)
+        return _vm_restore.restore_new_vm(
+            client, chosen, name=params['name'], name_suffix=params['name_suffix'],
+            sr_map=dict((str(k), str(v)) for k, v in params['sr_map'].items()), default_sr=params['default_sr'],
+            network_map=dict((str(k), str(v)) for k, v in params['network_map'].items()),
+            default_network=params['default_network'], keep_macs=params['mac'] == 'keep', start=params['start'],
+            check_mode=module.check_mode, disk_progress=watch.disks if watch else None,
+            cancel=watch.cancellation if watch else None)
 
-    _xenapi_module.run(module, restore)
+    try:
+        _xenapi_module.run(module, restore)
+    finally:  # also when the login failed: no progress or lease file is left
+        if watch is not None:
+            watch.stop()
 
 
 if __name__ == '__main__':

@@ -20,6 +20,7 @@ from __future__ import absolute_import, division, print_function
 import errno
 import json
 import os
+import re
 
 from .._repository.store import remove_if_exists as remove, write_file_atomically
 from .._time import format_utc, utc_now
@@ -27,6 +28,7 @@ from .._time import format_utc, utc_now
 __metaclass__ = type
 
 RECORD_KIND = 'xenserver.cbt_backup background job'
+JID = re.compile(r'^[A-Za-z0-9_.-]+$')  # what async_wrapper names job files: no path in it
 LEASE_SUFFIX = '.lease'  # progress.LEASE_SUFFIX; repeated so that this module needs no threads
 
 
@@ -53,7 +55,10 @@ def write_record(path, jid, async_dir, progress_file):
 
 
 def forget(async_dir, jid, record=None):
-    """The job's result has been read: remove its job file (and ``record``). Returns the paths removed."""
+    """The job's result has been read: remove its job file (and ``record``, if it names this job: a record of
+    another job, still running, stays for the next run). Returns the paths removed."""
+    if record and _read_json(record) is not _MISSING and (_read_json(record) or {}).get('jid') != jid:
+        record = None
     return [path for path in (os.path.join(async_dir, jid), record) if path and remove(path)]
 
 
@@ -72,6 +77,10 @@ def recover(path, check_mode=False):
             or not record.get('async_dir'):
         raise ValueError('%s is not a job record of xenserver.cbt_backup; it was left as it is' % path)
     jid, async_dir = str(record['jid']), record['async_dir']
+    progress_file = record.get('progress_file')
+    if not JID.match(jid) or not os.path.isabs(async_dir) or (progress_file and not os.path.isabs(progress_file)):
+        raise ValueError('%s names no job of this collection (jid %r, async_dir %r); it was left as it is'
+                         % (path, jid, async_dir))
     found = {'record': path, 'jid': jid, 'written': record.get('written'), 'removed': []}
     job_file = os.path.join(async_dir, jid)
     state = job_state(async_dir, jid)
@@ -81,7 +90,6 @@ def recover(path, check_mode=False):
     if state['found']:
         found['summary'] = summarize(_read_json(job_file))
     found['state'] = 'ended' if state['found'] else 'gone'
-    progress_file = record.get('progress_file')
     leftovers = [job_file] + ([progress_file, progress_file + LEASE_SUFFIX] if progress_file else []) + [path]
     if check_mode:
         found['removed'] = [leftover for leftover in leftovers if os.path.lexists(leftover)]

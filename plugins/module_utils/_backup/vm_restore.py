@@ -23,7 +23,7 @@ from .._extents import CBT_BLOCK_SIZE
 from .._repository import vm_configs as _vm_configs
 from .._repository.restore import RestoreSource
 from .._repository.store import Repository
-from .._time import normalize_utc
+from .._time import format_utc, normalize_utc, parse_utc_or_none
 from .._xenapi.client import NULL_REF, UUID_RE, XenApiError
 from .._xenapi import cbt_bitmap as _cbt
 from .._xenapi import model as _objects
@@ -84,12 +84,18 @@ def disk_vbds(config):
     return [vbd for vbd in config['vbds'] if vbd.get('disk')]
 
 
+def _run_of(point):
+    """The run of a point as RFC 3339 UTC text, or None (a point of the direct form records none)."""
+    when = parse_utc_or_none(point.get('run') or point.get('snapshot_time'))
+    return format_utc(when) if when else None
+
+
 def _points_of_run(repository, run):
     """The id of ``repository``'s restore point of the run ``run``, or None."""
     if not os.path.isdir(repository):
         return None
     with Repository(repository) as repo:
-        found = [p['id'] for p in repo.points if normalize_utc(p.get('run') or p.get('snapshot_time')) == run]
+        found = [p['id'] for p in repo.points if _run_of(p) == run]
     return found[-1] if found else None
 
 
@@ -102,7 +108,11 @@ def choose_run(vm_directory, point='latest'):
             entries = [e for e in entries if e['run'] <= normalize_utc(point)]
         incomplete = []
         for entry in reversed(entries):
-            config = store.load(entry['run'])
+            try:
+                config = store.load(entry['run'])
+            except _vm_configs.VmConfigError as exc:  # a damaged one: an older run may still do
+                incomplete.append('%s (%s)' % (entry['run'], exc.message))
+                continue
             points = {}
             for vbd in disk_vbds(config):
                 repository = os.path.join(vm_directory, vbd['disk']['disk_uuid'])
@@ -214,10 +224,12 @@ class Created:
                     self.client.call('VM.destroy', ref)
                 elif kind == 'VDI':
                     self.client.call('VDI.destroy', ref)
+                elif kind == 'VDI by uuid':
+                    self.client.call('VDI.destroy', self.client.call('VDI.get_by_uuid', ref))
                 else:
                     self.client.call('%s.destroy' % kind, ref)
             except XenApiError as exc:
-                if exc.code not in ('HANDLE_INVALID',):
+                if exc.code not in ('HANDLE_INVALID', 'UUID_INVALID'):  # already gone
                     problems.append('%s %s: %s' % (kind, ref, exc.message))
         self.items = []
         return problems
@@ -266,6 +278,7 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
         repository, point_id = points[vbd['disk']['disk_uuid']]
         result['disks'].append({'userdevice': vbd['userdevice'], 'source_disk': vbd['disk']['disk_uuid'],
                                 'name': vbd['disk']['name_label'], 'repository': repository, 'point': point_id,
+                                'label': '%s/%s' % (config['vm'].get('name_label'), vbd['disk']['name_label']),
                                 'sr': sr['uuid'], 'vdi': None, 'bytes_sent': 0})
     for vif, dummy, network in plan['vifs']:
         if network is None:
@@ -294,8 +307,9 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
                                                       progress=progress, cancel=cancel)
             if progress is not None:
                 progress.ended('done')
-            vdi_ref = created.add('VDI', client.call('VDI.get_by_uuid', uploaded['vdi']['uuid']))
             disk.update(vdi=uploaded['vdi']['uuid'], bytes_sent=uploaded.get('bytes_sent', 0))
+            created.add('VDI by uuid', uploaded['vdi']['uuid'])  # journaled before anything else can fail
+            vdi_ref = client.call('VDI.get_by_uuid', uploaded['vdi']['uuid'])
             result['warnings'].extend(uploaded.get('warnings') or [])
             created.add('VBD', client.call('VBD.create', _vbd_record(vbd, vm_ref, vdi_ref)))
         for vbd in config['vbds']:
@@ -306,8 +320,6 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
                 created.add('VIF', client.call('VIF.create', _vif_record(vif, vm_ref, network_ref, keep_macs)))
         for entry, vif_ref in zip(result['vifs'], [ref for kind, ref in created.items if kind == 'VIF']):
             entry['MAC'] = client.call('VIF.get_MAC', vif_ref)
-        if start:
-            client.call('VM.start', vm_ref, False, False)
     except (CbtBackupError, IOError, OSError) as exc:
         problems = created.rollback()
         message = getattr(exc, 'message', None) or str(exc)
@@ -316,7 +328,15 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
             'Everything it had created was destroyed again.' if not problems else
             'Destroying what it had created failed for: %s; destroy these by hand.' % '; '.join(problems)),
             code=getattr(exc, 'code', None) or 'VM_RESTORE_FAILED')
-    result['vm']['power_state'] = client.call('VM.get_power_state', vm_ref)
+    # the VM is complete: a start that fails (no host with room) leaves it halted, it does not undo the restore
+    result['vm']['power_state'] = 'Halted'
+    if start:
+        try:
+            client.call('VM.start', vm_ref, False, False)
+            result['vm']['power_state'] = 'Running'
+        except XenApiError as exc:
+            result['warnings'].append('the restored VM %s could not be started: %s; it is complete, start it when the '
+                                      'pool has room' % (name, exc.message))
     return result
 
 
@@ -368,16 +388,18 @@ def health_check(client, chosen, default_sr=None, sr_map=None, timeout=300, poll
     sleep = sleep or time.sleep
     config = chosen[0]
     name = '%s (health check %s)' % (config['vm'].get('name_label'), config['run'])
-    restored = restore_new_vm(client, chosen, name=name, sr_map=sr_map, default_sr=default_sr,
-                              default_network=NO_NETWORK, network_map={}, start=False, check_mode=check_mode)
+    restored = restore_new_vm(client, chosen, name_suffix=' (health check %s)' % config['run'], sr_map=sr_map,
+                              default_sr=default_sr, default_network=NO_NETWORK, network_map={}, start=False,
+                              check_mode=check_mode)
     # nothing it creates outlives it: no change, like a verification
     result = {'changed': False, 'run': config['run'], 'source_vm': config['source'], 'vm_name': name,
               'booted': None, 'seconds_to_agent': None, 'reason': None, 'timeout': timeout,
               'left_behind': [], 'warnings': [w for w in restored['warnings'] if 'is left out' not in w]}
     if check_mode:
         return result
-    vm_ref = client.call('VM.get_by_uuid', restored['vm']['uuid'])
+    vm_ref = None
     try:
+        vm_ref = client.call('VM.get_by_uuid', restored['vm']['uuid'])
         client.call('VM.start', vm_ref, False, False)
         started = clock()
         while True:
@@ -401,8 +423,12 @@ def health_check(client, chosen, default_sr=None, sr_map=None, timeout=300, poll
                 created.add('VDI', client.call('VDI.get_by_uuid', disk['vdi']))
             except XenApiError as exc:
                 result['left_behind'].append('VDI %s: %s' % (disk['vdi'], exc.message))
-        created.add('VM', vm_ref)
+        if vm_ref is not None:
+            created.add('VM', vm_ref)
+        else:
+            result['left_behind'].append('VM %s' % restored['vm']['uuid'])
         result['left_behind'] += created.rollback()
+        result['changed'] = bool(result['left_behind'])  # something of it outlives the check
     if result['left_behind']:
         result['warnings'].append('the health check could not destroy everything it created: %s; destroy these by '
                                   'hand' % '; '.join(result['left_behind']))
@@ -443,14 +469,13 @@ def delta_basis(client, snapshot_uuid, vdi_ref, vdi):
 
 
 def changed_since(client, snap_ref, vdi_ref, size):
-    """The guest offsets of the 64 KiB blocks written to the disk since the snapshot ``snap_ref``: a new snapshot of
+    """The ``(offset, length)`` extents of the 64 KiB blocks written to the disk since the snapshot ``snap_ref``: a new snapshot of
     the (halted) disk, VDI.list_changed_blocks against it, the new snapshot destroyed again. None when the host
     cannot list them (the caller then writes everything)."""
     now_ref = client.call('VDI.snapshot', vdi_ref, {})
     try:
         raw = _cbt.decode(client.call('VDI.list_changed_blocks', snap_ref, now_ref))
-        return [offset for offset, length in _cbt.to_extents(raw, size)
-                for offset in range(offset, offset + length, CBT_BLOCK_SIZE)]
+        return _cbt.to_extents(raw, size)
     except (XenApiError, _cbt.BitmapError):
         return None
     finally:
@@ -491,6 +516,7 @@ def restore_in_place(client, chosen, target_vm=None, check_mode=False, disk_prog
         snap_ref, why = delta_basis(client, snapshot_uuid, vdi_ref, vdi)
         plans.append((vbd, vdi_ref, vdi, repository, point_id, snap_ref))
         result['disks'].append({'userdevice': vbd['userdevice'], 'vdi': vdi['uuid'], 'name': vdi['name_label'],
+                                'label': '%s/%s' % (config['vm'].get('name_label'), disk['name_label']),
                                 'repository': repository, 'point': point_id,
                                 'method': 'changed_blocks' if snap_ref else 'full', 'why_full': why,
                                 'bytes_sent': 0, 'blocks': None})
@@ -523,7 +549,8 @@ def _write_disk(client, repository, point_id, vdi, offsets, entry, result, progr
         if offsets is not None:
             sent = _vdi_import.restore_blocks_to_vdi(client, source, vdi['uuid'], offsets, progress=progress,
                                                      cancel=cancel)
-            entry.update(bytes_sent=sent['bytes_sent'], blocks=sent['blocks'], changed_blocks=len(offsets))
+            entry.update(bytes_sent=sent['bytes_sent'], blocks=sent['blocks'],
+                         changed_blocks=sum(-(-length // CBT_BLOCK_SIZE) for dummy, length in offsets))
         else:
             sent = _vdi_import.restore_to_vdi(client, source, vdi=vdi['uuid'], progress=progress, cancel=cancel)
             entry.update(bytes_sent=sent['bytes_sent'])

@@ -187,13 +187,13 @@ def restore_to_vdi(client, source, sr=None, vdi=None, name=None, fmt='vhd', forc
     return result
 
 
-def restore_blocks_to_vdi(client, source, vdi, offsets, progress=None, cancel=None):
-    """Write only the 2 MiB blocks of the restore point ``source`` that hold ``offsets`` (guest byte offsets, the
-    changed 64 KiB blocks) over the existing VDI ``vdi`` (checked as :func:`find_target_vdi` does, never forced):
+def restore_blocks_to_vdi(client, source, vdi, extents, progress=None, cancel=None):
+    """Write only the 2 MiB blocks of the restore point ``source`` that ``extents`` (``(offset, length)``, the
+    changed blocks) touch over the existing VDI ``vdi`` (checked as :func:`find_target_vdi` does, never forced):
     a VHD with just those blocks, whole, zeros included; the importer leaves the blocks it omits as they are.
     Returns ``bytes_sent``, ``seconds`` and ``blocks`` (2 MiB blocks sent)."""
     vdi_ref, record = find_target_vdi(client, vdi, source.virtual_size, force=False)
-    stream = source.vhd_stream_of(offsets)
+    stream = source.vhd_stream_of(offset for start, length in extents for offset in range(start, start + length, 65536))
     chunks = stream.chunks
     if progress is not None or cancel is not None:
         chunks = _watched(chunks, progress, cancel)
