@@ -140,6 +140,7 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import jobs as _jobs
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import progress as _progress
 
 
 def read_progress(path):
@@ -167,7 +168,7 @@ def renew(lease_file):
 
 def look(params, result):
     """One look at the job, its lease and its progress (see DOCUMENTATION), into ``result``."""
-    lease_file = params['progress_file'] + '.lease'
+    lease_file = _progress.lease_path(params['progress_file'])
     ended = False
     if params['jid']:
         result['job'] = _jobs.job_state(params['async_dir'], params['jid'])
@@ -187,7 +188,7 @@ def look(params, result):
         result['lease'] = 'released' if _jobs.remove(lease_file) else 'missing'
     if not ended and params['lease'] == 'renew':
         for other in params['also_renew']:
-            renew(other + '.lease')
+            renew(_progress.lease_path(other))
     result['progress'] = None if ended else read_progress(params['progress_file'])
 
 

@@ -196,11 +196,11 @@ def close_after_progress(module, client, watch, logout_on_abandon):
         if client is not None:
             if watch is not None and logout_on_abandon and not client.logged_in:
                 watch.await_waiter()
-            if watch is not None and watch.abandoned and logout_on_abandon and not client.logged_in:
-                try:
-                    client.logout()
-                except CbtBackupError as exc:
-                    module.warn('the run was abandoned, but logging out its session failed: %s' % exc)
+                if watch.abandoned:
+                    try:
+                        client.logout()
+                    except CbtBackupError as exc:
+                        module.warn('the run was abandoned, but logging out its session failed: %s' % exc)
             client.close()
     finally:
         if watch is not None:

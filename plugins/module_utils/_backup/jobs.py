@@ -24,12 +24,12 @@ import re
 
 from .._repository.store import remove_if_exists as remove, write_file_atomically
 from .._time import format_utc, utc_now
+from .progress import lease_path
 
 __metaclass__ = type
 
 RECORD_KIND = 'xenserver.cbt_backup background job'
 JID = re.compile(r'^[A-Za-z0-9_.-]+$')  # what async_wrapper names job files: no path in it
-LEASE_SUFFIX = '.lease'  # progress.LEASE_SUFFIX; repeated so that this module needs no threads
 
 
 def job_state(async_dir, jid):
@@ -90,7 +90,7 @@ def recover(path, check_mode=False):
     if state['found']:
         found['summary'] = summarize(_read_json(job_file))
     found['state'] = 'ended' if state['found'] else 'gone'
-    leftovers = [job_file] + ([progress_file, progress_file + LEASE_SUFFIX] if progress_file else []) + [path]
+    leftovers = [job_file] + ([progress_file, lease_path(progress_file)] if progress_file else []) + [path]
     if check_mode:
         found['removed'] = [leftover for leftover in leftovers if os.path.lexists(leftover)]
     else:

@@ -121,7 +121,7 @@ def check_configurations(path, result):
     try:
         with Repository(path) as repo:
             newest = repo.newest() if repo.points else None
-        newest_run = (newest.get('run') or newest.get('snapshot_time')) if newest else None
+        newest_run = vm_configuration.point_run(newest) if newest else None
         checked = vm_configuration.verify_configurations(path, newest_run)
     except (CbtBackupError, OSError) as exc:
         checked = {'checked': 0, 'problems': ['the VM configurations cannot be read: %s' % exc], 'unknown_files': [],

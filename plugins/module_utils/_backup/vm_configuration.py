@@ -14,7 +14,7 @@ from .._errors import CbtBackupError
 from .._repository import retention as _retention
 from .._repository import vm_configs as _vm_configs
 from .._repository.store import MANIFEST, Repository
-from .._time import format_utc, normalize_utc, utc_now
+from .._time import format_utc, normalize_utc, parse_utc_or_none, utc_now
 from .._xenapi.ops import snapshot as _snapshot_ops
 from .._xenapi.ops import vm_config as _vm_config
 
@@ -68,8 +68,11 @@ def disk_repositories(vm_directory):
                   if name != _vm_configs.DIRECTORY and os.path.isfile(os.path.join(vm_directory, name, MANIFEST)))
 
 
-def _point_run(point):
-    return point.get('run') or point.get('snapshot_time')
+def point_run(point):
+    """The backup run a restore point belongs to, as RFC 3339 UTC text (its ``run``, else its snapshot's time), or
+    None (a point of the direct form records neither)."""
+    when = parse_utc_or_none(point.get('run') or point.get('snapshot_time'))
+    return format_utc(when) if when else None
 
 
 def runs_with_points(vm_directory, predicted=None):
@@ -80,7 +83,7 @@ def runs_with_points(vm_directory, predicted=None):
     for path in disk_repositories(vm_directory):
         with Repository(path) as repo:
             kept = (predicted or {}).get(path)
-            runs.update(_point_run(point) for point in repo.points if kept is None or point['id'] in kept)
+            runs.update(point_run(point) for point in repo.points if kept is None or point['id'] in kept)
     runs.discard(None)
     return runs
 

@@ -23,11 +23,12 @@ from .._extents import CBT_BLOCK_SIZE
 from .._repository import vm_configs as _vm_configs
 from .._repository.restore import RestoreSource
 from .._repository.store import Repository
-from .._time import format_utc, normalize_utc, parse_utc_or_none
+from .._time import normalize_utc
 from .._xenapi.client import NULL_REF, UUID_RE, XenApiError
 from .._xenapi import cbt_bitmap as _cbt
 from .._xenapi import model as _objects
 from .._xenapi.ops import vdi_import as _vdi_import
+from . import vm_configuration as _vm_configuration
 
 __metaclass__ = type
 
@@ -84,19 +85,12 @@ def disk_vbds(config):
     return [vbd for vbd in config['vbds'] if vbd.get('disk')]
 
 
-def _run_of(point):
-    """The run of a point as RFC 3339 UTC text, or None (a point of the direct form records none)."""
-    when = parse_utc_or_none(point.get('run') or point.get('snapshot_time'))
-    return format_utc(when) if when else None
-
-
-def _points_of_run(repository, run):
-    """The id of ``repository``'s restore point of the run ``run``, or None."""
+def _point_ids_by_run(repository):
+    """{run: id of the newest restore point of that run} of a disk repository (empty when there is none)."""
     if not os.path.isdir(repository):
-        return None
+        return {}
     with Repository(repository) as repo:
-        found = [p['id'] for p in repo.points if _run_of(p) == run]
-    return found[-1] if found else None
+        return dict((_vm_configuration.point_run(p), p['id']) for p in repo.points)
 
 
 def choose_run(vm_directory, point='latest'):
@@ -107,6 +101,7 @@ def choose_run(vm_directory, point='latest'):
         if point and point != 'latest':
             entries = [e for e in entries if e['run'] <= normalize_utc(point)]
         incomplete = []
+        by_run = {}  # disk repository -> _point_ids_by_run, each manifest read once however many runs are tried
         for entry in reversed(entries):
             try:
                 config = store.load(entry['run'])
@@ -116,7 +111,9 @@ def choose_run(vm_directory, point='latest'):
             points = {}
             for vbd in disk_vbds(config):
                 repository = os.path.join(vm_directory, vbd['disk']['disk_uuid'])
-                points[vbd['disk']['disk_uuid']] = (repository, _points_of_run(repository, entry['run']))
+                if repository not in by_run:
+                    by_run[repository] = _point_ids_by_run(repository)
+                points[vbd['disk']['disk_uuid']] = (repository, by_run[repository].get(entry['run']))
             missing = sorted(uuid for uuid, (dummy, point_id) in points.items() if point_id is None)
             if not missing:
                 return config, points
