@@ -30,10 +30,22 @@ UNIX_PATH_MAX = 100  # sun_path holds 108 bytes; a longer lab path uses a loopba
 PLUGIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'nbd_plugin.py')
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
+def reserve_port(port=0):
+    """A bound, never listening loopback socket that keeps ``port`` (0: a free one) ours.
+
+    A port picked early and bound only when NBD is enabled could be taken in between by any
+    other process (parallel test workers, outgoing connections). While this socket stays bound
+    the kernel hands the port to nobody else, connections to it are refused as on a host
+    without NBD, and a listener of ours (SO_REUSEADDR, like nbdkit's) may still bind it.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(('127.0.0.1', port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class FrontError(Exception):
@@ -55,6 +67,7 @@ class NbdFront:
         self.proxy = None
         self.backend = None  # nbdkit's private socket path or (host, port)
         self.mode = None
+        self._backend_port = None  # the reservation of nbdkit's loopback port, when a socket path is too long
         # nbdkit runs with --exit-with-parent (PR_SET_PDEATHSIG), which fires when the *thread*
         # that forked it ends; so one long-lived thread does every start and stop.
         self._jobs = queue.Queue()
@@ -124,7 +137,9 @@ class NbdFront:
             if os.path.exists(path):
                 os.unlink(path)
             return path
-        return ('127.0.0.1', free_port())
+        if self._backend_port is None:
+            self._backend_port = reserve_port()
+        return ('127.0.0.1', self._backend_port.getsockname()[1])
 
     def _start(self, mode):
         env = dict(os.environ, XENLAB_CONTROL_URL=self.control_url, XENLAB_CONTROL_SECRET=self.secret)

@@ -14,7 +14,7 @@ from . import inventory, pki, tls_policy
 from . import xapi_vm  # noqa: F401 pylint: disable=unused-import
 from .httpd import ApiHandler, ControlHandler, TLSServer, ThreadingServer
 from .lab import Lab
-from .nbd_front import NbdFront, free_port
+from .nbd_front import NbdFront, reserve_port
 from .xapi import Dispatcher
 
 __metaclass__ = type
@@ -42,7 +42,9 @@ class LabServer:
         with open(self.paths['host_cert']) as handle:
             cert_pem = handle.read()
         self.secret = secrets.token_hex(16)
-        self.nbd_port = opts.nbd_port or free_port()
+        # Each host's NBD port stays reserved for the lab's life, NBD enabled or not (reserve_port).
+        self.port_reservations = [reserve_port(opts.nbd_port or 0)]
+        self.nbd_port = self.port_reservations[0].getsockname()[1]
         self.lab = Lab(self.root, {
             'username': opts.username, 'password': opts.password, 'host_cert_pem': cert_pem,
             'subject': inventory.HOSTNAME, 'nbd_port': self.nbd_port, 'auth_failure_delay': opts.auth_failure_delay,
@@ -53,8 +55,9 @@ class LabServer:
                                 extra_vms=opts.extra_vms, vm_tags=opts.vm_tags, hosts=getattr(opts, 'hosts', 1),
                                 pool_name=opts.pool_name)
         self.hosts = seeded['hosts']  # the master first: its front keeps --nbd-port and the lab directory
-        self.lab.settings['nbd_ports'] = dict((host, self.nbd_port if n == 0 else free_port())
-                                              for n, host in enumerate(self.hosts))
+        self.port_reservations += [reserve_port() for _host in self.hosts[1:]]
+        self.lab.settings['nbd_ports'] = dict((host, reservation.getsockname()[1])
+                                              for host, reservation in zip(self.hosts, self.port_reservations))
         self.api = self._api_server()
         self.control = self._control_server()
         for number, host in enumerate(self.hosts):
