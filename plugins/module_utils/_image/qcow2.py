@@ -49,7 +49,7 @@ import sys
 import threading
 import zlib
 
-from .raw_file import pwrite_all
+from .raw_file import WriteBehind, pwrite_all
 from .._errors import CbtBackupError
 
 try:
@@ -346,6 +346,7 @@ class Qcow2Writer:
         else:
             self.fd = os.open(path_or_fd, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, 'O_CLOEXEC', 0), 0o600)
             self._own_fd = True
+        self._write_behind = WriteBehind(self.fd)
 
     # -- the sink -----------------------------------------------------------------------------------
 
@@ -423,8 +424,11 @@ class Qcow2Writer:
         self._digest.add_values(partial_sum, len(data_indexes) + len(zero_indexes) + len(packed))
         if data_views:
             _pwritev_all(self.fd, data_views, host_start * cs)
+            self._write_behind.written(host_start * cs, sum(len(v) for v in data_views))
         for start, squeezed in placed:
             pwrite_all(self.fd, squeezed, start)
+        if placed:  # placed back to back under the lock: one span
+            self._write_behind.written(placed[0][0], placed[-1][0] + len(placed[-1][1]) - placed[0][0])
 
     def _place_compressed(self, index, length):
         """Reserve ``length`` bytes for guest cluster ``index``'s compressed data (under the lock); return the

@@ -21,7 +21,7 @@ import os
 import time
 
 from .._image.qcow2 import MAX_RUN, Qcow2Chain, Qcow2Error
-from .._image.raw_file import AtomicFile
+from .._image.raw_file import AtomicFile, WriteBehind
 from .store import Repository, RepositoryError, fd_sha256
 from .._image.vhd import DEFAULT_BLOCK_SIZE, MAX_VHD_SIZE, VhdStream
 
@@ -279,8 +279,13 @@ class _RunCopier:
         self.fd = fd
         self.kernel = hasattr(os, 'copy_file_range')
         self._view = None
+        self.write_behind = WriteBehind(fd)
 
     def copy(self, run):
+        self._copy(run)
+        self.write_behind.written(run[0], run[1])
+
+    def _copy(self, run):
         offset, length, source, host = run
         if self.kernel and host >= 0:
             src = self.reader.images[source].fileno()
