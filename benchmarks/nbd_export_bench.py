@@ -23,6 +23,13 @@ each case runs ``--runs`` times, the two peers alternating (and swapping who goe
 * ``scattered/file``: ``export_to_file(changed_blocks=...)`` onto an existing destination (staged, copied, fsynced)
   vs libnbd ``aio_pread`` + ``os.pwrite`` straight into an existing destination + fsync.
 
+* ``xapi-like-1ms`` / ``xapi-like-5ms`` (``-tls``): servers that behave like XenServer's xapi-nbd, nbdkit with
+  ``noparallel serialize=requests`` (one request at a time per connection) and the ``delay`` filter (every read
+  waits 1 or 5 ms), where throughput comes from connections. Only ``full/null`` runs there, at every count of
+  ``--connection-counts`` (``full/null c=N``), the engine vs ``nbdcopy -C N -T N --no-extents --request-size``
+  with the engine's request size (the clients compared, not their defaults), on an image of ``--xapi-size``.
+  The report adds each peer's scaling: MiB/s at 8 connections over MiB/s at 1.
+
 ``--no-extents`` keeps nbdcopy from skipping the holes through NBD block status, which our engine does not use:
 both sides read every byte. Every peer runs in a child process; our engine's time is measured inside the child,
 from opening the first connection to the end (interpreter start-up excluded), nbdcopy's as the wall time of its
@@ -53,7 +60,9 @@ BLOCK = 64 * 1024
 IMAGE_PATTERN = 'D' * 28 + 'Z' * 4 + 'D' * 28 + '0' * 4
 TARGETS = {'full': 0.9, 'scattered': 0.8, 'full/repository': 0.8, 'restore': 0.8}
 RSS_TARGET_MIB = 200
-DEFAULT_SERVERS = 'nbdkit-plain,nbdkit-tls,qemu-tls'
+DEFAULT_SERVERS = 'qemu-plain,qemu-tls,xapi-like-1ms,xapi-like-5ms,xapi-like-1ms-tls,xapi-like-5ms-tls'
+XAPI_LIKE = 'xapi-like-'
+SCALING_TARGET = 6.0  # 8 connections over 1 on a server that answers one request at a time per connection
 
 
 def setup_collection_path():
@@ -353,6 +362,7 @@ class Bench:
         self.args = args
         self.workdir = workdir
         self.results = []   # dicts: server, case, peer, runs (MiB/s), rss (KiB), extra
+        self.scaling = []   # dicts: server, peer, scaling_8_over_1
 
     def record(self, server_kind, case, peer, mib_s, rss_kib, extra=None):
         for row in self.results:
@@ -377,12 +387,14 @@ class Bench:
         out_file = os.path.join(self.workdir, 'out.raw')
         inc_dest = os.path.join(self.workdir, 'incremental.raw')
 
-        def engine(mode, bitmap_value, request_size, rif, dest=None, prepare=None):
+        def engine(mode, bitmap_value, request_size, rif, dest=None, prepare=None, connections=None):
             def run():
                 if prepare:
                     prepare()
                 spec = dict(common, peer='engine', mode=mode, bitmap=bitmap_value, request_size=request_size,
                             requests_in_flight=rif, dest=dest)
+                if connections:
+                    spec['connections'] = connections
                 result = measure_worker(spec)
                 return result['bytes'], result['seconds'], result['maxrss_kib'], result['transfer_cpu'], result
             return run
@@ -397,11 +409,11 @@ class Bench:
                 return result['bytes'], result['seconds'], result['maxrss_kib'], result['transfer_cpu'], result
             return run
 
-        def nbdcopy(dest, prepare=None):
+        def nbdcopy(dest, prepare=None, connections=None, extra=()):
             def run():
                 if prepare:
                     prepare()
-                result = measure_nbdcopy(server, dest, args.connections, args.nbdcopy_args)
+                result = measure_nbdcopy(server, dest, connections or args.connections, list(args.nbdcopy_args) + list(extra))
                 if dest != 'null:':
                     remove(dest)
                 return image_size, result['seconds'], result['maxrss_kib'], result['cpu'], {'argv': ' '.join(result['argv'])}
@@ -419,6 +431,14 @@ class Bench:
         def label(request_size, rif):
             return 'engine rs=%s rif=%d' % (human_size(request_size), rif)
 
+        if server.kind.startswith(XAPI_LIKE):
+            for count in args.connection_counts:
+                yield 'full/null c=%d' % count, [
+                    (label(args.request_size, args.requests_in_flight),
+                     engine('null', None, args.request_size, args.requests_in_flight, connections=count)),
+                    ('nbdcopy', nbdcopy('null:', connections=count,
+                                        extra=['--request-size=%d' % args.request_size]))]
+            return
         if not args.skip_full:
             if 'null' in outputs:
                 peers = [(label(rs, rif), engine('null', None, rs, rif)) for rs, rif in tunings]
@@ -472,8 +492,7 @@ class Bench:
                                          ('libnbd aio', libnbd('file', inc_dest, fresh_inc))]
 
     def run_server(self, kind, image, pki, bitmap):
-        from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import start_server
-        server = start_server(kind, image.path, os.path.join(self.workdir, 'server-' + kind), pki)
+        server = start_bench_server(kind, image.path, os.path.join(self.workdir, 'server-' + kind), pki)
         try:
             print('== %s (pid %d, %s:%d, tls=%s)' % (kind, server.pid, server.address, server.port, server.tls))
             sys.stdout.flush()
@@ -522,10 +541,27 @@ class Bench:
             print(line % (row['server'], row['case'], row['peer'], ' '.join('%.0f' % v for v in row['runs']),
                           '%.0f' % row['median'], '%.2f' % row['cpu_per_gib'], '%.0f' % row['rss_max_mib'], ratio,
                           paired, verdict))
+        self.report_scaling()
         print()
         print('targets: ratio >= %.1f full, >= %.1f scattered (engine / reference peer, medians); engine peak RSS < %d '
               'MiB. CPU s/GiB: client CPU (user + sys, all threads) per GiB read; the engine and libnbd rows count '
               'the transfer only, nbdcopy its whole process.' % (TARGETS['full'], TARGETS['scattered'], RSS_TARGET_MIB))
+
+    def report_scaling(self):
+        """Per xapi-like server and peer: MiB/s at 8 connections over MiB/s at 1 (target SCALING_TARGET)."""
+        medians = {}
+        for row in self.results:
+            if row['case'].startswith('full/null c='):
+                count = int(row['case'].split('=')[1])
+                medians.setdefault((row['server'], row['peer']), {})[count] = row['median']
+        for (server, peer), by_count in sorted(medians.items()):
+            if 1 in by_count and 8 in by_count:
+                scaling = by_count[8] / by_count[1]
+                verdict = ''
+                if peer.startswith('engine'):
+                    verdict = '  %s (>= %.0fx)' % ('PASS' if scaling >= SCALING_TARGET else 'BELOW TARGET', SCALING_TARGET)
+                self.scaling.append({'server': server, 'peer': peer, 'scaling_8_over_1': scaling})
+                print('scaling %-18s %-22s 8 connections / 1: %.2fx%s' % (server, peer, scaling, verdict))
 
     def _peer_of(self, row):
         if row['case'].startswith('restore'):
@@ -536,6 +572,17 @@ class Bench:
             if (other['server'], other['case'], other['peer']) == (row['server'], row['case'], wanted):
                 return other
         return None
+
+
+def start_bench_server(kind, image_path, workdir, pki):
+    """A harness server, or an xapi-nbd-like one: ``xapi-like-<delay>[-tls]`` (module docstring)."""
+    from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import start_nbdkit, start_server
+    if not kind.startswith(XAPI_LIKE):
+        return start_server(kind, image_path, workdir, pki)
+    delay = kind[len(XAPI_LIKE):].split('-')[0]
+    return start_nbdkit(image_path, workdir, pki, tls=kind.endswith('-tls'), kind=kind,
+                        extra_args=['--filter=noparallel', '--filter=delay'],
+                        params=['serialize=requests', 'delay-read=%s' % delay])
 
 
 def libnbd_full(common, args):
@@ -579,12 +626,15 @@ def main(argv=None):
     parser.add_argument('--connections', type=int, default=4, help='NBD connections for every peer (default 4)')
     parser.add_argument('--server', default=DEFAULT_SERVERS,
                         help='comma-separated harness server kinds (default %s)' % DEFAULT_SERVERS)
-    parser.add_argument('--runs', type=int, default=3, help='runs per peer and case (default 3)')
+    parser.add_argument('--runs', type=int, default=5, help='runs per peer and case (default 5)')
     parser.add_argument('--output', choices=('null', 'file', 'both'), default='both',
                         help='discard the data (null), write a file (file) or both (default)')
     parser.add_argument('--request-size', default='1M', help="engine (and libnbd peer) request size, default 1M (the engine's)")
     parser.add_argument('--requests-in-flight', type=int, default=8,
                         help="engine (and libnbd peer) requests in flight per connection, default 8 (the engine's)")
+    parser.add_argument('--connection-counts', default='1,4,8,16',
+                        help='xapi-like servers: the connection counts to compare (default 1,4,8,16)')
+    parser.add_argument('--xapi-size', default='512M', help='xapi-like servers: export size (default 512M)')
     parser.add_argument('--tuning', default='', help='extra engine variants for the null cases, e.g. 1M:8,256K:16')
     parser.add_argument('--changed', type=float, default=0.10, help='scattered case: fraction of 64 KiB blocks')
     parser.add_argument('--seed', type=int, default=20240601, help='image and scattered-block seed')
@@ -598,6 +648,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     args.request_size = parse_size(args.request_size)
     args.tuning = parse_tuning(args.tuning)
+    args.connection_counts = [int(c) for c in args.connection_counts.split(',') if c.strip()]
     args.nbdcopy_args = args.nbdcopy_args.split()
     size = parse_size(args.size)
     if size % 512:
@@ -634,12 +685,19 @@ def main(argv=None):
         sys.stdout.flush()
         pki = make_pki(os.path.join(workdir, 'pki'))
         bench = Bench(args, workdir)
+        xapi_image = None
         for kind in filter(None, (k.strip() for k in args.server.split(','))):
-            bench.run_server(kind, image, pki, bitmap)
+            if kind.startswith(XAPI_LIKE):
+                if xapi_image is None:
+                    xapi_image = make_disk_image(os.path.join(workdir, 'xapi-like.raw'), parse_size(args.xapi_size),
+                                                 pattern=IMAGE_PATTERN, seed=args.seed)
+                bench.run_server(kind, xapi_image, pki, bitmap)
+            else:
+                bench.run_server(kind, image, pki, bitmap)
         bench.report()
         if args.json:
             with open(args.json, 'w') as handle:
-                json.dump({'size': size, 'connections': args.connections, 'runs': args.runs,
+                json.dump({'size': size, 'connections': args.connections, 'runs': args.runs, 'scaling': bench.scaling,
                            'machine': machine_summary(), 'results': bench.results}, handle, indent=1)
     finally:
         if not args.keep:
