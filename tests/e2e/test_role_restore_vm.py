@@ -127,8 +127,10 @@ def guest_write_task(lab, vdi_uuid, seed, name):
         '--vdi', vdi_uuid, '--offset', '0', '--length', '65536', '--seed', str(seed)]}}
 
 
-def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy, vm='demo-vm'):
-    """The backup playbook with a guest host for ``vm`` in the inventory and the hooks as task files."""
+def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy, vm='demo-vm', guests=None):
+    """The backup playbook with a guest host for ``vm`` in the inventory and the hooks as task files.
+
+    ``guests``: VM name -> inventory variables of its guest host, instead of one local guest for ``vm``."""
     hooks = {}
     for phase, tasks in (('pre', pre_tasks), ('post', post_tasks)):
         hooks[phase] = str(tmp_path / ('%s.yml' % phase))
@@ -137,12 +139,13 @@ def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy, vm='demo-vm'
     with open(lab.inventory) as handle:
         inventory = json.load(handle)
     pool = inventory['xenserver_pools']['hosts']['lab-pool']
-    pool.update(incremental_backup_vms=[vm], incremental_backup_guest_hosts={vm: 'demo-guest'},
+    guests = guests or {vm: {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}}
+    pool.update(incremental_backup_vms=sorted(guests), incremental_backup_guest_hosts=dict(
+                    (name, 'guest-of-%s' % name) for name in guests),
                 incremental_backup_pre_snapshot_tasks=hooks['pre'],
                 incremental_backup_post_snapshot_tasks=hooks['post'], incremental_backup_pre_snapshot_failure=policy,
                 incremental_backup_fail_on_error=False, incremental_backup_hook_timeout=60)
-    inventory['guests'] = {'hosts': {'demo-guest': {'ansible_connection': 'local',
-                                                    'ansible_python_interpreter': sys.executable}}}
+    inventory['guests'] = {'hosts': dict(('guest-of-%s' % name, host_vars) for name, host_vars in guests.items())}
     path = str(tmp_path / 'inventory-hooks.json')
     with open(path, 'w') as handle:
         json.dump(inventory, handle)
@@ -209,6 +212,33 @@ def test_the_post_snapshot_hook_runs_also_when_the_snapshot_fails(lab, tmp_path)
     (vm,) = [v for v in report['vms'] if v['name'] == 'other-vm']
     assert vm['status'] == 'failed' and any(f['step'] == 'snapshot' for f in report['failures'])
     assert [(e['vm'], e['exit_code']) for e in guest_log(lab)[logged:]] == [('other-vm', 0), ('other-vm', 0)]
+
+
+def test_an_unreachable_guest_fails_its_hook_and_the_other_guests_are_still_thawed(lab, tmp_path):
+    # other-vm's guest host cannot be reached (its ssh exits 255, as ssh does when the host refuses); before the fix
+    # the run ended there for the pool host: no report, and demo-vm's guest stayed frozen
+    ssh = tmp_path / 'unreachable-ssh'
+    ssh.write_text('#!/bin/sh\necho "ssh: connect to host guest port 22: Connection refused" >&2\nexit 255\n')
+    ssh.chmod(0o755)
+    logged = len(guest_log(lab))
+
+    def hook(word):
+        return [{'name': word, 'ansible.builtin.command': {'argv': [
+            XENLAB, 'guest-exec', '--dir', lab.lab_dir, '--vm', '{{ __incremental_backup_hook_vm.name }}', '--',
+            'true', word]}}]
+    rc, out = backup_with_hooks(lab, tmp_path, hook('freeze'), hook('thaw'), 'skip', guests={
+        'demo-vm': {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable},
+        'other-vm': {'ansible_connection': 'ssh', 'ansible_host': '127.0.0.1', 'ansible_ssh_executable': str(ssh)}})
+    assert rc == 0, out[-4000:]  # incremental_backup_fail_on_error: false
+    report = lab.reports()[-1]
+    by_name = dict((v['name'], v) for v in report['vms'])
+    assert by_name['demo-vm']['consistency'] == 'application' and by_name['demo-vm']['status'] == 'ok'
+    assert by_name['other-vm']['consistency'] == 'none'  # the policy: skip
+    (unreached,) = [r for r in report['failures'] if r['step'] == 'pre_snapshot']
+    assert unreached['vm_uuid'] == by_name['other-vm']['uuid']
+    assert 'could not be reached before its tasks' in unreached['msg'] and 'guest-of-other-vm' in unreached['msg']
+    assert [(e['vm'], e['argv']) for e in guest_log(lab)[logged:]] == [('demo-vm', ['true', 'freeze']),
+                                                                    ('demo-vm', ['true', 'thaw'])]
 
 
 def test_a_restore_in_place_through_the_role_sends_only_the_changed_blocks(lab, tmp_path):
