@@ -66,12 +66,23 @@ def find_vm_directory(repository_root, vm):
     if not os.path.isdir(root):
         raise VmRestoreError('the repository root %s does not exist' % root, code='NOT_FOUND')
     named = []
+    unreadable = []  # another VM's store that cannot be read may hold the same name
     for entry in sorted(os.listdir(root)):
         directory = os.path.join(root, entry)
-        if os.path.isdir(_vm_configs.directory_of(directory)):
+        if not os.path.isdir(_vm_configs.directory_of(directory)):
+            continue
+        try:
             with _vm_configs.VmConfigs(directory) as store:
-                if any(config.get('vm_name') == vm for config in store.entries()):
-                    named.append(directory)
+                names = set(config.get('vm_name') for config in store.entries())
+        except (OSError, CbtBackupError) as exc:
+            unreadable.append('%s (%s)' % (entry, exc))
+            continue
+        if vm in names:
+            named.append(directory)
+    if unreadable:
+        raise VmRestoreError('the VM configurations of %s below %s could not be read, so which VM had the name "%s" is '
+                             'not certain: give the VM\'s uuid instead (the directory name below %s), or repair them'
+                             % ('; '.join(unreadable), root, vm, root), code='REPOSITORY_ERROR')
     if not named:
         raise VmRestoreError('no VM with the uuid or name "%s" has a VM configuration below %s: back it up with the '
                              'role (or vdi_snapshot with repository_root) first' % (vm, root), code='NOT_FOUND')

@@ -11,6 +11,7 @@ import os
 
 import pytest
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vm_restore as _vm_restore
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import vm_configs as _vm_configs
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import vm_config as _vm_config
@@ -203,3 +204,18 @@ def test_the_configurations_follow_their_runs_through_info_verify_and_prune(lab,
     assert listing(root / vm_uuid)[0] == RUNS[1:2]
     again, dummy = run_module('backup_prune', args, tmp_path)
     assert not again['changed'] and all(r['vm_configs_pruned'] == [] for r in again['repositories'])
+
+
+def test_a_store_that_cannot_be_read_stops_a_lookup_by_name_not_by_uuid(tmp_path):
+    readable = tmp_path / '0d1f9c52-6e7a-4c8e-9a43-1d2b3c4d5e6f'
+    broken = tmp_path / '7a8b9c0d-1e2f-4a5b-8c6d-7e8f9a0b1c2d'
+    saved(readable, RUNS[:1])
+    saved(broken, RUNS[:1])
+    manifest = os.path.join(_vm_configs.directory_of(str(broken)), _vm_configs.MANIFEST)
+    os.unlink(manifest)
+    os.mkdir(manifest)  # reading it fails with EISDIR, as an unreadable disk would fail
+    with pytest.raises(_vm_restore.VmRestoreError) as caught:
+        _vm_restore.find_vm_directory(str(tmp_path), 'web01')
+    assert caught.value.code == 'REPOSITORY_ERROR'
+    assert broken.name in str(caught.value) and "give the VM's uuid" in str(caught.value)
+    assert _vm_restore.find_vm_directory(str(tmp_path), readable.name) == str(readable)
