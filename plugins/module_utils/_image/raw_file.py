@@ -99,15 +99,16 @@ class FileWriter:
 
     With ``sparse=True`` all-zero 64 KiB blocks are skipped (the file must start as a hole there);
     ``view`` must then start at the beginning of its buffer (``view.obj``), which the extent
-    reader guarantees.
+    reader guarantees. ``write_behind`` (a :class:`WriteBehind`) suits a file written once and not read
+    soon; a file read back at once (a staging file) is better left in the page cache.
     """
 
-    def __init__(self, fd, sparse):
+    def __init__(self, fd, sparse, write_behind=True):
         self.fd = fd
         self.sparse = sparse
         self.bytes_written = 0
         self._lock = threading.Lock()
-        self._write_behind = WriteBehind(fd)
+        self._write_behind = WriteBehind(fd) if write_behind else None
 
     def __call__(self, offset, view):
         written = 0
@@ -116,7 +117,8 @@ class FileWriter:
                 written += pwrite_all(self.fd, view[start:stop], offset + start)
         else:
             written = pwrite_all(self.fd, view, offset)
-        self._write_behind.written(offset, len(view))
+        if self._write_behind is not None:
+            self._write_behind.written(offset, len(view))
         with self._lock:
             self.bytes_written += written
 
