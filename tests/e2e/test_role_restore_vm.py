@@ -140,8 +140,8 @@ def backup_with_hooks(lab, tmp_path, pre_tasks, post_tasks, policy, vm='demo-vm'
         inventory = json.load(handle)
     pool = inventory['xenserver_pools']['hosts']['lab-pool']
     guests = guests or {vm: {'ansible_connection': 'local', 'ansible_python_interpreter': sys.executable}}
-    pool.update(incremental_backup_vms=sorted(guests), incremental_backup_guest_hosts=dict(
-                    (name, 'guest-of-%s' % name) for name in guests),
+    guest_hosts = dict((name, 'guest-of-%s' % name) for name in guests)
+    pool.update(incremental_backup_vms=sorted(guests), incremental_backup_guest_hosts=guest_hosts,
                 incremental_backup_pre_snapshot_tasks=hooks['pre'],
                 incremental_backup_post_snapshot_tasks=hooks['post'], incremental_backup_pre_snapshot_failure=policy,
                 incremental_backup_fail_on_error=False, incremental_backup_hook_timeout=60)
@@ -237,8 +237,8 @@ def test_an_unreachable_guest_fails_its_hook_and_the_other_guests_are_still_thaw
     (unreached,) = [r for r in report['failures'] if r['step'] == 'pre_snapshot']
     assert unreached['vm_uuid'] == by_name['other-vm']['uuid']
     assert 'could not be reached before its tasks' in unreached['msg'] and 'guest-of-other-vm' in unreached['msg']
-    assert [(e['vm'], e['argv']) for e in guest_log(lab)[logged:]] == [('demo-vm', ['true', 'freeze']),
-                                                                    ('demo-vm', ['true', 'thaw'])]
+    expected = [('demo-vm', ['true', 'freeze']), ('demo-vm', ['true', 'thaw'])]
+    assert [(e['vm'], e['argv']) for e in guest_log(lab)[logged:]] == expected
 
 
 def test_a_restore_in_place_through_the_role_sends_only_the_changed_blocks(lab, tmp_path):

@@ -233,8 +233,8 @@ class KillServerAfterFirstWrite:
         self.server = server
         self.writer_class = writer_class
 
-    def __call__(self, fd, sparse):
-        writer = self.writer_class(fd, sparse)
+    def __call__(self, fd, sparse, **options):
+        writer = self.writer_class(fd, sparse, **options)
         server = self.server
 
         def write(offset, view):
