@@ -23,6 +23,7 @@ author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
   - xenserver.cbt_backup._xenapi
+  - xenserver.cbt_backup._vm_backup
 attributes:
   check_mode:
     description: Chooses the run and resolves the SRs, creates and starts nothing; RV(booted) is null.
@@ -31,18 +32,6 @@ attributes:
     description: Not supported.
     support: none
 options:
-  repository_root:
-    description: The directory holding the VMs' backups (as for M(xenserver.cbt_backup.vm_restore)).
-    type: path
-    required: true
-  vm:
-    description: The VM as it was backed up, by uuid or by the name it had then.
-    type: str
-    required: true
-  point:
-    description: V(latest), or an RFC 3339 UTC time to check the newest run at or before it.
-    type: str
-    default: latest
   sr:
     description:
       - The SR (name or uuid) of the temporary disks; default an SR of the same uuid or name as the disks were on.
@@ -126,18 +115,14 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup impor
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=_xenapi_module.argument_spec(
-            repository_root=dict(type='path', required=True),
-            vm=dict(type='str', required=True),
-            point=dict(type='str', default='latest'),
-            sr=dict(type='str'),
-            timeout=dict(type='int', default=300),
-            guest_key=dict(type='str', no_log=False),
-            fail_on_no_boot=dict(type='bool', default=False),
-        ),
-        supports_check_mode=True,
+    spec = _xenapi_module.argument_spec(
+        sr=dict(type='str'),
+        timeout=dict(type='int', default=300),
+        guest_key=dict(type='str', no_log=False),
+        fail_on_no_boot=dict(type='bool', default=False),
     )
+    spec.update(_xenapi_module.vm_backup_argument_spec())  # the xenserver.cbt_backup._vm_backup doc fragment
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     params = module.params
     if params['timeout'] < 1:
         module.fail_json(msg='timeout must be at least 1 second, not %d' % params['timeout'], error_code='INVALID_OPTION')

@@ -29,6 +29,7 @@ author:
   - xenserver.cbt_backup developers (@xenserver-cbt-backup)
 extends_documentation_fragment:
   - xenserver.cbt_backup._xenapi
+  - xenserver.cbt_backup._vm_backup
 attributes:
   check_mode:
     description: >-
@@ -53,23 +54,6 @@ options:
     description:
       - With O(mode=in_place), the VM whose disks to overwrite, by uuid or name; default the VM the run backed up.
     type: str
-  repository_root:
-    description:
-      - The directory holding the VMs' backups (the role's C(incremental_backup_repository)); the VM's are in
-        C(<repository_root>/<vm uuid>).
-    type: path
-    required: true
-  vm:
-    description:
-      - The VM as it was backed up, by uuid or by the name it had then.
-    type: str
-    required: true
-  point:
-    description:
-      - V(latest), or an RFC 3339 UTC time (for example C(2026-11-25T02:00:00Z)) to restore the newest run at or
-        before it.
-    type: str
-    default: latest
   name:
     description:
       - The new VM's name; default the saved name followed by O(name_suffix).
@@ -231,26 +215,22 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._errors impor
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=_xenapi_module.argument_spec(
-            repository_root=dict(type='path', required=True),
-            vm=dict(type='str', required=True),
-            point=dict(type='str', default='latest'),
-            name=dict(type='str'),
-            name_suffix=dict(type='str', default=' (restored)'),
-            sr_map=dict(type='dict', default={}),
-            default_sr=dict(type='str'),
-            network_map=dict(type='dict', default={}),
-            default_network=dict(type='str'),
-            mac=dict(type='str', choices=['regenerate', 'keep'], default='regenerate'),
-            start=dict(type='bool', default=False),
-            mode=dict(type='str', choices=['new', 'in_place'], default='new'),
-            target_vm=dict(type='str'),
-            progress_file=dict(type='path'),
-            lease_seconds=dict(type='int', default=0),
-        ),
-        supports_check_mode=True,
+    spec = _xenapi_module.argument_spec(
+        name=dict(type='str'),
+        name_suffix=dict(type='str', default=' (restored)'),
+        sr_map=dict(type='dict', default={}),
+        default_sr=dict(type='str'),
+        network_map=dict(type='dict', default={}),
+        default_network=dict(type='str'),
+        mac=dict(type='str', choices=['regenerate', 'keep'], default='regenerate'),
+        start=dict(type='bool', default=False),
+        mode=dict(type='str', choices=['new', 'in_place'], default='new'),
+        target_vm=dict(type='str'),
+        progress_file=dict(type='path'),
+        lease_seconds=dict(type='int', default=0),
     )
+    spec.update(_xenapi_module.vm_backup_argument_spec())  # the xenserver.cbt_backup._vm_backup doc fragment
+    module = AnsibleModule(argument_spec=spec, supports_check_mode=True)
     params = module.params
     if params['target_vm'] and params['mode'] != 'in_place':
         module.fail_json(msg='target_vm names the VM a restore in place overwrites: it needs mode: in_place',

@@ -44,6 +44,15 @@ def nbd_argument_spec():
     )
 
 
+def vm_backup_argument_spec():
+    """The options of the ``xenserver.cbt_backup._vm_backup`` doc fragment (which VM's backup run)."""
+    return dict(
+        repository_root=dict(type='path', required=True),
+        vm=dict(type='str', required=True),
+        point=dict(type='str', default='latest'),
+    )
+
+
 def argument_spec(**module_options):
     spec = connection_argument_spec()
     spec.update(module_options)

@@ -12,7 +12,8 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._ansible impo
 
 __metaclass__ = type
 
-PAIRS = [('_xenapi', _xenapi_module.connection_argument_spec), ('_nbd', _xenapi_module.nbd_argument_spec)]
+PAIRS = [('_xenapi', _xenapi_module.connection_argument_spec), ('_nbd', _xenapi_module.nbd_argument_spec),
+         ('_vm_backup', _xenapi_module.vm_backup_argument_spec)]
 
 
 @pytest.mark.parametrize('fragment, spec_function', PAIRS)
