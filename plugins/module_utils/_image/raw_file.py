@@ -20,7 +20,7 @@ from .._extents import nonzero_runs
 __metaclass__ = type
 
 COPY_CHUNK = 4 * 1024 * 1024
-# Dirty bytes a WriteBehind lets pile up before it waits for the oldest (docs/performance.md, "Write-behind").
+# Dirty bytes a WriteBehind lets pile up before it waits for the oldest (docs/performance.md, "What changed: write-behind").
 WRITE_BEHIND_WINDOW = 8 * 1024 * 1024
 _SYNC_FILE_RANGE_WRITE = 2       # start writeback of the range's dirty pages
 _SYNC_FILE_RANGE_WAIT_ALL = 7    # WAIT_BEFORE | WRITE | WAIT_AFTER: the range is on the device when it returns
