@@ -36,6 +36,7 @@ from .errors import (
     NbdTlsError,
 )
 from .tls import describe_session, is_legacy_cipher
+from .watchdog import SILENT, SLOW, WATCHDOG, ReceiveWatch
 
 __metaclass__ = type
 
@@ -155,6 +156,7 @@ class NbdConnection:
         self._header = bytearray(p.SIMPLE_REPLY.size)
         self._handshake_deadline = None
         self._reply_started = None  # when the client started waiting for the current reply
+        self._watch = None  # in TRANSMISSION: the deadlines of the blocking socket (see watchdog.py)
 
     @classmethod
     def open(cls, target):
@@ -220,6 +222,14 @@ class NbdConnection:
             raise NbdProtocolError('%s announced an export of %d bytes, more than the %d this client accepts'
                                    % (where, self.export_size, p.MAX_EXPORT_SIZE))
         self.state = TRANSMISSION
+        self._watch_receives()
+
+    def _watch_receives(self):
+        """From here on the socket blocks and the watchdog enforces the deadlines: a socket with a timeout polls
+        before every receive (and TLS once per record), which costs a GIL hand-off each (watchdog.py)."""
+        self._watch = ReceiveWatch(self._sock)
+        WATCHDOG.add(self._watch)
+        self._sock.settimeout(None)
 
     def _export_refused(self, exc):
         where = self.target.where
@@ -387,7 +397,10 @@ class NbdConnection:
     def _recv(self, view, deadline=None, too_slow=None):
         """Fill ``view`` from the socket; past the monotonic ``deadline``, raise ``too_slow(bytes received)``."""
         try:
-            self._recv_all(self._sock, view, deadline, too_slow, self.target.timeout)
+            if self._watch is not None:
+                self._recv_watched(view, deadline, too_slow)
+            else:
+                self._recv_all(self._sock, view, deadline, too_slow, self.target.timeout)
         except BaseException:
             self.state = BROKEN  # part of a message may have arrived: the stream is out of step
             raise
@@ -422,11 +435,51 @@ class NbdConnection:
         except socket.timeout:
             if bounded:  # the lowered timeout ended at the deadline
                 raise too_slow(received_total)
-            raise NbdTimeout('%s sent nothing for %s s' % (self.target.where, self.target.timeout))
-        except ssl.SSLError as exc:
-            raise NbdConnectionLost('TLS error on the connection to %s: %s' % (self.target.where, exc.reason or exc))
+            raise self._silent()
         except OSError as exc:
-            raise NbdConnectionLost('connection to %s broke: %s' % (self.target.where, exc.strerror or exc))
+            raise self._lost(exc)
+
+    def _recv_watched(self, view, deadline, too_slow):
+        """``_recv`` on the blocking socket of TRANSMISSION: the watchdog shuts the socket down when nothing has
+        arrived for ``timeout`` or the ``deadline`` passed, and the receive then ends here with end-of-file."""
+        watch = self._watch
+        recv_into = self._sock.recv_into
+        timeout = self.target.timeout
+        received_total = 0
+        try:
+            watch.arm(time.monotonic() + timeout, deadline)
+            try:
+                while len(view):
+                    received = recv_into(view)
+                    if not received:
+                        break
+                    received_total += received
+                    view = view[received:]
+                    watch.silent_after = time.monotonic() + timeout
+            finally:
+                watch.disarm()
+        except OSError as exc:  # ssl.SSLError is one
+            raise self._watch_verdict(too_slow, received_total) or self._lost(exc)
+        if len(view):
+            raise self._watch_verdict(too_slow, received_total) or NbdConnectionLost(
+                '%s closed the connection' % self.target.where)
+
+    def _watch_verdict(self, too_slow, received_total):
+        """The timeout error when the watchdog ended the receive, else None."""
+        if self._watch.expired == SILENT:
+            return self._silent()
+        if self._watch.expired == SLOW:
+            return too_slow(received_total)
+        return None
+
+    def _silent(self):
+        return NbdTimeout('%s sent nothing for %s s' % (self.target.where, self.target.timeout))
+
+    def _lost(self, exc):
+        """NbdConnectionLost for a socket or TLS error."""
+        if isinstance(exc, ssl.SSLError):
+            return NbdConnectionLost('TLS error on the connection to %s: %s' % (self.target.where, exc.reason or exc))
+        return NbdConnectionLost('connection to %s broke: %s' % (self.target.where, exc.strerror or exc))
 
     def _recv_exact_bytes(self, size, deadline=None, too_slow=None):
         buf = bytearray(size)
@@ -434,14 +487,21 @@ class NbdConnection:
         return bytes(buf)
 
     def _send(self, data):
+        watch = self._watch
         try:
-            self._sock.sendall(data)
-        except socket.timeout:
-            self.state = BROKEN  # part of the message may have gone out
-            raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
+            if watch is None:
+                self._sock.sendall(data)
+            else:  # a blocking socket: the watchdog ends a send the server does not take within the timeout
+                watch.arm(time.monotonic() + self.target.timeout, None)
+                try:
+                    self._sock.sendall(data)
+                finally:
+                    watch.disarm()
         except OSError as exc:
-            self.state = BROKEN
-            raise NbdConnectionLost('connection to %s broke: %s' % (self.target.where, exc.strerror or exc))
+            self.state = BROKEN  # part of the message may have gone out
+            if isinstance(exc, socket.timeout) or (watch is not None and watch.expired == SILENT):
+                raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
+            raise self._lost(exc)
 
     # -- teardown ---------------------------------------------------------------------------------
 
@@ -463,6 +523,9 @@ class NbdConnection:
         """Close the socket without a goodbye (after errors)."""
         sock, self._sock = self._sock, None
         self.state = CLOSED
+        if self._watch is not None:  # before the close: the watchdog must not shut a reused descriptor down
+            WATCHDOG.remove(self._watch)
+            self._watch = None
         if sock is not None:
             try:
                 sock.close()
