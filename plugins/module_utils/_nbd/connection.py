@@ -17,6 +17,7 @@ export name) must end within ``HANDSHAKE_TIMEOUTS`` times ``timeout``.
 
 from __future__ import absolute_import, division, print_function
 
+import errno
 import math
 import socket
 import ssl
@@ -456,7 +457,10 @@ class NbdConnection:
             try:
                 while len(view):
                     if tls_read is not None:
-                        received = tls_read(len(view), view)
+                        try:
+                            received = tls_read(len(view), view)
+                        except ssl.SSLEOFError:  # as SSLSocket.recv_into says it: an end without close_notify
+                            received = 0
                     else:
                         received = recv_into(view)
                     if not received:
@@ -465,10 +469,10 @@ class NbdConnection:
                     view = view[received:]
                     watch.silent_after = time.monotonic() + timeout
             finally:
-                watch.disarm()
+                expired = watch.disarm()
         except OSError as exc:  # ssl.SSLError is one
             raise self._watch_verdict(too_slow, received_total) or self._lost(exc)
-        if len(view):
+        if len(view) or expired:  # expired: the socket was shut down, even if buffered data filled the view
             raise self._watch_verdict(too_slow, received_total) or NbdConnectionLost(
                 '%s closed the connection' % self.target.where)
 
@@ -504,10 +508,13 @@ class NbdConnection:
                 try:
                     self._sock.sendall(data)
                 finally:
-                    watch.disarm()
+                    expired = watch.disarm()
+                if expired:  # the watchdog shut the socket down during the send: what went out is unknown
+                    raise BrokenPipeError(errno.EPIPE, 'shut down by the watchdog')
         except OSError as exc:
             self.state = BROKEN  # part of the message may have gone out
-            if isinstance(exc, socket.timeout) or (watch is not None and watch.expired == SILENT):
+            # A send is watched without a reply deadline: the only rule that can expire it is silence.
+            if isinstance(exc, socket.timeout) or (watch is not None and watch.expired):
                 raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
             raise self._lost(exc)
 

@@ -16,6 +16,7 @@ which rule ended it. The thread runs only while some connection is watched.
 
 from __future__ import absolute_import, division, print_function
 
+import os
 import socket
 import threading
 import time
@@ -46,7 +47,14 @@ class ReceiveWatch:
         self.silent_after = silent_after
 
     def disarm(self):
-        self.silent_after = None
+        """End the receive (or send); return the rule that expired it, if the watchdog shut the socket down.
+
+        Under the lock, so the watchdog either shut the socket down before (and this says so) or never will for
+        this receive: data that arrived after a shutdown is not taken for a healthy reply.
+        """
+        with self._lock:
+            self.silent_after = None
+            return self.expired
 
     def overdue(self, now):
         """Which rule the receive broke at ``now`` (SILENT first: a silent server is reported as silent), or None."""
@@ -84,6 +92,10 @@ class Watchdog:
 
     def __init__(self, tick=TICK):
         self.tick = tick
+        self._reset()
+
+    def _reset(self):
+        """Start empty; also in a forked child, whose copies of the parent's watches and lock are not its own."""
         self._lock = threading.Lock()
         self._watches = set()
         self._thread = None
@@ -91,7 +103,7 @@ class Watchdog:
     def add(self, watch):
         with self._lock:
             self._watches.add(watch)
-            if self._thread is None or not self._thread.is_alive():  # also after a fork, which keeps no threads
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name='nbd-watchdog')
                 self._thread.daemon = True
                 self._thread.start()
@@ -116,3 +128,5 @@ class Watchdog:
 
 
 WATCHDOG = Watchdog()
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=WATCHDOG._reset)  # pylint: disable=protected-access

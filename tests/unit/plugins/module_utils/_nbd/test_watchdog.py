@@ -8,6 +8,7 @@ The servers are real (nbdkit with the delay filter, over TLS); the only time ass
 from __future__ import absolute_import, division, print_function
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -19,12 +20,14 @@ from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import e
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd import watchdog
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.connection import NbdConnection
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._nbd.reader import ExtentReader
+from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.fake_nbd_server import FakeNbdServer, image_bytes
 from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.nbd_servers import make_disk_image, start_nbdkit
 
 __metaclass__ = type
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 MIB = 1024 * 1024
+IMAGE_BYTES = image_bytes(64 * 1024, seed=3)
 
 
 def watchdog_threads():
@@ -126,3 +129,45 @@ def test_the_reply_deadline_is_slow_and_silence_wins_a_tie():
     assert watch.overdue(now) == watchdog.SILENT
     watch.arm(now + 10, None)
     assert watch.overdue(now) is None
+
+
+def test_a_reply_already_buffered_when_the_watchdog_fired_is_not_taken_as_healthy():
+    with FakeNbdServer(IMAGE_BYTES) as server:
+        target = _export.make_target(server.nbd_info('/buffered'), tls=False, timeout=5)
+        with NbdConnection.open(target) as conn:
+            conn.send_read(7, 0, 4096)
+            time.sleep(0.3)  # the whole reply now waits in the client's socket buffer
+            watch = conn._watch  # pylint: disable=protected-access
+            watch.arm(time.monotonic() - 1, None)
+            watch.expire(time.monotonic())  # what the watchdog does to an overdue receive
+            with pytest.raises(errors.NbdTimeout) as info:
+                conn.recv_reply_header()
+    assert 'sent nothing for 5 s' in str(info.value)
+
+
+def test_disarm_says_whether_the_watchdog_expired_the_receive():
+    left, right = socket.socketpair()
+    try:
+        watch = watchdog.ReceiveWatch(left)
+        watch.arm(time.monotonic() + 10, None)
+        assert watch.disarm() is None
+        watch.arm(time.monotonic() - 1, None)
+        watch.expire(time.monotonic())
+        assert watch.disarm() == watchdog.SILENT
+    finally:
+        left.close()
+        right.close()
+
+
+@pytest.mark.skipif(not hasattr(os, 'fork'), reason='needs fork')
+def test_a_forked_child_starts_with_no_watches_of_its_parent():
+    with FakeNbdServer(IMAGE_BYTES) as server:
+        target = _export.make_target(server.nbd_info('/fork'), tls=False, timeout=5)
+        with NbdConnection.open(target):
+            assert watchdog.WATCHDOG._watches  # pylint: disable=protected-access
+            pid = os.fork()
+            if pid == 0:  # the child: report through the exit status only
+                clean = not watchdog.WATCHDOG._watches and watchdog.WATCHDOG._thread is None  # pylint: disable=protected-access
+                os._exit(0 if clean else 1)  # pylint: disable=protected-access
+            _pid, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
