@@ -9,6 +9,7 @@ from __future__ import absolute_import, division, print_function
 
 import hashlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -171,3 +172,19 @@ def test_a_forked_child_starts_with_no_watches_of_its_parent():
                 os._exit(0 if clean else 1)  # pylint: disable=protected-access
             _pid, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_a_tls_server_that_dies_mid_transmission_closed_the_connection(image, tmp_path, pki):
+    # SIGKILL: the kernel ends the TCP stream without a TLS close_notify (a "ragged" end).
+    server = delayed_tls_server(image, tmp_path, pki, '2')
+    try:
+        with NbdConnection.open(tls_target(server, timeout=10)) as conn:
+            conn.send_read(1, 0, 4096)
+            os.kill(server.pid, signal.SIGKILL)
+            started = time.monotonic()
+            with pytest.raises(errors.NbdConnectionLost) as info:
+                conn.recv_reply_header()
+            assert time.monotonic() - started < 5
+    finally:
+        server.stop()
+    assert 'closed the connection' in str(info.value)
