@@ -17,7 +17,6 @@ export name) must end within ``HANDSHAKE_TIMEOUTS`` times ``timeout``.
 
 from __future__ import absolute_import, division, print_function
 
-import errno
 import math
 import socket
 import ssl
@@ -471,16 +470,16 @@ class NbdConnection:
             finally:
                 expired = watch.disarm()
         except OSError as exc:  # ssl.SSLError is one
-            raise self._watch_verdict(too_slow, received_total) or self._lost(exc)
+            raise self._expiry_error(expired, too_slow, received_total) or self._lost(exc)
         if len(view) or expired:  # expired: the socket was shut down, even if buffered data filled the view
-            raise self._watch_verdict(too_slow, received_total) or NbdConnectionLost(
+            raise self._expiry_error(expired, too_slow, received_total) or NbdConnectionLost(
                 '%s closed the connection' % self.target.where)
 
-    def _watch_verdict(self, too_slow, received_total):
-        """The timeout error when the watchdog ended the receive, else None."""
-        if self._watch.expired == SILENT:
+    def _expiry_error(self, expired, too_slow, received_total):
+        """The timeout error for the rule that expired a receive (``disarm``'s answer), else None."""
+        if expired == SILENT:
             return self._silent()
-        if self._watch.expired == SLOW:
+        if expired == SLOW:
             return too_slow(received_total)
         return None
 
@@ -500,23 +499,24 @@ class NbdConnection:
 
     def _send(self, data):
         watch = self._watch
+        if watch is not None:  # a blocking socket: the watchdog ends a send the server does not take in time
+            watch.arm(time.monotonic() + self.target.timeout, None)
+        timed_out = False
         try:
-            if watch is None:
+            try:
                 self._sock.sendall(data)
-            else:  # a blocking socket: the watchdog ends a send the server does not take within the timeout
-                watch.arm(time.monotonic() + self.target.timeout, None)
-                try:
-                    self._sock.sendall(data)
-                finally:
-                    expired = watch.disarm()
-                if expired:  # the watchdog shut the socket down during the send: what went out is unknown
-                    raise BrokenPipeError(errno.EPIPE, 'shut down by the watchdog')
+            finally:
+                # Watched without a reply deadline, a send can only expire by silence, even if sendall returned.
+                timed_out = watch is not None and watch.disarm() is not None
+        except socket.timeout:
+            timed_out = True
         except OSError as exc:
-            self.state = BROKEN  # part of the message may have gone out
-            # A send is watched without a reply deadline: the only rule that can expire it is silence.
-            if isinstance(exc, socket.timeout) or (watch is not None and watch.expired):
-                raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
-            raise self._lost(exc)
+            if not timed_out:
+                self.state = BROKEN  # part of the message may have gone out
+                raise self._lost(exc)
+        if timed_out:
+            self.state = BROKEN
+            raise NbdTimeout('%s accepted nothing for %s s' % (self.target.where, self.target.timeout))
 
     # -- teardown ---------------------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ SLOW = 'slow'      # the reply was not complete by its deadline
 
 
 class ReceiveWatch:
-    """The deadlines of one connection's current receive; plain attribute writes, no lock on the hot path.
+    """The deadlines of one connection's current receive; plain attribute writes per record, the lock per call.
 
     ``silent_after`` (monotonic time or None when no receive is in progress) is pushed forward by the receiver
     each time data arrives; ``deadline`` (or None) bounds the whole reply.

@@ -188,3 +188,16 @@ def test_a_tls_server_that_dies_mid_transmission_closed_the_connection(image, tm
     finally:
         server.stop()
     assert 'closed the connection' in str(info.value)
+
+
+def test_a_send_on_a_socket_the_watchdog_shut_down_is_a_timeout():
+    with FakeNbdServer(IMAGE_BYTES) as server:
+        target = _export.make_target(server.nbd_info('/send'), tls=False, timeout=5)
+        with NbdConnection.open(target) as conn:
+            watch = conn._watch  # pylint: disable=protected-access
+            watch.arm(time.monotonic() - 1, None)
+            watch.expire(time.monotonic())
+            with pytest.raises(errors.NbdTimeout) as info:
+                conn.send_read(1, 0, 4096)
+            assert conn.state == 'broken'
+    assert 'accepted nothing for 5 s' in str(info.value)
