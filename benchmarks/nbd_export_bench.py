@@ -29,6 +29,9 @@ each case runs ``--runs`` times, the two peers alternating (and swapping who goe
   ``--connection-counts`` (``full/null c=N``), the engine vs ``nbdcopy -C N -T N --no-extents --request-size``
   with the engine's request size (the clients compared, not their defaults), on an image of ``--xapi-size``.
   The report adds each peer's scaling: MiB/s at 8 connections over MiB/s at 1.
+  nbdcopy hands its threads work in ranges of 128 MiB (``THREAD_WORK_SIZE`` in its sources), so on an image of
+  fewer than N ranges some of its N threads (and their connections) never get any: the default ``--xapi-size``
+  is the largest count times 128 MiB, and a smaller one is refused.
 
 ``--no-extents`` keeps nbdcopy from skipping the holes through NBD block status, which our engine does not use:
 both sides read every byte. Every peer runs in a child process; our engine's time is measured inside the child,
@@ -55,6 +58,8 @@ __metaclass__ = type
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 1024 * 1024
+# nbdcopy gives each thread 128 MiB of the disk at a time: a smaller disk leaves some of -T N threads idle.
+NBDCOPY_THREAD_WORK = 128 * MIB
 BLOCK = 64 * 1024
 # 64 blocks (4 MiB) per cycle: 56 random data, 4 holes, 4 written zeros -> 12.5 % of the image reads as zeros.
 IMAGE_PATTERN = 'D' * 28 + 'Z' * 4 + 'D' * 28 + '0' * 4
@@ -634,7 +639,9 @@ def main(argv=None):
                         help="engine (and libnbd peer) requests in flight per connection, default 8 (the engine's)")
     parser.add_argument('--connection-counts', default='1,4,8,16',
                         help='xapi-like servers: the connection counts to compare (default 1,4,8,16)')
-    parser.add_argument('--xapi-size', default='512M', help='xapi-like servers: export size (default 512M)')
+    parser.add_argument('--xapi-size', default='',
+                        help='xapi-like servers: export size (default: the largest connection count x 128M, so '
+                             'every nbdcopy thread gets work)')
     parser.add_argument('--tuning', default='', help='extra engine variants for the null cases, e.g. 1M:8,256K:16')
     parser.add_argument('--changed', type=float, default=0.10, help='scattered case: fraction of 64 KiB blocks')
     parser.add_argument('--seed', type=int, default=20240601, help='image and scattered-block seed')
@@ -650,6 +657,12 @@ def main(argv=None):
     args.tuning = parse_tuning(args.tuning)
     args.connection_counts = [int(c) for c in args.connection_counts.split(',') if c.strip()]
     args.nbdcopy_args = args.nbdcopy_args.split()
+    needed = max(args.connection_counts or [1]) * NBDCOPY_THREAD_WORK
+    args.xapi_size = parse_size(args.xapi_size) if args.xapi_size else needed
+    if args.xapi_size < needed:
+        parser.error('--xapi-size must be at least %s (%d connections x 128M): nbdcopy hands each thread 128 MiB at '
+                     'a time, so on a smaller image some of its connections would stay idle'
+                     % (human_size(needed), max(args.connection_counts)))
     size = parse_size(args.size)
     if size % 512:
         parser.error('--size must be a multiple of 512 (qemu-nbd rounds exports up to 512 bytes)')
@@ -689,8 +702,12 @@ def main(argv=None):
         for kind in filter(None, (k.strip() for k in args.server.split(','))):
             if kind.startswith(XAPI_LIKE):
                 if xapi_image is None:
-                    xapi_image = make_disk_image(os.path.join(workdir, 'xapi-like.raw'), parse_size(args.xapi_size),
+                    xapi_image = make_disk_image(os.path.join(workdir, 'xapi-like.raw'), args.xapi_size,
                                                  pattern=IMAGE_PATTERN, seed=args.seed)
+                    print('# xapi-like image: %s (nbdcopy: %d work ranges of 128M for up to %d threads)'
+                          % (human_size(args.xapi_size), args.xapi_size // NBDCOPY_THREAD_WORK,
+                             max(args.connection_counts)))
+                    sys.stdout.flush()
                 bench.run_server(kind, xapi_image, pki, bitmap)
             else:
                 bench.run_server(kind, image, pki, bitmap)
