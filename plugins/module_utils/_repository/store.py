@@ -103,6 +103,27 @@ def file_sha256(path):
         os.close(fd)
 
 
+def lock_directory(path, wait):
+    """Hold ``path``/.lock with an exclusive flock; return its descriptor (close it to release).
+
+    With ``wait`` false and another process (or descriptor) holding it, return None instead of waiting."""
+    fd = os.open(os.path.join(path, LOCK), os.O_RDWR | os.O_CREAT | getattr(os, 'O_CLOEXEC', 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if not wait and exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return None
+        raise
+    return fd
+
+
+def unlock_directory(fd):
+    """Release what ``lock_directory`` returned (None: nothing held)."""
+    if fd is not None:
+        os.close(fd)
+
+
 def write_file_atomically(path, data, temp_name=None, keep_previous=None):
     """Replace ``path`` by ``data``: temporary file, checked writes, fsync, rename, fsync of the directory.
 
@@ -361,16 +382,10 @@ class Repository:
     def __enter__(self):
         self._check_ownership()
         if self.write:
-            fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                os.close(fd)
-                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-                    raise RepositoryError('another run is writing the repository %s; try again when it has finished'
-                                          % self.path, code='REPOSITORY_BUSY')
-                raise
-            self._lock_fd = fd
+            self._lock_fd = lock_directory(self.path, wait=False)
+            if self._lock_fd is None:
+                raise RepositoryError('another run is writing the repository %s; try again when it has finished'
+                                      % self.path, code='REPOSITORY_BUSY')
         try:
             self.manifest = self.load()
             self.upgraded_from = self.manifest.pop('upgraded_from', None)
@@ -384,9 +399,8 @@ class Repository:
         return self
 
     def __exit__(self, *exc_info):
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        fd, self._lock_fd = self._lock_fd, None
+        unlock_directory(fd)
 
     def point_files(self):
         """Names in the directory that have the form of a point file."""

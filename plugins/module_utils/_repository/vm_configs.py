@@ -22,7 +22,6 @@ files that are configurations of this collection by name and content, and the ne
 from __future__ import absolute_import, division, print_function
 
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -30,14 +29,13 @@ import re
 
 from .._errors import CbtBackupError
 from .._time import normalize_utc, parse_utc
-from .store import remove_if_exists, write_file_atomically
+from .store import LOCK, lock_directory, remove_if_exists, unlock_directory, write_file_atomically
 
 __metaclass__ = type
 
 DIRECTORY = 'vm-config'
 MANIFEST = 'configs.json'  # not manifest.json: never taken for a disk repository (also by older releases)
 MANIFEST_PREV = 'configs.json.prev'
-LOCK = '.lock'
 FORMAT = 'xenserver.cbt_backup vm configurations'
 VERSION = 1
 DOCUMENT_FORMAT = 'xenserver.cbt_backup.vm-config'  # ops.vm_config.FORMAT: the documents this stores
@@ -113,9 +111,8 @@ class VmConfigs:
         if self.write:
             if not os.path.isdir(self.path):
                 os.makedirs(self.path, 0o750)
-            fd = os.open(os.path.join(self.path, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)  # one VM's disks may be pruned by several threads at once
-            self._lock_fd = fd
+            # waits: one VM's disks may be pruned by several threads at once
+            self._lock_fd = lock_directory(self.path, wait=True)
         try:
             self.manifest = self._load()
             if self.write:
@@ -126,9 +123,8 @@ class VmConfigs:
         return self
 
     def __exit__(self, *exc_info):
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        fd, self._lock_fd = self._lock_fd, None
+        unlock_directory(fd)
 
     def exists(self):
         return os.path.isdir(self.path)
