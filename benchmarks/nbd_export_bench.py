@@ -31,7 +31,8 @@ each case runs ``--runs`` times, the two peers alternating (and swapping who goe
   The report adds each peer's scaling: MiB/s at 8 connections over MiB/s at 1.
   nbdcopy hands its threads work in ranges of 128 MiB (``THREAD_WORK_SIZE`` in its sources), so on an image of
   fewer than N ranges some of its N threads (and their connections) never get any: the default ``--xapi-size``
-  is the largest count times 128 MiB, and a smaller one is refused.
+  is the largest count times 128 MiB, and a smaller one is refused, as is a ``--size`` under ``--connections``
+  times 128 MiB.
 
 ``--no-extents`` keeps nbdcopy from skipping the holes through NBD block status, which our engine does not use:
 both sides read every byte. Every peer runs in a child process; our engine's time is measured inside the child,
@@ -666,6 +667,10 @@ def main(argv=None):
     size = parse_size(args.size)
     if size % 512:
         parser.error('--size must be a multiple of 512 (qemu-nbd rounds exports up to 512 bytes)')
+    if size < args.connections * NBDCOPY_THREAD_WORK:
+        parser.error('--size must be at least %s (%d connections x 128M): nbdcopy hands each thread 128 MiB at a time, '
+                     'so on a smaller image some of its connections would stay idle'
+                     % (human_size(args.connections * NBDCOPY_THREAD_WORK), args.connections))
     if shutil.which('nbdcopy') is None:
         parser.error('nbdcopy not found (Debian package libnbd-bin)')
 
