@@ -117,7 +117,9 @@ options:
 requirements:
   - XenAPI
 notes:
-  - The disks are uploaded one after another, each as M(xenserver.cbt_backup.vdi_restore) uploads into a new VDI.
+  - Up to four disks of a new VM are uploaded at once, each as M(xenserver.cbt_backup.vdi_restore) uploads into a new
+    VDI, on a connection of its own. When one upload fails, the others stop, and everything the restore created is
+    destroyed. A restore in place (O(mode=in_place)) writes the disks one after another.
   - A CD drive is restored empty (the ISO it held belongs to a library of the source pool); RV(cds) names the ISO.
 seealso:
   - module: xenserver.cbt_backup.vdi_restore

@@ -16,9 +16,10 @@ worked, so no half VM is left.
 from __future__ import absolute_import, division, print_function
 
 import os
+import threading
 import time
 
-from .._errors import CbtBackupError
+from .._errors import Cancelled, CbtBackupError
 from .._extents import CBT_BLOCK_SIZE
 from .._repository import vm_configs as _vm_configs
 from .._repository.restore import RestoreSource
@@ -29,6 +30,7 @@ from .._xenapi import cbt_bitmap as _cbt
 from .._xenapi import model as _objects
 from .._xenapi.ops import vdi_import as _vdi_import
 from . import vm_configuration as _vm_configuration
+from .each import XENAPI_WORKERS, run_each_with_client
 
 __metaclass__ = type
 
@@ -47,6 +49,8 @@ VBD_CREATE_FIELDS = ('userdevice', 'bootable', 'mode', 'type', 'unpluggable', 'o
 VIF_CREATE_FIELDS = ('device', 'MTU', 'other_config', 'qos_algorithm_type', 'qos_algorithm_params',
                      'locking_mode', 'ipv4_allowed', 'ipv6_allowed')
 NO_NETWORK = 'none'
+# Disks of a new VM uploaded at once, each an HTTP PUT of its own (import_raw_vdi) on a connection of its own.
+UPLOAD_WORKERS = XENAPI_WORKERS
 
 
 class VmRestoreError(CbtBackupError):
@@ -302,21 +306,20 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
     if check_mode:
         return result
     created = Created(client)
+    failed_disk = None  # the disk whose upload failed first (not one stopped by it, nor a cancelled run)
     try:
         vm_ref = created.add('VM', client.call('VM.create', vm_record(config, name)))
         result['vm']['uuid'] = client.call('VM.get_uuid', vm_ref)
-        for index, ((vbd, sr_ref, sr), disk) in enumerate(zip(plan['disks'], result['disks'])):
-            progress = disk_progress[index] if disk_progress else None
-            if progress is not None:
-                progress.running()
-            with RestoreSource(disk['repository'], disk['point']) as source:
-                uploaded = _vdi_import.restore_to_vdi(client, source, sr=sr['uuid'],
-                                                      name=vbd['disk']['name_label'] + disk_suffix,
-                                                      progress=progress, cancel=cancel)
-            if progress is not None:
-                progress.ended('done')
+        uploads = _upload_disks(client, plan['disks'], result['disks'], disk_suffix, disk_progress, cancel)
+        for uploaded in uploads.results:  # every VDI made is journaled before the first error is raised
+            if isinstance(uploaded, dict):
+                created.add('VDI by uuid', uploaded['vdi']['uuid'])
+        if uploads.first_error is not None:
+            if not isinstance(uploads.first_error, Cancelled):
+                failed_disk = uploads.failed_disk
+            raise uploads.first_error
+        for (vbd, sr_ref, sr), disk, uploaded in zip(plan['disks'], result['disks'], uploads.results):
             disk.update(vdi=uploaded['vdi']['uuid'], bytes_sent=uploaded.get('bytes_sent', 0))
-            created.add('VDI by uuid', uploaded['vdi']['uuid'])  # journaled before anything else can fail
             vdi_ref = client.call('VDI.get_by_uuid', uploaded['vdi']['uuid'])
             result['warnings'].extend(uploaded.get('warnings') or [])
             created.add('VBD', client.call('VBD.create', _vbd_record(vbd, vm_ref, vdi_ref)))
@@ -331,6 +334,8 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
     except (CbtBackupError, IOError, OSError) as exc:
         problems = created.rollback()
         message = getattr(exc, 'message', None) or str(exc)
+        if failed_disk is not None:
+            message = 'the disk %s: %s' % (failed_disk, message)
         raise VmRestoreError('restoring %s as a new VM failed: %s. %s' % (
             config['vm'].get('name_label'), message.rstrip('.'),
             'Everything it had created was destroyed again.' if not problems else
@@ -346,6 +351,68 @@ def restore_new_vm(client, chosen, name=None, name_suffix=' (restored)', sr_map=
             result['warnings'].append('the restored VM %s could not be started: %s; it is complete, start it when the '
                                       'pool has room' % (name, exc.message))
     return result
+
+
+class _Uploads:
+    """The uploads of one new VM's disks: their results, and the first error, which stops the others.
+
+    ``is_set()`` / ``error()`` are the cancel every upload checks between its pieces: set by the run's ``cancel``
+    (the progress lease ran out) or by the first upload that failed, so that a restore that cannot succeed stops
+    sending the other disks."""
+
+    def __init__(self, cancel):
+        self._cancel = cancel
+        self._lock = threading.Lock()
+        self.first_error = None   # the exception itself (a CbtBackupError or an OSError reading the repository)
+        self.failed_disk = None
+        self.results = []
+
+    def failed(self, name, exc):
+        if not isinstance(exc, (CbtBackupError, IOError, OSError)):  # still an answer, and still rolled back
+            exc = CbtBackupError('unexpected error uploading the disk %s: %s: %s' % (name, type(exc).__name__, exc),
+                                 code='UNEXPECTED_ERROR')
+        with self._lock:
+            if self.first_error is None:
+                self.first_error, self.failed_disk = exc, name
+
+    def is_set(self):
+        return self.first_error is not None or (self._cancel is not None and self._cancel.is_set())
+
+    def error(self):
+        if self._cancel is not None and self._cancel.is_set():
+            return self._cancel.error()
+        return Cancelled('stopped because the upload of the disk %s failed' % self.failed_disk)
+
+
+def _upload_disks(client, plan_disks, disks, disk_suffix, disk_progress, cancel):
+    """Upload every disk of a new VM into a new VDI, UPLOAD_WORKERS at once; an :class:`_Uploads` whose
+    ``results`` are, per disk in plan order, restore_to_vdi's result dict or the error that ended it.
+
+    An upload that fails destroys its own VDI (restore_to_vdi) and stops the ones still running; the VDIs of those
+    that finished are the caller's to journal and destroy."""
+    uploads = _Uploads(cancel)
+
+    def upload_one(worker_client, index):
+        (vbd, dummy, sr), disk = plan_disks[index], disks[index]
+        progress = disk_progress[index] if disk_progress else None
+        try:
+            if uploads.is_set():  # not started: a disk before it failed, or the run was cancelled
+                raise uploads.error()
+            if progress is not None:
+                progress.running()
+            with RestoreSource(disk['repository'], disk['point']) as source:
+                uploaded = _vdi_import.restore_to_vdi(worker_client, source, sr=sr['uuid'],
+                                                      name=vbd['disk']['name_label'] + disk_suffix,
+                                                      progress=progress, cancel=uploads)
+        except Exception as exc:  # pylint: disable=broad-except
+            uploads.failed(disk['name'], exc)
+            raise
+        if progress is not None:
+            progress.ended('done')
+        return uploaded
+
+    uploads.results = run_each_with_client(client, range(len(disks)), upload_one, UPLOAD_WORKERS)
+    return uploads
 
 
 def _vbd_record(vbd, vm_ref, vdi_ref, empty=False):

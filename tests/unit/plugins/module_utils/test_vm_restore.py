@@ -8,10 +8,12 @@ from __future__ import absolute_import, division, print_function
 
 import hashlib
 import os
+import threading
 import time
 
 import pytest
 
+from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import progress as _progress
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vm_restore as _vm_restore
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._repository import vm_configs as _vm_configs
 from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
@@ -129,7 +131,37 @@ def test_a_restore_that_fails_halfway_leaves_nothing_behind(lab, client, tmp_pat
     before = world(client)
     result = restore(lab, tmp_path, repository_root=str(root), vm='demo-vm', default_sr='Local storage')
     assert result['failed'] and 'Everything it had created was destroyed again' in result['msg'], result['msg']
+    disk_name = [s['name'] for s in snap['snapshots'] if s['snapshot_of'] == second][0]
+    assert 'failed: the disk %s: ' % disk_name in result['msg'], result['msg']
     assert world(client) == before
+
+
+class MeetingProgress(_progress.DiskProgress):
+    """A disk's progress whose upload waits, when it starts, until every other disk's upload has started too."""
+
+    def __init__(self, label, meeting):
+        super(MeetingProgress, self).__init__(label)
+        self.meeting = meeting
+
+    def running(self):
+        super(MeetingProgress, self).running()
+        self.meeting.wait()  # BrokenBarrierError after its timeout when the uploads run one after another
+
+
+def test_the_disks_of_a_new_vm_are_uploaded_at_once(lab, client, tmp_path):
+    root = tmp_path / 'backups'
+    snap = back_up(lab, client, root, tmp_path)
+    chosen = _vm_restore.chosen_run(str(root / snap['vm']))
+    labels = _vm_restore.disk_labels(chosen[0])
+    assert len(labels) == 2
+    meeting = threading.Barrier(len(labels), timeout=30)
+    progress = [MeetingProgress(label, meeting) for label in labels]
+    result = _vm_restore.restore_new_vm(client, chosen, default_sr='Local storage', disk_progress=progress)
+    assert [p.state for p in progress] == ['done', 'done']
+    for disk, saved in zip(result['disks'], _vm_restore.disk_vbds(chosen[0])):
+        size = saved['disk']['virtual_size']
+        assert disk['bytes_sent'] > 0
+        assert sha256_of(lab, disk['vdi'], size) == sha256_of(lab, saved['disk']['disk_uuid'], size)
 
 
 def test_a_wrong_map_fails_before_anything_is_created(lab, client, tmp_path):
