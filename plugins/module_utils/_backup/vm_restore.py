@@ -373,7 +373,8 @@ class _Uploads:
                                  code='UNEXPECTED_ERROR')
         with self._lock:
             if self.first_error is None:
-                self.first_error, self.failed_disk = exc, name
+                self.failed_disk = name  # before first_error: is_set() and error() read without the lock
+                self.first_error = exc
 
     def is_set(self):
         return self.first_error is not None or (self._cancel is not None and self._cancel.is_set())
@@ -392,6 +393,9 @@ def _upload_disks(client, plan_disks, disks, disk_suffix, disk_progress, cancel)
     that finished are the caller's to journal and destroy."""
     uploads = _Uploads(cancel)
 
+    def name_of(index):
+        return '%s (device %s)' % (disks[index]['name'], disks[index]['userdevice'])
+
     def upload_one(worker_client, index):
         (vbd, dummy, sr), disk = plan_disks[index], disks[index]
         progress = disk_progress[index] if disk_progress else None
@@ -405,13 +409,19 @@ def _upload_disks(client, plan_disks, disks, disk_suffix, disk_progress, cancel)
                                                       name=vbd['disk']['name_label'] + disk_suffix,
                                                       progress=progress, cancel=uploads)
         except Exception as exc:  # pylint: disable=broad-except
-            uploads.failed(disk['name'], exc)
+            uploads.failed(name_of(index), exc)
+            if progress is not None:
+                progress.ended('cancelled' if isinstance(exc, Cancelled) else 'failed')
             raise
         if progress is not None:
             progress.ended('done')
         return uploaded
 
     uploads.results = run_each_with_client(client, range(len(disks)), upload_one, UPLOAD_WORKERS)
+    for index, outcome in enumerate(uploads.results):
+        if not isinstance(outcome, dict):  # also a worker that never ran upload_one (no connection of its own)
+            uploads.failed(name_of(index), outcome if isinstance(outcome, BaseException) else CbtBackupError(
+                'the upload did not end', code='UNEXPECTED_ERROR'))
     return uploads
 
 

@@ -8,6 +8,7 @@ from __future__ import absolute_import, division, print_function
 
 import hashlib
 import os
+import shutil
 import threading
 import time
 
@@ -121,7 +122,8 @@ def test_macs_can_be_kept_and_the_vm_started(lab, client, tmp_path):
 def test_a_restore_that_fails_halfway_leaves_nothing_behind(lab, client, tmp_path):
     root = tmp_path / 'backups'
     snap = back_up(lab, client, root, tmp_path)
-    # the second disk's point is damaged: its upload is refused after the VM and the first disk were created
+    # the second disk's point is damaged: its upload is refused after the VM was created, while the first disk's
+    # upload runs (which it stops) or has finished (whose VDI is destroyed again)
     second = sorted(snap['snapshots'], key=lambda s: s['name'])[1]['snapshot_of']
     repository = root / snap['vm'] / second
     point_file = [name for name in os.listdir(str(repository)) if name.endswith('.qcow2')][0]
@@ -132,7 +134,24 @@ def test_a_restore_that_fails_halfway_leaves_nothing_behind(lab, client, tmp_pat
     result = restore(lab, tmp_path, repository_root=str(root), vm='demo-vm', default_sr='Local storage')
     assert result['failed'] and 'Everything it had created was destroyed again' in result['msg'], result['msg']
     disk_name = [s['name'] for s in snap['snapshots'] if s['snapshot_of'] == second][0]
-    assert 'failed: the disk %s: ' % disk_name in result['msg'], result['msg']
+    assert 'failed: the disk %s (device ' % disk_name in result['msg'], result['msg']
+    assert world(client) == before
+
+
+def test_an_upload_without_a_connection_of_its_own_fails_the_restore_and_leaves_nothing(lab, client, tmp_path):
+    root = tmp_path / 'backups'
+    snap = back_up(lab, client, root, tmp_path)
+    chosen = _vm_restore.chosen_run(str(root / snap['vm']))
+    ca_copy = str(tmp_path / 'ca.pem')
+    shutil.copy(lab.info['ca_cert'], ca_copy)
+    before = world(client)
+    with _xenapi.XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
+                              ca_path=ca_copy, timeout=30) as own:
+        os.remove(ca_copy)  # a second upload's connection (a sibling client) cannot be made any more
+        with pytest.raises(_vm_restore.VmRestoreError) as caught:
+            _vm_restore.restore_new_vm(own, chosen, default_sr='Local storage')
+    assert 'Everything it had created was destroyed again' in str(caught.value), str(caught.value)
+    assert 'No such file or directory' in str(caught.value)
     assert world(client) == before
 
 
@@ -162,6 +181,35 @@ def test_the_disks_of_a_new_vm_are_uploaded_at_once(lab, client, tmp_path):
         size = saved['disk']['virtual_size']
         assert disk['bytes_sent'] > 0
         assert sha256_of(lab, disk['vdi'], size) == sha256_of(lab, saved['disk']['disk_uuid'], size)
+
+
+class CancellingProgress(_progress.DiskProgress):
+    """A disk's progress that cancels the run once its first piece was sent (as a lease running out would)."""
+
+    def __init__(self, label, cancel):
+        super(CancellingProgress, self).__init__(label)
+        self.cancel = cancel
+
+    def read(self, length):
+        super(CancellingProgress, self).read(length)
+        self.cancel.cancel('nobody waits for the restore any more')
+
+
+def test_a_restore_cancelled_during_the_uploads_stops_them_and_leaves_nothing(lab, client, tmp_path):
+    root = tmp_path / 'backups'
+    snap = back_up(lab, client, root, tmp_path)
+    chosen = _vm_restore.chosen_run(str(root / snap['vm']))
+    cancel = _progress.Cancellation()
+    progress = [CancellingProgress(label, cancel) for label in _vm_restore.disk_labels(chosen[0])]
+    before = world(client)
+    with pytest.raises(_vm_restore.VmRestoreError) as caught:
+        _vm_restore.restore_new_vm(client, chosen, default_sr='Local storage', disk_progress=progress, cancel=cancel)
+    assert caught.value.code == 'CANCELLED'
+    message = str(caught.value)
+    assert 'as a new VM failed: nobody waits for the restore any more.' in message, message
+    assert message.endswith('Everything it had created was destroyed again.'), message
+    assert 'cancelled' in [p.state for p in progress]
+    assert world(client) == before
 
 
 def test_a_wrong_map_fails_before_anything_is_created(lab, client, tmp_path):
