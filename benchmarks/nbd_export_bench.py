@@ -626,6 +626,15 @@ def machine_summary():
     return lines
 
 
+def check_room_for_nbdcopy(parser, option, size, connections):
+    """Refuse an image on which some of nbdcopy's ``connections`` threads would get no 128 MiB range to read."""
+    needed = connections * NBDCOPY_THREAD_WORK
+    if size < needed:
+        parser.error('%s must be at least %s (%d connections x 128M): nbdcopy hands each thread 128 MiB at a time, '
+                     'so on a smaller image some of its connections would stay idle'
+                     % (option, human_size(needed), connections))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--size', default='2G', help='export size (default 2G)')
@@ -658,19 +667,13 @@ def main(argv=None):
     args.tuning = parse_tuning(args.tuning)
     args.connection_counts = [int(c) for c in args.connection_counts.split(',') if c.strip()]
     args.nbdcopy_args = args.nbdcopy_args.split()
-    needed = max(args.connection_counts or [1]) * NBDCOPY_THREAD_WORK
-    args.xapi_size = parse_size(args.xapi_size) if args.xapi_size else needed
-    if args.xapi_size < needed:
-        parser.error('--xapi-size must be at least %s (%d connections x 128M): nbdcopy hands each thread 128 MiB at '
-                     'a time, so on a smaller image some of its connections would stay idle'
-                     % (human_size(needed), max(args.connection_counts)))
+    most = max(args.connection_counts or [1])
+    args.xapi_size = parse_size(args.xapi_size) if args.xapi_size else most * NBDCOPY_THREAD_WORK
+    check_room_for_nbdcopy(parser, '--xapi-size', args.xapi_size, most)
     size = parse_size(args.size)
     if size % 512:
         parser.error('--size must be a multiple of 512 (qemu-nbd rounds exports up to 512 bytes)')
-    if size < args.connections * NBDCOPY_THREAD_WORK:
-        parser.error('--size must be at least %s (%d connections x 128M): nbdcopy hands each thread 128 MiB at a time, '
-                     'so on a smaller image some of its connections would stay idle'
-                     % (human_size(args.connections * NBDCOPY_THREAD_WORK), args.connections))
+    check_room_for_nbdcopy(parser, '--size', size, args.connections)
     if shutil.which('nbdcopy') is None:
         parser.error('nbdcopy not found (Debian package libnbd-bin)')
 
@@ -710,8 +713,7 @@ def main(argv=None):
                     xapi_image = make_disk_image(os.path.join(workdir, 'xapi-like.raw'), args.xapi_size,
                                                  pattern=IMAGE_PATTERN, seed=args.seed)
                     print('# xapi-like image: %s (nbdcopy: %d work ranges of 128M for up to %d threads)'
-                          % (human_size(args.xapi_size), args.xapi_size // NBDCOPY_THREAD_WORK,
-                             max(args.connection_counts)))
+                          % (human_size(args.xapi_size), args.xapi_size // NBDCOPY_THREAD_WORK, most))
                     sys.stdout.flush()
                 bench.run_server(kind, xapi_image, pki, bitmap)
             else:

@@ -43,34 +43,15 @@ def fill_disks(client, lab, xenlab):
                    '--length', min(WRITE_CHUNK, size - offset), '--seed', offset // WRITE_CHUNK + 1)
 
 
-def back_up(client, lab, root, work, run_module, lab_connection):
-    """One backup run of demo-vm with its configuration; the VM's directory under ``root``."""
-    from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.ops import network as _network_ops
-    _network_ops.ensure_purpose(client, 'backup-net', 'nbd')
-    run = '2026-12-01T02:00:00Z'
-    snap, dummy = run_module('vdi_snapshot', dict(lab_connection(lab), vm='demo-vm', repository_root=root, run=run),
-                             work)
-    if snap['failed']:
-        raise SystemExit('vdi_snapshot failed: %s' % snap.get('msg'))
-    exports = [{'snapshot': s['uuid'], 'repository': os.path.join(root, snap['vm'], s['snapshot_of'])}
-               for s in snap['snapshots']]
-    exported, dummy = run_module('vdi_export', dict(lab_connection(lab), exports=exports, run=run,
-                                                    nbd_network='backup-net', allocation_map='none'), work)
-    if exported['failed']:
-        raise SystemExit('vdi_export failed: %s' % exported.get('msg'))
-    return os.path.join(root, snap['vm'])
-
-
-def destroy_vm(client, vm_uuid):
-    vm = client.call('VM.get_by_uuid', vm_uuid)
-    for vbd in client.call('VM.get_VBDs', vm):
-        vdi = client.call('VBD.get_VDI', vbd)
-        client.call('VBD.destroy', vbd)
-        if vdi != 'OpaqueRef:NULL':
-            client.call('VDI.destroy', vdi)
-    for vif in client.call('VM.get_VIFs', vm):
-        client.call('VIF.destroy', vif)
-    client.call('VM.destroy', vm)
+def destroy_restored(vm_restore, client, result):
+    """Destroy a restored VM (its drives and interfaces go with it) and its disks, as a health check does."""
+    created = vm_restore.Created(client)
+    for disk in result['disks']:
+        created.add('VDI by uuid', disk['vdi'])
+    created.add('VM', client.call('VM.get_by_uuid', result['vm']['uuid']))
+    left_behind = created.rollback()
+    if left_behind:
+        raise SystemExit('destroying the restored VM failed: %s' % '; '.join(left_behind))
 
 
 def main(argv=None):
@@ -86,7 +67,7 @@ def main(argv=None):
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._backup import vm_restore as _vm_restore
     from ansible_collections.xenserver.cbt_backup.plugins.module_utils._xenapi.client import XenApiClient
     from ansible_collections.xenserver.cbt_backup.tests.lab.tests.labtools import start_lab, xenlab
-    from ansible_collections.xenserver.cbt_backup.tests.unit.helpers.ansible_runner import lab_connection, run_module
+    from ansible_collections.xenserver.cbt_backup.tests.unit.plugins.module_utils.test_vm_restore import back_up
 
     for line in machine_summary():
         print('# ' + line)
@@ -96,8 +77,9 @@ def main(argv=None):
         with XenApiClient(lab.info['url'], username=lab.info['username'], password=lab.info['password'],
                           ca_path=lab.info['ca_cert'], timeout=60) as client:
             fill_disks(client, lab, xenlab)
-            vm_dir = back_up(client, lab, os.path.join(work, 'backups'), pathlib.Path(work), run_module, lab_connection)
-            chosen = _vm_restore.chosen_run(vm_dir)
+            root = pathlib.Path(work) / 'backups'
+            snap = back_up(lab, client, root, pathlib.Path(work))  # the unit tests' backup run of demo-vm
+            chosen = _vm_restore.chosen_run(str(root / snap['vm']))
             print('# demo-vm: %d disks of %s, random data; %d runs per worker count, alternating'
                   % (len(_vm_restore.disk_vbds(chosen[0])), human_size(size), args.runs))
             seconds = {1: [], args.workers: []}
@@ -110,7 +92,7 @@ def main(argv=None):
                                                         default_sr='Local storage')
                     seconds[workers].append(time.monotonic() - started)
                     sent = sum(disk['bytes_sent'] for disk in result['disks'])
-                    destroy_vm(client, result['vm']['uuid'])
+                    destroy_restored(_vm_restore, client, result)
                     print('  run %d  %d upload worker(s)  %6.2f s  %5.0f MiB sent  %6.0f MiB/s'
                           % (number + 1, workers, seconds[workers][-1], sent / 1048576.0,
                              sent / 1048576.0 / seconds[workers][-1]))
